@@ -1,0 +1,53 @@
+"""The `s2m` Typer application: subcommand groups and the one place errors become messages."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cli import data as data_cmd
+from cli import commands
+from cli import train as train_cmd
+
+app = typer.Typer(
+    name="s2m",
+    help="Sketch-based medical image retrieval (Sketch2MedI): sketch -> W+ -> archive images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(train_cmd.app, name="train")
+commands.register(app)
+
+
+def _run(command: typer.Typer, args: list[str] | None = None, prog: str = "s2m") -> None:
+    """Run a Typer app, turning domain errors into one line on stderr and a non-zero exit."""
+    from s2m_retrieval.errors import S2MError
+
+    try:
+        command(args=args, prog_name=prog, standalone_mode=False)
+    except S2MError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; everything written so far is kept and a rerun resumes", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def main() -> None:
+    """Entry point of the `s2m` console script."""
+    _run(app)

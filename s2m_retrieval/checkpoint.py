@@ -1,0 +1,93 @@
+"""The one checkpoint format (`s2m/1`): config dict + state_dict + w_avg + meta, no pickled code."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+from s2m_retrieval.errors import CheckpointError
+
+FORMAT = "s2m/1"
+
+C = TypeVar("C")
+
+
+def config_to_dict(config: Any) -> dict:
+    """A frozen dataclass config as a plain dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(cls: type[C], data: dict) -> C:
+    """Rebuild a dataclass config, turning lists back into tuples where the field is a tuple."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise CheckpointError(f"checkpoint config has unknown fields {sorted(unknown)} for {cls.__name__}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def save_checkpoint(path: str | os.PathLike, *, kind: str, config: Any, state_dict: dict,
+                    w_avg: Any = None, meta: dict | None = None) -> Path:
+    """Write a checkpoint atomically (temp file + rename) and return its path."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "kind": kind,
+        "config": config_to_dict(config) if dataclasses.is_dataclass(config) else dict(config),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "w_avg": None if w_avg is None else w_avg.detach().cpu(),
+        "meta": meta or {},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict:
+    """Load a checkpoint with `weights_only=True`; a bad file raises CheckpointError."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or not an s2m checkpoint ({first[:120]})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not in format {FORMAT}")
+    if kind is not None and payload.get("kind") != kind:
+        raise CheckpointError(f"checkpoint {path} holds a {payload.get('kind')!r}, expected a {kind!r}")
+    return payload
+
+
+def version_hash(payload: dict) -> str:
+    """A short stable hash of a checkpoint's config and weights (the model version stamp)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(payload["config"], sort_keys=True).encode())
+    for name in sorted(payload["state_dict"]):
+        t = payload["state_dict"][name]
+        h.update(name.encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def shipped_weights(name: str) -> Path:
+    """Path of a weights file shipped as package data (`s2m_retrieval/weights/<name>.pt`)."""
+    return Path(__file__).resolve().parent / "weights" / f"{name}.pt"

@@ -1,0 +1,255 @@
+"""Archive reader: any folder of images (+ optional masks/ and labels.csv), streamed in batches."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from s2m_retrieval.errors import ArchiveError, BadImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_PIXELS = 64_000_000
+# Folders of an archive that hold derived files rather than archive images.
+RESERVED_DIRS = ("masks", "sketches")
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """One image file of an archive, with its mask path and metadata row when present."""
+
+    path: Path
+    stem: str
+    rel: str
+    mask_path: Path | None = None
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass
+class ReadStats:
+    """Counts of what a read skipped, by reason, so nothing is dropped silently."""
+
+    read: int = 0
+    bad: Counter = field(default_factory=Counter)
+    bad_files: list = field(default_factory=list)
+
+    def record_bad(self, path: Path, reason: str) -> None:
+        """Count one skipped file and remember why."""
+        self.bad[reason] += 1
+        self.bad_files.append((str(path), reason))
+
+    @property
+    def n_bad(self) -> int:
+        """Number of skipped files."""
+        return sum(self.bad.values())
+
+
+@dataclass
+class Batch:
+    """Decoded images `[B, H, W, 3]` uint8 (and masks `[B, H, W]` when all entries have one)."""
+
+    entries: list[ArchiveEntry]
+    images: np.ndarray
+    masks: np.ndarray | None
+
+
+def _read_labels(root: Path) -> dict[str, dict]:
+    """labels.csv rows keyed by file stem (from its `id` or `file` column)."""
+    path = root / "labels.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        if "id" not in cols and "file" not in cols:
+            raise ArchiveError(f"{path} needs an 'id' or 'file' column (has {', '.join(cols) or 'none'})")
+        rows = {}
+        for row in reader:
+            key = Path(row["file"]).stem if row.get("file") else row["id"]
+            rows[key] = {k: _parse_value(v) for k, v in row.items() if k not in ("file",)}
+    return rows
+
+
+def _parse_value(text: str | None):
+    """CSV cells as int, float or string, so filters can compare numbers."""
+    if text is None:
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def scan_archive(root: str | os.PathLike) -> list[ArchiveEntry]:
+    """All image files under `root` (recursive, sorted), joined with masks/ and labels.csv by stem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ArchiveError(f"archive folder not found: {root}")
+    labels = _read_labels(root)
+    mask_dir = root / "masks"
+    masks = {p.stem: p for p in mask_dir.iterdir()} if mask_dir.is_dir() else {}
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        if rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in RESERVED_DIRS and not d.startswith(".")]
+        else:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.lower().endswith(IMAGE_EXTENSIONS) or name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            stem = path.stem
+            entries.append(ArchiveEntry(path=path, stem=stem, rel=str(path.relative_to(root)),
+                                        mask_path=masks.get(stem), labels=labels.get(stem, {})))
+    entries.sort(key=lambda e: e.rel)
+    return entries
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one image as RGB uint8 `[H, W, 3]`: EXIF orientation, grey/RGBA/16-bit handled."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise BadImageError(f"{path}: empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise BadImageError(f"{path}: {w}x{h} exceeds the pixel limit {max_pixels}")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(f"{path}: exceeds the decompression-bomb limit ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise BadImageError(f"{path}: not an image") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"{path}: unreadable or truncated ({str(exc)[:80]})") from exc
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode as RGB uint8; 16-bit is scaled by its own range, alpha composited on black."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        grey = np.clip(arr / top * 255 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Decode a label map (uint8 `[H, W]`)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("L", "P", "I;16", "I"):
+                raise BadImageError(f"{path}: mask must be a single-channel label map, got mode {img.mode}")
+            return np.asarray(img).astype(np.uint8)
+    except BadImageError:
+        raise
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"{path}: unreadable mask") from exc
+
+
+def fit_square(image: np.ndarray, size: int, policy: str = "crop", nearest: bool = False) -> np.ndarray:
+    """Centre-crop (or pad with black) to a square, then resize to `size` x `size`."""
+    h, w = image.shape[:2]
+    if policy == "crop":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        image = image[top:top + s, left:left + s]
+    elif policy == "pad":
+        s = max(h, w)
+        padded = np.zeros((s, s) + image.shape[2:], image.dtype)
+        top, left = (s - h) // 2, (s - w) // 2
+        padded[top:top + h, left:left + w] = image
+        image = padded
+    else:
+        raise ValueError(f"unknown fit policy {policy!r} (crop or pad)")
+    if image.shape[0] == size:
+        return np.ascontiguousarray(image)
+    resample = Image.NEAREST if nearest else Image.BICUBIC
+    if not nearest and image.shape[0] > size:
+        resample = Image.LANCZOS
+    return np.asarray(Image.fromarray(image).resize((size, size), resample))
+
+
+def iter_batches(entries: Iterable[ArchiveEntry], batch_size: int, size: int, *, with_masks: bool = False,
+                 policy: str = "crop", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 stats: ReadStats | None = None) -> Iterator[Batch]:
+    """Stream decoded, squared images in batches; bad files are skipped and counted in `stats`."""
+    stats = stats if stats is not None else ReadStats()
+    buf_e, buf_i, buf_m = [], [], []
+    for entry in entries:
+        try:
+            image = fit_square(read_image(entry.path, max_pixels), size, policy)
+            mask = None
+            if with_masks:
+                if entry.mask_path is None:
+                    raise BadImageError(f"{entry.path}: no mask in masks/")
+                mask = read_mask(entry.mask_path)
+                if mask.shape[:2] != read_image_size(entry.path):
+                    raise BadImageError(f"{entry.mask_path}: mask size differs from its image")
+                mask = fit_square(mask, size, policy, nearest=True)
+        except BadImageError as exc:
+            reason = str(exc).split(": ", 1)[-1].split(" (")[0]
+            stats.record_bad(entry.path, reason)
+            log.warning("skipped %s", exc)
+            continue
+        stats.read += 1
+        buf_e.append(entry)
+        buf_i.append(image)
+        if with_masks:
+            buf_m.append(mask)
+        if len(buf_e) == batch_size:
+            yield Batch(buf_e, np.stack(buf_i), np.stack(buf_m) if with_masks else None)
+            buf_e, buf_i, buf_m = [], [], []
+    if buf_e:
+        yield Batch(buf_e, np.stack(buf_i), np.stack(buf_m) if with_masks else None)
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image after EXIF orientation, without decoding its pixels."""
+    with Image.open(path) as img:
+        w, h = img.size
+        orientation = img.getexif().get(0x0112, 1)
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def load_archive_arrays(root: str | os.PathLike, size: int, *, with_masks: bool = False, limit: int | None = None,
+                        policy: str = "crop", stats: ReadStats | None = None):
+    """A whole (small) archive in memory: images `[N, S, S, 3]`, masks or None, and its entries."""
+    entries = scan_archive(root)
+    if limit is not None:
+        entries = entries[:limit]
+    if not entries:
+        raise ArchiveError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    images, masks, kept = [], [], []
+    for batch in iter_batches(entries, 256, size, with_masks=with_masks, policy=policy, stats=stats):
+        images.append(batch.images)
+        kept.extend(batch.entries)
+        if with_masks:
+            masks.append(batch.masks)
+    if not kept:
+        raise ArchiveError(f"no readable images in {root}")
+    return np.concatenate(images), (np.concatenate(masks) if with_masks else None), kept

@@ -1,0 +1,73 @@
+"""Write a phantom archive folder (images/, masks/, labels.csv, classes.json) per the data contract."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from s2m_retrieval.data.classes import CLASS_NAMES
+from s2m_retrieval.data.phantom import SUPPORTED_SIZES, make_phantom
+from s2m_retrieval.errors import ArchiveError, BadInputError
+
+LABEL_COLUMNS = ("tonsil_grade", "mallampati", "follicles", "uvula_length", "uvula_deviation",
+                 "tongue_height", "redness", "exposure", "blur_px")
+
+
+def phantom_id(index: int) -> str:
+    """The stable id (and file stem) of phantom number `index`."""
+    return f"ph{index:06d}"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _png_bytes(array) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def write_phantom_archive(out: str | os.PathLike, n: int, size: int = 64, seed: int = 0,
+                          start: int = 0, overwrite: bool = False,
+                          progress: Callable[[int], None] | None = None) -> Path:
+    """Generate phantoms `start .. start+n-1` into `out`; same arguments give byte-identical files."""
+    if n < 1:
+        raise BadInputError(f"--n must be at least 1, got {n}")
+    if size not in SUPPORTED_SIZES:
+        raise BadInputError(f"--size must be one of {', '.join(map(str, SUPPORTED_SIZES))}, got {size}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ArchiveError(f"{out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ArchiveError(f"{out} is not empty; choose an empty --out or pass --overwrite")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    for index in range(start, start + n):
+        image, label, params = make_phantom(seed, index, size)
+        pid = phantom_id(index)
+        _write_atomic(out / "images" / f"{pid}.png", _png_bytes(image))
+        _write_atomic(out / "masks" / f"{pid}.png", _png_bytes(label))
+        rows.append({"id": pid, "file": f"images/{pid}.png", **params.labels()})
+        if progress is not None:
+            progress(1)
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["id", "file", *LABEL_COLUMNS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(out / "labels.csv", buf.getvalue().encode())
+    classes = {"classes": {str(k): v for k, v in CLASS_NAMES.items()}, "seed": seed, "size": size,
+               "generator": "s2m phantom v1"}
+    _write_atomic(out / "classes.json", (json.dumps(classes, indent=2) + "\n").encode())
+    return out
