@@ -1,0 +1,75 @@
+"""The segmenter of S: a small U-Net from an RGB image to per-pixel anatomy logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Shape of the U-Net; `img_resolution` is the side it is trained and run at."""
+
+    in_channels: int = 3
+    num_classes: int = 7
+    base_channels: int = 16
+    depth: int = 3              # down-samplings; inputs must be multiples of 2**depth
+    img_resolution: int = 64
+
+    def __post_init__(self):
+        if min(self.in_channels, self.num_classes, self.base_channels, self.depth) < 1:
+            raise ValueError("SegmenterConfig fields must be >= 1")
+        if self.img_resolution % (2 ** self.depth):
+            raise ValueError(f"img_resolution {self.img_resolution} is not a multiple of 2**depth")
+
+    def channels(self, level: int) -> int:
+        """Width at a level; it stops doubling at the bottom to keep the net at a few 100 K params."""
+        return self.base_channels * 2 ** min(level, self.depth - 1)
+
+
+class ConvBlock(nn.Module):
+    """Two 3x3 conv + GroupNorm + SiLU; GroupNorm because batches are small and eval must match train."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        groups = max(1, out_channels // 8)
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.GroupNorm(groups, out_channels), nn.SiLU(),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.GroupNorm(groups, out_channels), nn.SiLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Segmenter(nn.Module):
+    """U-Net: [N, in_channels, H, W] in [-1, 1] -> logits [N, num_classes, H, W]."""
+
+    def __init__(self, config: SegmenterConfig = SegmenterConfig()):
+        super().__init__()
+        self.config = config
+        c = config.channels
+        self.stem = ConvBlock(config.in_channels, c(0))
+        self.down = nn.ModuleList(ConvBlock(c(i), c(i + 1)) for i in range(config.depth))
+        self.up = nn.ModuleList(ConvBlock(c(i + 1) + c(i), c(i)) for i in reversed(range(config.depth)))
+        self.head = nn.Conv2d(c(0), config.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        n, ch, h, w = x.shape
+        if ch != cfg.in_channels or h % 2 ** cfg.depth or w % 2 ** cfg.depth:
+            raise ValueError(f"Segmenter expects [N, {cfg.in_channels}, H, W] with H, W multiples of "
+                             f"{2 ** cfg.depth}, got {list(x.shape)}")
+        skips = [self.stem(x)]                       # [N, c0, H, W]
+        for block in self.down:
+            skips.append(block(F.max_pool2d(skips[-1], 2)))  # halves H, W per level
+        y = skips.pop()                              # [N, c_depth, H / 2**depth, W / 2**depth]
+        for block in self.up:
+            skip = skips.pop()
+            y = block(torch.cat([F.interpolate(y, size=skip.shape[-2:], mode="nearest"), skip], 1))
+        return self.head(y)                          # [N, num_classes, H, W]
