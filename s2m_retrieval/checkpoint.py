@@ -51,6 +51,7 @@ def save_checkpoint(path: str | os.PathLike, *, kind: str, config: Any, state_di
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shared read-only data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
