@@ -52,3 +52,26 @@ def register(app: typer.Typer) -> None:
     """Add the top-level commands to the `s2m` app."""
     app.command("sketch")(sketch)
     app.command("demo")(demo)
+    app.command("generate")(generate)
+
+
+def generate(
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    n: int = typer.Option(32, "--n", help="Number of samples in the grid."),
+    cols: int = typer.Option(8, "--cols", help="Samples per row."),
+    truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi towards w_avg (1: none)."),
+    generator: Path = typer.Option(None, "--generator", help="Generator checkpoint (default: the shipped one)."),
+) -> None:
+    """Write a grid of generator samples."""
+    from s2m_retrieval.checkpoint import shipped_weights
+    from s2m_retrieval.generation_report import generate_images
+    from s2m_retrieval.networks.stylegan2 import load_generator
+    from s2m_retrieval.viz import contact_sheet
+
+    G = load_generator(generator or shipped_weights("generator"))
+    images = generate_images(G, n, seed, truncation_psi=truncation)
+    tile = max(64, G.config.img_resolution)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(list(images), cols=cols, tile_size=tile, pad=2).save(out)
+    typer.echo(f"wrote {out} ({n} samples, seed {seed}, psi {truncation})")

@@ -21,6 +21,11 @@ def _load(path: str):
     return load_segmenter(path)
 
 
+def cached_segmenter(checkpoint: str | os.PathLike | None = None):
+    """The segmenter of `checkpoint` (default: shipped), loaded once per process."""
+    return _load(segmenter_path(checkpoint))
+
+
 def segmenter_path(checkpoint: str | os.PathLike | None = None) -> str:
     """The checkpoint to use: the given one, else the shipped phantom segmenter."""
     path = shipped_weights(SHIPPED_SEGMENTER) if checkpoint is None else checkpoint
@@ -34,4 +39,4 @@ def segment_images(images: Sequence[np.ndarray] | np.ndarray,
     """Label maps uint8 `[N, H, W]` for RGB uint8 images `[N, H, W, 3]` of one size."""
     from s2m_retrieval.training.segmenter import segment
 
-    return segment(_load(segmenter_path(checkpoint)), np.stack(list(images)))
+    return segment(cached_segmenter(checkpoint), np.stack(list(images)))

@@ -59,15 +59,23 @@ class Segmenter(nn.Module):
         self.up = nn.ModuleList(ConvBlock(c(i + 1) + c(i), c(i)) for i in reversed(range(config.depth)))
         self.head = nn.Conv2d(c(0), config.num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encoder_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The contracting path's feature maps, finest first (domain features for distances)."""
+        self._check(x)
+        feats = [self.stem(x)]
+        for block in self.down:
+            feats.append(block(F.max_pool2d(feats[-1], 2)))
+        return feats
+
+    def _check(self, x: torch.Tensor) -> None:
         cfg = self.config
         n, ch, h, w = x.shape
         if ch != cfg.in_channels or h % 2 ** cfg.depth or w % 2 ** cfg.depth:
             raise ValueError(f"Segmenter expects [N, {cfg.in_channels}, H, W] with H, W multiples of "
                              f"{2 ** cfg.depth}, got {list(x.shape)}")
-        skips = [self.stem(x)]                       # [N, c0, H, W]
-        for block in self.down:
-            skips.append(block(F.max_pool2d(skips[-1], 2)))  # halves H, W per level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = self.encoder_features(x)             # [N, c_i, H / 2**i, W / 2**i] per level
         y = skips.pop()                              # [N, c_depth, H / 2**depth, W / 2**depth]
         for block in self.up:
             skip = skips.pop()
