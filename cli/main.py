@@ -7,6 +7,9 @@ import sys
 import typer
 
 from cli import data as data_cmd
+from cli import evaluate as eval_cmd
+from cli import db as db_cmd
+from cli import index as index_cmd
 from cli import commands
 from cli import train as train_cmd
 
@@ -19,6 +22,9 @@ app = typer.Typer(
 )
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(train_cmd.app, name="train")
+app.add_typer(index_cmd.app, name="index")
+app.add_typer(db_cmd.app, name="db")
+app.add_typer(eval_cmd.app, name="eval")
 commands.register(app)
 
 

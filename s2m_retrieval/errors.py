@@ -23,3 +23,35 @@ class CheckpointError(S2MError):
 
 class ArchiveError(S2MError):
     """An archive folder is missing or malformed."""
+
+
+class DatabaseError(S2MError):
+    """The metadata database cannot be opened, migrated or written."""
+
+
+class DatabaseLockedError(DatabaseError):
+    """Another process holds the write lock of the metadata database for too long."""
+
+
+class IndexMissingError(S2MError):
+    """No index of that name exists under the home folder."""
+
+
+class IndexBusyError(S2MError):
+    """Another process is writing the same index (build, add or remove)."""
+
+
+class IndexCorruptError(S2MError):
+    """An index file (FAISS, manifest, vector shard) is damaged or unreadable."""
+
+
+class VersionMismatchError(S2MError):
+    """An index was built by another model version or perceptual metric than the one in use."""
+
+
+class PerceptualWeightsMissing(S2MError):
+    """The weights file a perceptual distance backend needs is not on this machine."""
+
+
+class WeightsMissingError(S2MError):
+    """Pretrained weights (e.g. Inception for standard FID) are not on this machine."""

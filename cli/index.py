@@ -1,0 +1,162 @@
+"""`s2m index ...`: build, add, remove, info, verify (imports of faiss/SQLAlchemy stay inside commands)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Build and inspect the archive index (FAISS vectors + SQL metadata).", no_args_is_help=True)
+
+NAME = typer.Option("default", "--name", help="Index name (a folder under HOME/indexes/).")
+HOME = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (default ~/.s2m).")
+DB = typer.Option(None, "--db", envvar="S2M_DB_URL",
+                  help="Database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite HOME/s2m.db).")
+JSON_OUT = typer.Option(False, "--json", help="Print machine-readable JSON.")
+# Hidden: the real inverter becomes the default once it ships; `fake` exists for tests and development.
+ENCODER = typer.Option("inverter", "--encoder", hidden=True,
+                       help="Archive encoder: inverter, or fake[:dim=..,delay=..] (tests only).")
+
+
+class _Bar:
+    """tqdm progress bar (images/s) created on the first report, when the total is known."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar = None
+
+    def __call__(self, n: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", desc=self.desc, disable=None, leave=False)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        """Remove the bar (the summary follows)."""
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _report(summary, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        for line in summary.lines():
+            typer.echo(line)
+
+
+@app.command("build")
+def build(
+    archive: Path = typer.Argument(..., help="Archive folder (images, optional masks/ and labels.csv)."),
+    name: str = NAME,
+    factory: str = typer.Option(None, "--factory",
+                                help="FAISS factory, e.g. Flat, IVF256,Flat, HNSW32, PCA256,Flat, IVF1024,PQ32 "
+                                     "(default: the index's own, or chosen by archive size)."),
+    batch: int = typer.Option(64, "--batch", help="Images per batch (per shard file and SQL transaction)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Forget the index's vectors and encode everything again."),
+    prune: bool = typer.Option(False, "--prune", help="Remove entries whose files are gone from the archive."),
+    home: Path = HOME,
+    db: str = DB,
+    as_json: bool = JSON_OUT,
+    encoder: str = ENCODER,
+) -> None:
+    """Index ARCHIVE: add new images, replace changed ones, skip unchanged ones; resumable after a kill."""
+    from s2m_retrieval.encoding import load_encoder
+    from s2m_retrieval.indexing import BuildOptions, build_index
+
+    enc = load_encoder(encoder)
+    options = BuildOptions(name=name, factory=factory, batch_size=batch, rebuild=rebuild, prune=prune)
+    bar = _Bar(f"index {name}")
+    try:
+        summary = build_index(archive, enc, home=home, db_url=db, options=options, progress=bar)
+    finally:
+        bar.close()
+    _report(summary, as_json)
+
+
+@app.command("add")
+def add(
+    files: list[Path] = typer.Argument(..., help="Image files to add (or re-encode when changed)."),
+    name: str = NAME,
+    home: Path = HOME,
+    db: str = DB,
+    as_json: bool = JSON_OUT,
+    encoder: str = ENCODER,
+) -> None:
+    """Add individual image files to an index."""
+    from s2m_retrieval.encoding import load_encoder
+    from s2m_retrieval.indexing import BuildOptions, add_files
+
+    enc = load_encoder(encoder)
+    bar = _Bar(f"index {name}")
+    try:
+        summary = add_files(files, enc, home=home, db_url=db, options=BuildOptions(name=name), progress=bar)
+    finally:
+        bar.close()
+    _report(summary, as_json)
+
+
+@app.command("remove")
+def remove(
+    items: list[str] = typer.Argument(..., help="Image ids (as shown by retrieve) or file paths."),
+    name: str = NAME,
+    home: Path = HOME,
+    db: str = DB,
+) -> None:
+    """Remove images from an index by id or path."""
+    from s2m_retrieval.index_sync import remove_entries
+
+    report = remove_entries(items, name=name, home=home, db_url=db)
+    typer.echo(f"removed {len(report.removed)} from index {name!r}; {report.total} vectors left")
+    for key in report.not_found:
+        typer.echo(f"  not in the index: {key}")
+
+
+@app.command("info")
+def info(name: str = NAME, home: Path = HOME, db: str = DB, as_json: bool = JSON_OUT) -> None:
+    """Show an index's model stamp, counts, disk use and recent builds."""
+    from s2m_retrieval.index_report import index_info
+
+    data = index_info(name=name, home=home, db_url=db)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    st = data["stamp"]
+    mib = 1 << 20
+    typer.echo(f"index {data['name']!r} in {data['folder']}")
+    typer.echo(f"  database     {data['database']}")
+    typer.echo(f"  model        {st['model_name']} {st['model_version']} (dim {st['dim']}, {st['resolution']} px)")
+    typer.echo(f"  metric       {st['metric']}; vectors: {st['weighting']}")
+    typer.echo(f"  faiss        {st['factory']} ({st['faiss_metric']}), {data['faiss_vectors']} vectors, "
+               f"{data['faiss_bytes'] / mib:.1f} MiB; shards {data['shard_bytes'] / mib:.1f} MiB")
+    typer.echo(f"  sql rows     {data['sql_rows']}")
+    for b in data["builds"]:
+        typer.echo(f"  build {b['id']:>4}  {b['status']:<11} {b['started_at']}  +{b['added']} ~{b['replaced']} "
+                   f"-{b['removed']} ={b['skipped']} bad {b['bad']}  {b['source'] or ''}")
+
+
+@app.command("verify")
+def verify(
+    name: str = NAME,
+    hashes: bool = typer.Option(False, "--hashes", help="Also re-hash every image file (slow)."),
+    home: Path = HOME,
+    db: str = DB,
+    as_json: bool = JSON_OUT,
+) -> None:
+    """Check that FAISS ids match SQL rows, stamps agree, and shard and image files are present."""
+    from s2m_retrieval.index_report import verify_index
+
+    report = verify_index(name=name, home=home, db_url=db, check_hashes=hashes)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in report.checked.items())
+        typer.echo(f"index {name!r}: {'ok' if report.ok else 'PROBLEMS'} ({counts})")
+        for line in report.problems:
+            typer.echo(f"  problem: {line}")
+        for line in report.warnings:
+            typer.echo(f"  warning: {line}")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,184 @@
+"""FAISS index construction: automatic factory by archive size, training sizes, per-type search parameters.
+
+Automatic choice (`auto_factory`), by the number of vectors expected at the first build:
+- fewer than 20,000: "Flat" — exact; a single query scans all vectors (~11 ms at 100k x 512 on one core,
+  so ~2 ms at 20k), no training, supports removal.
+- 20,000 to 999,999: "IVF{nlist},Flat" with nlist = the power of two nearest 4*sqrt(n), clamped to
+  [256, 4096] — exact distances within the probed lists, removal supported, trained on a sample.
+- 1,000,000 and more: "IVF{nlist},PQ{m}" (nlist up to 16384, m = 64/32/16/8, the largest dividing dim) —
+  compressed codes (m bytes per vector) so RAM stays bounded.
+HNSW ("HNSW32") is the fastest to query but cannot remove vectors (a removal rebuilds the graph from the
+shards), so it is offered by flag, not chosen automatically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import faiss
+import numpy as np
+
+from s2m_retrieval.errors import BadInputError
+
+log = logging.getLogger(__name__)
+
+FLAT_MAX = 20_000
+IVF_FLAT_MAX = 1_000_000
+# Upper bound on the training sample (k-means cost grows with it; FAISS subsamples beyond 256 per centroid).
+MAX_TRAIN = 200_000
+DEFAULT_EF_SEARCH = 64
+
+
+def _pow2_near(x: float) -> int:
+    return 2 ** max(0, round(math.log2(max(x, 1.0))))
+
+
+def auto_factory(n: int, dim: int) -> str:
+    """The factory string chosen for an index expected to hold `n` vectors of size `dim`."""
+    if n < FLAT_MAX:
+        return "Flat"
+    if n < IVF_FLAT_MAX:
+        return f"IVF{min(max(_pow2_near(4 * math.sqrt(n)), 256), 4096)},Flat"
+    nlist = min(max(_pow2_near(4 * math.sqrt(n)), 1024), 16384)
+    m = next((m for m in (64, 32, 16, 8) if dim % m == 0), None)
+    return f"IVF{nlist},PQ{m}" if m else f"IVF{nlist},Flat"
+
+
+def make_index(dim: int, factory: str, metric: str = "L2") -> faiss.Index:
+    """A fresh index for `factory` whose ids are SQL image ids: wrapped in `IndexIDMap2`, except IVF.
+
+    IVF indexes (also behind PCA/OPQ) store the ids themselves. Wrapping them in IDMap2 would be wrong:
+    IDMap translates positions, and after an IVF remove_ids positions no longer match (searches return
+    neighbouring ids, the next removal fails an assertion in IndexIDMap.cpp).
+    """
+    if factory.split(",")[0].startswith("IDMap"):
+        raise BadInputError(f"factory {factory!r}: leave out IDMap, ids are handled by s2m")
+    faiss_metric = {"L2": faiss.METRIC_L2, "IP": faiss.METRIC_INNER_PRODUCT}.get(metric)
+    if faiss_metric is None:
+        raise BadInputError(f"unknown FAISS metric {metric!r} (L2 or IP)")
+    try:
+        plain = faiss.index_factory(dim, factory, faiss_metric)
+        if isinstance(core_index(plain), faiss.IndexIVF):
+            return plain
+        return faiss.index_factory(dim, "IDMap2," + factory, faiss_metric)
+    except RuntimeError as exc:
+        raise BadInputError(f"FAISS cannot build factory {factory!r} for dim {dim}: {faiss_message(exc)}") from None
+
+
+def has_own_ids(index: faiss.Index) -> bool:
+    """Whether the index maps SQL ids itself: an IDMap2 wrapper, or an IVF core (ids in its inverted lists)."""
+    return isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIDMap2)) or \
+        isinstance(core_index(index), faiss.IndexIVF)
+
+
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    """Every id held by the index (int64): IDMap2's id map, or the ids of each IVF inverted list."""
+    top = faiss.downcast_index(index)
+    if isinstance(top, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(top.id_map).astype(np.int64, copy=False)
+    ivf = core_index(index)
+    parts = [np.zeros(0, np.int64)]
+    for list_no in range(ivf.nlist):
+        n = ivf.invlists.list_size(list_no)
+        if n:
+            ptr = ivf.invlists.get_ids(list_no)
+            parts.append(faiss.rev_swig_ptr(ptr, n).astype(np.int64))  # astype copies before release
+            ivf.invlists.release_ids(list_no, ptr)
+    return np.concatenate(parts)
+
+
+def faiss_message(exc: BaseException) -> str:
+    """The useful tail of a FAISS C++ error (its first line is a source location)."""
+    text = " ".join(str(exc).split())
+    if "Error: " in text:
+        return text.split("Error: ")[-1][:160]
+    # "Error in <signature> at <file>:<line>: <message>"
+    match = re.search(r" at \S+:\d+: (.*)$", text)
+    return (match.group(1) if match else text)[:160]
+
+
+def core_index(index: faiss.Index) -> faiss.Index:
+    """The index doing the search: inside IDMap and PreTransform (PCA, OPQ) wrappers."""
+    core = faiss.downcast_index(index)
+    while True:
+        if isinstance(core, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
+            core = faiss.downcast_index(core.index)
+        else:
+            return core
+
+
+def ivf_nlist(index: faiss.Index) -> int | None:
+    """Number of inverted lists of an IVF index, else None."""
+    core = core_index(index)
+    return core.nlist if isinstance(core, faiss.IndexIVF) else None
+
+
+def training_size(index: faiss.Index, available: int) -> tuple[int, int]:
+    """(minimum, wanted) number of training vectors for an untrained index, given `available`."""
+    core = core_index(index)
+    need = 1
+    if isinstance(core, faiss.IndexIVF):
+        need = max(need, core.nlist)
+    pq = getattr(core, "pq", None)
+    if pq is not None:
+        need = max(need, pq.ksub)
+    return need, min(available, max(40 * need, 1000), MAX_TRAIN)
+
+
+def default_search(index: faiss.Index) -> dict:
+    """Default search knobs stored in the stamp: nprobe for IVF, efSearch for HNSW."""
+    core = core_index(index)
+    if isinstance(core, faiss.IndexIVF):
+        return {"nprobe": min(core.nlist, max(16, core.nlist // 16))}
+    if isinstance(core, faiss.IndexHNSW):
+        return {"efSearch": DEFAULT_EF_SEARCH}
+    return {}
+
+
+def search_parameters(index: faiss.Index, k: int, sel=None, n_allowed: int | None = None,
+                      nprobe: int | None = None, ef_search: int | None = None):
+    """The SearchParameters subclass the core index accepts, with the selector at top level."""
+    core = core_index(index)
+    if isinstance(core, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe or default_search(index)["nprobe"])
+    if isinstance(core, faiss.IndexHNSW):
+        ef = max(ef_search or DEFAULT_EF_SEARCH, k)
+        if n_allowed:
+            # A selective filter leaves few allowed nodes on the graph walk: widen it in proportion.
+            ef = max(ef, min(index.ntotal, math.ceil(k * index.ntotal / n_allowed)))
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+    return faiss.SearchParameters(sel=sel) if sel is not None else None
+
+
+@contextmanager
+def _stderr_to_log() -> Iterator[None]:
+    """Route FAISS's C-level stderr chatter (k-means warnings) to the log instead of the user's terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                log.info("faiss: %s", line.strip())
+
+
+def train(index: faiss.Index, sample: np.ndarray) -> None:
+    """Train an untrained index on `sample` [N, D]; too few vectors is a one-line BadInputError."""
+    try:
+        with _stderr_to_log():
+            index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    except RuntimeError as exc:
+        raise BadInputError(f"training the FAISS index failed on {len(sample)} vectors: {faiss_message(exc)}; "
+                            "choose a smaller --factory (fewer IVF lists) or the flat index") from None

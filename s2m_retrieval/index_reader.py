@@ -1,0 +1,85 @@
+"""Read side of an index for queries: stamp check, memory-mapped FAISS, stored arrays and metadata by id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from index.layout import IndexPaths, index_paths
+from index.shards import ShardStore
+from index.stamp import IndexStamp, read_stamp
+from index.store import VectorStore
+from s2m_retrieval.errors import IndexCorruptError, IndexMissingError
+from s2m_retrieval.storage.db import Database, open_database, resolve_home
+
+
+@dataclass
+class IndexReader:
+    """An opened index: `search` in FAISS, then `arrays` (e.g. thumbs) and `images` for the hits."""
+
+    paths: IndexPaths
+    stamp: IndexStamp
+    store: VectorStore
+    db: Database
+    shards: ShardStore
+
+    def search(self, queries: np.ndarray, k: int, *, allow: np.ndarray | None = None,
+               **knobs) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (distances, image ids) per query; `allow` restricts to those image ids."""
+        return self.store.search(queries, k, allow=allow, **knobs)
+
+    def arrays(self, key: str, image_ids: Sequence[int]) -> np.ndarray:
+        """Stored per-image arrays (e.g. "thumbs", "vectors") for these ids, in order."""
+        from sqlalchemy import select
+
+        from s2m_retrieval.storage.models import Vector
+
+        ids = [int(i) for i in image_ids]
+        with self.db.session() as s:
+            found = s.execute(select(Vector.image_id, Vector.shard, Vector.row).where(
+                Vector.index_name == self.stamp.name, Vector.image_id.in_(ids)))
+            where = {iid: (shard, row) for iid, shard, row in found}
+        absent = [i for i in ids if i not in where]
+        if absent:
+            raise IndexCorruptError(f"index {self.stamp.name!r} has no stored row for image ids {absent[:5]}; "
+                                    "run `s2m index verify`")
+        return self.shards.gather(key, [where[i] for i in ids])
+
+    def images(self, image_ids: Sequence[int]) -> dict[int, dict]:
+        """Metadata rows (path, size, labels) of these image ids."""
+        from sqlalchemy import select
+
+        from s2m_retrieval.storage.models import Image
+
+        with self.db.session() as s:
+            found = s.scalars(select(Image).where(Image.id.in_([int(i) for i in image_ids])))
+            return {img.id: {"id": img.id, "path": img.path, "stem": img.stem, "width": img.width,
+                             "height": img.height, "labels": img.labels} for img in found}
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.db.dispose()
+
+    def __enter__(self) -> IndexReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_index(*, name: str = "default", home=None, db_url: str | None = None, model_version: str | None = None,
+               metric: str | None = None, dim: int | None = None) -> IndexReader:
+    """Open an index for queries; a stamp that disagrees with the model in use raises VersionMismatchError."""
+    paths = index_paths(resolve_home(home), name).require()
+    stamp = read_stamp(paths.manifest)
+    stamp.check(model_version=model_version, metric=metric, dim=dim)
+    if not paths.faiss_file.is_file():
+        raise IndexMissingError(f"index {name!r} has no FAISS file yet (interrupted first build?); "
+                                f"rerun `s2m index build ARCHIVE --name {name}`")
+    store = VectorStore.load(paths.faiss_file, stamp.factory, mmap=True, search_defaults=stamp.search)
+    if store.dim != stamp.dim:
+        raise IndexCorruptError(f"FAISS file {paths.faiss_file} has dim {store.dim}, its stamp says {stamp.dim}; "
+                                f"rebuild: {stamp.rebuild_hint()}")
+    return IndexReader(paths, stamp, store, open_database(paths.home, db_url), ShardStore(paths.shards))

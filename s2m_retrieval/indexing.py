@@ -1,0 +1,308 @@
+"""Index builds as reader -> mapper -> writer: incremental by sha256, resumable after kill -9.
+
+Order of writes per batch, which is what makes a killed build resumable: the batch's arrays go to a
+new shard file (fsync'd) first; then one SQL transaction records the images and points their vector
+rows at that shard; FAISS is updated in memory and saved now and then. On the next run, shards no
+row refers to are deleted, and FAISS is re-synced from SQL + shards before new work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from index.factory import auto_factory
+from index.stamp import IndexStamp, read_stamp, write_stamp
+from index.store import VectorStore
+from s2m_retrieval.build_reader import PlanItem, plan, prefetch, read_batches
+from s2m_retrieval.data.archive import ArchiveEntry, ReadStats, scan_archive
+from s2m_retrieval.encoding import ArchiveEncoder, check_outputs
+from s2m_retrieval.errors import ArchiveError, BadInputError, VersionMismatchError
+from s2m_retrieval.index_sync import (WriteHandle, collect_garbage, load_store_for_write, open_for_write, resync,
+                                      save_index, sync_store)
+from s2m_retrieval.storage import catalog
+from s2m_retrieval.storage.catalog import ImageRecord
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]  # (images just done, images to do in total)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build: index name, FAISS factory (None = keep the index's, or choose by size), batching."""
+
+    name: str = "default"
+    factory: str | None = None
+    batch_size: int = 64
+    rebuild: bool = False
+    prune: bool = False
+    checkpoint_s: float = 60.0
+
+
+@dataclass
+class BuildSummary:
+    """What a build did, for the end-of-run summary and `--json`."""
+
+    name: str
+    source: str
+    factory: str = ""
+    build_id: int = 0
+    added: int = 0
+    skipped: int = 0
+    replaced: int = 0
+    removed: int = 0
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    total: int = 0
+    seconds: float = 0.0
+    faiss_rebuilt: bool = False
+
+    @property
+    def images_per_s(self) -> float:
+        """Encoded images per second of wall time."""
+        return (self.added + self.replaced) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        """Plain data for JSON output."""
+        return asdict(self) | {"images_per_s": round(self.images_per_s, 1)}
+
+    def lines(self, max_listed: int = 10) -> list[str]:
+        """Human summary: counts, then bad and missing files with reasons."""
+        out = [f"index {self.name!r} ({self.factory}): added {self.added}, replaced {self.replaced}, "
+               f"skipped {self.skipped} unchanged, removed {self.removed}, bad {len(self.bad)}, "
+               f"missing {len(self.missing)}; {self.total} vectors in the index; "
+               f"{self.seconds:.1f} s ({self.images_per_s:.0f} images/s)"]
+        if self.faiss_rebuilt:
+            out.append("the FAISS file was missing or damaged and was rebuilt from the stored vectors")
+        out += [f"  bad: {path}: {reason}" for path, reason in self.bad[:max_listed]]
+        out += [f"  missing on disk: {path}" for path in self.missing[:max_listed]]
+        hidden = max(0, len(self.bad) - max_listed) + max(0, len(self.missing) - max_listed)
+        if hidden:
+            out.append(f"  ... and {hidden} more (see --json)")
+        if self.missing and not self.removed:
+            out.append("  files missing on disk are still indexed; pass --prune to remove them")
+        return out
+
+
+class BatchWriter:
+    """Writer: shard file, then one SQL transaction, then FAISS in memory (saved every `checkpoint_s`)."""
+
+    def __init__(self, handle: WriteHandle, stamp: IndexStamp, store: VectorStore, *, model_version_id: int,
+                 build_id: int, synced_vector_id: int, checkpoint_s: float) -> None:
+        self.h, self.stamp, self.store = handle, stamp, store
+        self.model_version_id, self.build_id = model_version_id, build_id
+        self.synced_id = synced_vector_id
+        self.in_sync = store.is_trained  # FAISS reflects every committed row up to synced_id
+        self.checkpoint_s = checkpoint_s
+        self.last_save = time.monotonic()
+        self.seq = 0
+        self.committed = 0
+        self.train_at = 0
+
+    def write(self, items: Sequence[PlanItem], arrays: dict[str, np.ndarray],
+              sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """Store one encoded batch; returns (added, replaced)."""
+        shard = f"{self.build_id:06d}-{self.seq:06d}"
+        self.seq += 1
+        self.h.shards.write(shard, arrays)
+        records = [ImageRecord(path=it.path, stem=it.entry.stem, sha256=it.sha256, width=w, height=h,
+                               labels=dict(it.entry.labels)) for it, (h, w) in zip(items, sizes)]
+        with self.h.db.session(write=True) as s:
+            stored = catalog.record_batch(s, self.stamp.name, self.model_version_id, shard, records)
+        self.committed += len(stored)
+        replaced = np.array([iid for iid, _, rep in stored if rep], dtype=np.int64)
+        ids = np.array([iid for iid, _, _ in stored], dtype=np.int64)
+        if self.in_sync and (not len(replaced) or self.store.supports_remove):
+            self.store.remove(replaced)
+            self.store.add(ids, arrays["vectors"])
+            self.synced_id = max(vid for _, vid, _ in stored)
+        elif self.in_sync:
+            self.in_sync = False  # HNSW cannot drop the old vector: one rebuild from the shards at the end
+        elif not self.store.is_trained and self.train_at and self.committed >= self.train_at:
+            _, self.synced_id = resync(self.h, self.stamp, self.store)
+            self.in_sync = self.store.is_trained
+            self.last_save = time.monotonic()
+        if self.in_sync and time.monotonic() - self.last_save > self.checkpoint_s:
+            save_index(self.h.paths, self.store, self.stamp, self.synced_id)
+            self.last_save = time.monotonic()
+        return len(stored) - len(replaced), len(replaced)
+
+
+def _check_model(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, factory: str | None) -> None:
+    stamp.check(model_version=encoder.version, metric=encoder.metric, dim=encoder.dim)
+    if factory and factory != stamp.factory:
+        raise BadInputError(f"index {stamp.name!r} uses factory {stamp.factory}, not {factory}; "
+                            f"rebuild it to change: {stamp.rebuild_hint()}")
+    with handle.db.session() as s:
+        others = [v for v in catalog.model_versions_of(s, stamp.name) if v != encoder.version]
+    if others:
+        raise VersionMismatchError(f"index {stamp.name!r} holds vectors of model version {others[0]}, the model in "
+                                   f"use is {encoder.version}; rebuild it: {stamp.rebuild_hint()}")
+
+
+def _check_trainable(store: VectorStore, factory: str, n_expected: int) -> None:
+    """Fail before encoding anything when a trainable factory will never see enough vectors."""
+    need = store.training_size(n_expected)[0] if not store.is_trained else 0
+    if n_expected < need:
+        raise BadInputError(f"factory {factory} needs at least {need} vectors to train, this index would hold "
+                            f"{n_expected}; choose a smaller --factory (fewer IVF lists, or Flat)")
+
+
+def _wipe(handle: WriteHandle, name: str) -> None:
+    """--rebuild: forget every vector of the index (SQL rows, FAISS, shards, stamp)."""
+    with handle.db.session(write=True) as s:
+        catalog.delete_index(s, name)
+    shutil.rmtree(handle.paths.shards, ignore_errors=True)
+    handle.paths.faiss_file.unlink(missing_ok=True)
+    handle.paths.manifest.unlink(missing_ok=True)
+
+
+def _new_stamp(name: str, encoder: ArchiveEncoder, factory: str) -> IndexStamp:
+    return IndexStamp(name=name, model_version=encoder.version, model_name=encoder.name, metric=encoder.metric,
+                      dim=encoder.dim, factory=factory, weighting=encoder.weighting, resolution=encoder.resolution)
+
+
+def build_index(archive: str | Path | None, encoder: ArchiveEncoder, *, home=None, db_url: str | None = None,
+                options: BuildOptions = BuildOptions(), entries: Sequence[ArchiveEntry] | None = None,
+                progress: Progress | None = None) -> BuildSummary:
+    """Index an archive folder (or explicit `entries`): add new files, replace changed ones, skip the rest."""
+    t0 = time.perf_counter()
+    if not 1 <= options.batch_size <= catalog.CHUNK:
+        raise BadInputError(f"--batch must be between 1 and {catalog.CHUNK}, got {options.batch_size}")
+    root = Path(archive).resolve() if archive is not None else None
+    if entries is None:
+        if root is None:
+            raise BadInputError("give an archive folder or a list of files")
+        entries = scan_archive(root)
+        if not entries:
+            raise ArchiveError(f"no images found in {root}")
+    if options.factory:
+        VectorStore.create(encoder.dim, options.factory)  # a bad factory string fails before anything is written
+    summary = BuildSummary(name=options.name, source=str(root) if root else "files")
+    with open_for_write(home, options.name, db_url) as handle:
+        if options.rebuild:
+            _wipe(handle, options.name)
+        with handle.db.session() as s:
+            known = {r.path: r for r in catalog.stored_vectors(s, options.name)}
+        stamp = read_stamp(handle.paths.manifest) if handle.paths.exists() else None
+        if stamp is None:
+            n_expected = len({os.path.abspath(e.path) for e in entries} | set(known))
+            stamp = _new_stamp(options.name, encoder, options.factory or auto_factory(n_expected, encoder.dim))
+            _check_trainable(VectorStore.create(encoder.dim, stamp.factory), stamp.factory, n_expected)
+            write_stamp(handle.paths.manifest, stamp)
+        _check_model(handle, stamp, encoder, options.factory)
+        summary.factory = stamp.factory
+        with handle.db.session(write=True) as s:
+            mv = catalog.get_or_create_model_version(s, version=encoder.version, name=encoder.name,
+                                                     dim=encoder.dim, metric=encoder.metric, config=encoder.config)
+            summary.build_id = catalog.start_build(s, options.name, mv.id, stamp.factory, summary.source)
+        try:
+            _run_build(handle, stamp, encoder, entries, root, options, summary, mv.id, progress)
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            try:
+                with handle.db.session(write=True) as s:
+                    catalog.finish_build(s, summary.build_id, status, message=str(exc)[:500] or type(exc).__name__)
+            except Exception:  # the database itself may be what failed; the next run marks this one interrupted
+                pass
+            raise
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _forget_lost_shards(handle: WriteHandle, name: str) -> None:
+    """Rows whose shard file is gone (folder deleted by hand) are dropped, so their files get encoded again."""
+    with handle.db.session() as s:
+        referenced = catalog.referenced_shards(s, name)
+    on_disk = {shard for shard, keys in handle.shards.names().items() if "vectors" in keys}
+    lost = sorted(referenced - on_disk)
+    if lost:
+        log.warning("index %r: %d shard files are gone; their images will be encoded again", name, len(lost))
+        with handle.db.session(write=True) as s:
+            catalog.delete_shard_rows(s, name, lost)
+
+
+def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, entries: Sequence[ArchiveEntry],
+               root: Path | None, options: BuildOptions, summary: BuildSummary,
+               model_version_id: int, progress: Progress | None) -> None:
+    collect_garbage(handle, stamp.name)
+    _forget_lost_shards(handle, stamp.name)
+    with handle.db.session() as s:
+        known = {r.path: r for r in catalog.stored_vectors(s, stamp.name)}
+    store, summary.faiss_rebuilt = load_store_for_write(handle.paths, stamp)
+    _, synced = resync(handle, stamp, store)
+
+    stats = ReadStats()
+    todo, summary.skipped = plan(entries, known, stats)
+    writer = BatchWriter(handle, stamp, store, model_version_id=model_version_id, build_id=summary.build_id,
+                         synced_vector_id=synced, checkpoint_s=options.checkpoint_s)
+    if not store.is_trained:
+        _check_trainable(store, stamp.factory, len(known) + len(todo))
+        writer.train_at = max(1, store.training_size(len(known) + len(todo))[1] - len(known))
+    if progress:
+        progress(0, len(todo))
+    for items, images, sizes in prefetch(read_batches(todo, options.batch_size, encoder.resolution, stats)):
+        arrays = check_outputs(encoder, images, encoder.encode(images))
+        shapes = {k: list(v.shape[1:]) for k, v in arrays.items()}
+        if not stamp.arrays:
+            stamp.arrays = shapes
+        elif shapes != stamp.arrays:
+            raise VersionMismatchError(f"encoder arrays {shapes} differ from the index's {stamp.arrays}; "
+                                       f"rebuild it: {stamp.rebuild_hint()}")
+        added, replaced = writer.write(items, arrays, sizes)
+        summary.added += added
+        summary.replaced += replaced
+        if progress:
+            progress(len(items), len(todo))
+    summary.bad = list(stats.bad_files)
+
+    # A changed file that no longer decodes must not keep the vector of its old content.
+    gone = [known[os.path.abspath(p)].image_id for p, _ in summary.bad if os.path.abspath(p) in known]
+    if root is not None:
+        seen = {os.path.abspath(e.path) for e in entries}
+        prefix = str(root) + "/"
+        summary.missing = sorted(p for p in known if p.startswith(prefix) and p not in seen)
+        if options.prune:
+            gone += [known[p].image_id for p in summary.missing]
+    if gone:
+        with handle.db.session(write=True) as s:
+            catalog.delete_vectors(s, stamp.name, gone)
+        summary.removed = len(gone)
+
+    with handle.db.session() as s:
+        rows = catalog.stored_vectors(s, stamp.name)
+    report = sync_store(store, handle.shards, rows, writer.synced_id)
+    if report.pending:
+        raise BadInputError(f"factory {stamp.factory} needs at least {report.need} vectors to train, the index holds "
+                            f"{report.pending}; add images or choose a smaller --factory (with --rebuild)")
+    synced = max((r.vector_id for r in rows), default=0)
+    if report.changed or synced != stamp.synced_vector_id or not handle.paths.faiss_file.is_file():
+        save_index(handle.paths, store, stamp, synced)
+    collect_garbage(handle, stamp.name)
+    summary.total = store.ntotal
+    with handle.db.session(write=True) as s:
+        catalog.finish_build(s, summary.build_id, "done", n_added=summary.added, n_skipped=summary.skipped,
+                             n_replaced=summary.replaced, n_removed=summary.removed, n_bad=len(summary.bad))
+
+
+def add_files(files: Sequence[str | Path], encoder: ArchiveEncoder, *, home=None, db_url: str | None = None,
+              options: BuildOptions = BuildOptions(), progress: Progress | None = None) -> BuildSummary:
+    """Index individual image files (no labels); an unchanged file is skipped, a changed one replaced."""
+    entries, seen = [], set()
+    for f in files:
+        path = Path(f).resolve()
+        if not path.is_file():
+            raise BadInputError(f"image file not found: {f}")
+        if path not in seen:
+            seen.add(path)
+            entries.append(ArchiveEntry(path=path, stem=path.stem, rel=path.name))
+    if not entries:
+        raise BadInputError("give at least one image file")
+    return build_index(None, encoder, home=home, db_url=db_url, options=options, entries=entries, progress=progress)

@@ -1,0 +1,188 @@
+"""Perceptual distances with explicit, recorded backends: LPIPS (alex, vgg), the segmenter's features, random."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from s2m_retrieval.errors import BadInputError, CheckpointError, PerceptualWeightsMissing
+
+BACKENDS = ("seg", "lpips-alex", "lpips-vgg", "random")
+DEFAULT_BACKEND = "seg"  # the only one that needs no download: trained here, shipped as package data
+
+# torchvision's ImageNet checkpoints that lpips builds its trunks from (torchvision.models.*_Weights.IMAGENET1K_V1).
+TORCHVISION_FILES = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+}
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+
+
+class PerceptualDistance(nn.Module):
+    """LPIPS-style distance: unit-normalised features per layer, squared difference, (linear), spatial mean, sum."""
+
+    def __init__(self, name: str, version: str, backbone: nn.Module, linear: nn.ModuleList | None = None) -> None:
+        super().__init__()
+        self.name = name          # the backend, e.g. "seg"
+        self.version = version    # backend + weights stamp, what indexes and results record
+        self.backbone = backbone  # images [N, 3, H, W] in [-1, 1] -> list of [N, C_k, H_k, W_k]
+        self.linear = linear      # per-layer 1x1 conv to one channel (LPIPS' learned weights) or None
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "PerceptualDistance":
+        # A metric never trains: dropout in lpips' linear layers must stay off even inside a training loop.
+        return super().train(False)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised feature maps of images [N, 3, H, W] in [-1, 1], one per layer (cacheable)."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"perceptual distance expects images [N, 3, H, W], got {list(x.shape)}")
+        return [f * torch.rsqrt(f.square().sum(dim=1, keepdim=True) + 1e-10) for f in self.backbone(x)]
+
+    def distance_from_features(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """Per-pair distance [N] from two feature lists; a batch of 1 broadcasts against N."""
+        total = 0.0
+        for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
+            diff = (a - b).square()                                      # [N, C_k, H_k, W_k]
+            diff = self.linear[k](diff) if self.linear is not None else diff.sum(dim=1, keepdim=True)
+            total = total + diff.mean(dim=(1, 2, 3))
+        return total
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-pair distance [N] between images x and y [N, 3, H, W] in [-1, 1]."""
+        return self.distance_from_features(self.features(x), self.features(y))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.distance(x, y)
+
+
+class _LpipsTrunk(nn.Module):
+    """lpips' input scaling and ImageNet trunk, returning its five relu outputs."""
+
+    def __init__(self, scaling: nn.Module, net: nn.Module) -> None:
+        super().__init__()
+        self.scaling = scaling
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.net(self.scaling(x)))
+
+
+class _SegmenterEncoder(nn.Module):
+    """The down-sampling half of the segmenter U-Net: one feature map per level."""
+
+    def __init__(self, segmenter: nn.Module) -> None:
+        super().__init__()
+        self.stem = segmenter.stem
+        self.down = segmenter.down
+        self.multiple = 2 ** segmenter.config.depth
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
+            raise ValueError(f"the seg perceptual distance needs sides that are multiples of {self.multiple}, "
+                             f"got {list(x.shape[-2:])}")
+        feats = [self.stem(x)]                                           # [N, c0, H, W]
+        for block in self.down:
+            feats.append(block(F.max_pool2d(feats[-1], 2)))              # halves H, W per level
+        return feats
+
+
+class _RandomTrunk(nn.Module):
+    """Three random strided convs: a stand-in backbone for plumbing tests, meaningless as a metric."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.convs = nn.ModuleList([nn.Conv2d(3, 16, 3, 2, 1), nn.Conv2d(16, 32, 3, 2, 1),
+                                        nn.Conv2d(32, 32, 3, 2, 1)])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+            feats.append(x)
+        return feats
+
+
+def torchvision_weights_path(net: str) -> Path:
+    """Where torchvision looks for the ImageNet trunk of lpips `net` ("alex" or "vgg"): $TORCH_HOME/hub/checkpoints."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_FILES[net]
+
+
+def _load_lpips(net: str, device: torch.device) -> PerceptualDistance:
+    import importlib.util
+
+    trunk_path = torchvision_weights_path(net)
+    spec = importlib.util.find_spec("lpips")  # locate without importing: the import costs seconds
+    if spec is None or spec.origin is None:
+        raise PerceptualWeightsMissing(f"lpips-{net} needs the lpips package: pip install lpips")
+    lin_path = Path(spec.origin).parent / "weights" / "v0.1" / f"{net}.pth"
+    name = f"lpips-{net}"
+    if not trunk_path.is_file():
+        raise PerceptualWeightsMissing(
+            f"{name} needs torchvision's ImageNet weights: place {trunk_path.name} (from {TORCHVISION_URL}"
+            f"{trunk_path.name}) in {trunk_path.parent}/ (set TORCH_HOME to move it), or use the offline 'seg' backend")
+    if not lin_path.is_file():
+        raise PerceptualWeightsMissing(f"{name} needs the lpips package's linear weights {lin_path}; "
+                                       "reinstall lpips (pip install --force-reinstall lpips)")
+    damaged = (f"{name} weights {trunk_path} or {lin_path} are damaged ({{}}); "
+               f"download {TORCHVISION_URL}{trunk_path.name} again or reinstall lpips")
+    try:  # read both files before building anything: a bad file fails fast
+        trunk_state = torch.load(trunk_path, map_location="cpu", weights_only=True)
+        lin_state = torch.load(lin_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise PerceptualWeightsMissing(damaged.format(type(exc).__name__)) from exc
+    import lpips
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lpips passes torchvision's deprecated `pretrained` flag
+        # pnet_rand/pretrained off: lpips must not download or read anything; the files are loaded below.
+        model = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
+    try:
+        # lpips splits torchvision's `features` Sequential into slices that keep the original indices.
+        wanted = {}
+        for key in model.net.state_dict():
+            _, index, param = key.split(".")
+            wanted[key] = trunk_state[f"features.{index}.{param}"]
+        model.net.load_state_dict(wanted)
+        unexpected = model.load_state_dict(lin_state, strict=False).unexpected_keys
+        if unexpected:
+            raise KeyError(unexpected[0])
+    except (KeyError, RuntimeError) as exc:
+        raise PerceptualWeightsMissing(damaged.format(f"{type(exc).__name__}: {str(exc)[:80]}")) from exc
+    return PerceptualDistance(name, f"{name}:v0.1", _LpipsTrunk(model.scaling_layer, model.net),
+                              nn.ModuleList(model.lins)).to(device)
+
+
+def _load_seg(checkpoint: str | os.PathLike | None, device: torch.device) -> PerceptualDistance:
+    from s2m_retrieval.checkpoint import config_from_dict, load_checkpoint, version_hash
+    from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
+    from s2m_retrieval.segmentation import segmenter_path
+
+    payload = load_checkpoint(segmenter_path(checkpoint), kind="segmenter")
+    try:
+        segmenter = Segmenter(config_from_dict(SegmenterConfig, payload["config"]))
+        segmenter.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"segmenter checkpoint does not rebuild a Segmenter ({str(exc)[:120]})") from exc
+    return PerceptualDistance("seg", f"seg:{version_hash(payload)}", _SegmenterEncoder(segmenter)).to(device)
+
+
+def load_perceptual(name: str = DEFAULT_BACKEND, device: str | torch.device = "cpu",
+                    checkpoint: str | os.PathLike | None = None) -> PerceptualDistance:
+    """The perceptual distance `name` (one of BACKENDS); `checkpoint` picks a segmenter for "seg"."""
+    device = torch.device(device)
+    if name == "seg":
+        return _load_seg(checkpoint, device)
+    if name in ("lpips-alex", "lpips-vgg"):
+        return _load_lpips(name.split("-")[1], device)
+    if name == "random":
+        return PerceptualDistance("random", "random:0", _RandomTrunk(0)).to(device)
+    raise BadInputError(f"unknown perceptual distance {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,152 @@
+"""The Sketch2MedI pipeline: G, sketch encoder E, refiner H, archive inverter and a perceptual metric as one model."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from s2m_retrieval.checkpoint import load_checkpoint, shipped_weights, version_hash
+from s2m_retrieval.data.sketch import is_blank_sketch
+from s2m_retrieval.errors import BadInputError, CheckpointError
+from s2m_retrieval.networks.encoders import Encoder
+from s2m_retrieval.networks.refiner import Refiner, refine
+from s2m_retrieval.networks.stylegan2 import Generator, load_generator
+from s2m_retrieval.perceptual import DEFAULT_BACKEND, PerceptualDistance, load_perceptual
+from s2m_retrieval.training.latent import model_version
+
+SHIPPED = "shipped"          # from_checkpoints' marker for the package's own weights
+DEFAULT_REFINE_STEPS = 3     # the T H was trained with
+
+
+def _resize(x: torch.Tensor, res: int) -> torch.Tensor:
+    if x.shape[-2:] == (res, res):
+        return x
+    return F.interpolate(x, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
+
+
+def sketch_batch(sketch, res: int) -> torch.Tensor:
+    """uint8 sketch(es) [H, W], [H, W, 3|4] or [B, H, W] (dark strokes on white) -> [B, 1, res, res] in [-1, 1]."""
+    array = np.asarray(sketch)
+    if array.dtype != np.uint8:
+        raise BadInputError(f"a sketch must be a uint8 image, got {array.dtype}")
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        if array.shape[-1] == 4:  # a transparent canvas is white paper, not black ink
+            alpha = array[..., 3:].astype(np.float32) / 255.0
+            array = (array[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+        array = array.min(axis=2)  # any dark channel is ink
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or min(array.shape) == 0:
+        raise BadInputError(f"a sketch must be [H, W], [H, W, 3|4] or [B, H, W], got shape {array.shape}")
+    for i, one in enumerate(array):
+        if is_blank_sketch(one):
+            raise BadInputError(f"sketch {i} is blank: draw the outlines to search for (dark strokes on white)")
+    x = torch.from_numpy(array.astype(np.float32) / 127.5 - 1.0)[:, None]
+    return _resize(x, res).clamp(-1, 1)
+
+
+def image_batch(images, res: int) -> torch.Tensor:
+    """uint8 RGB images [B, H, W, 3] (or one [H, W, 3]) -> [B, 3, res, res] in [-1, 1]."""
+    array = np.asarray(images)
+    if array.ndim == 3:
+        array = array[None]
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3 or 0 in array.shape:
+        raise BadInputError(f"images must be uint8 RGB [B, H, W, 3], got {array.dtype} {array.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return _resize(x, res).clamp(-1, 1)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
+    pix = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pix.permute(0, 2, 3, 1).numpy()
+
+
+class Sketch2MedI:
+    """Frozen G + E (+ H, + inverter, + perceptual metric); `version` stamps everything built with it."""
+
+    def __init__(self, G: Generator, encoder: Encoder, refiner: Refiner | None = None,
+                 inverter: Encoder | None = None, perceptual: PerceptualDistance | None = None,
+                 versions: dict[str, str] | None = None, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.G = G.to(self.device).eval().requires_grad_(False)
+        self.encoder = encoder.to(self.device).eval().requires_grad_(False)
+        self.refiner = None if refiner is None else refiner.to(self.device).eval().requires_grad_(False)
+        self.inverter = None if inverter is None else inverter.to(self.device).eval().requires_grad_(False)
+        self.perceptual = perceptual
+        self.resolution = G.config.img_resolution
+        for name, module in (("encoder", self.encoder), ("inverter", self.inverter)):
+            if module is not None and (module.config.num_ws, module.config.w_dim, module.config.img_resolution) != \
+                    (G.num_ws, G.config.w_dim, self.resolution):
+                raise CheckpointError(f"the {name} does not fit the generator's W+ "
+                                      f"({G.num_ws} x {G.config.w_dim} at {self.resolution} px)")
+        parts = {"generator": self.G, "encoder": self.encoder, "refiner": self.refiner, "inverter": self.inverter}
+        given = versions or {}
+        self.versions = {k: (given.get(k) or model_version(m)) if m is not None else None for k, m in parts.items()}
+
+    @property
+    def version(self) -> str:
+        """Model version: a hash over the versions of every component (absent ones count as absent)."""
+        text = ";".join(f"{k}={v or '-'}" for k, v in sorted(self.versions.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_checkpoints(cls, generator: str | os.PathLike = SHIPPED, encoder: str | os.PathLike = SHIPPED,
+                         refiner: str | os.PathLike | None = SHIPPED, inverter: str | os.PathLike | None = SHIPPED,
+                         perceptual: str | None = DEFAULT_BACKEND, device: str | torch.device = "cpu",
+                         strict: bool = True) -> "Sketch2MedI":
+        """Load the components (SHIPPED: package weights; None: leave out); strict checks what each was trained on."""
+        from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter, load_refiner
+
+        def payload(value, name):
+            if value is None:
+                return None
+            return load_checkpoint(shipped_weights(name) if value == SHIPPED else value, kind=name)
+
+        g_payload = payload(generator, "generator")
+        if g_payload is None or encoder is None:
+            raise BadInputError("a Sketch2MedI pipeline needs a generator and a sketch encoder")
+        payloads = {"generator": g_payload, "encoder": payload(encoder, "encoder"),
+                    "refiner": payload(refiner, "refiner"), "inverter": payload(inverter, "inverter")}
+        versions = {k: version_hash(p) if p is not None else None for k, p in payloads.items()}
+        if strict:
+            for name, p in payloads.items():
+                trained_on = {} if p is None else p.get("meta", {})
+                for dep in ("generator", "encoder"):
+                    want = trained_on.get(f"{dep}_version")
+                    if want is not None and want != versions[dep]:
+                        raise CheckpointError(f"the {name} was trained against {dep} {want}, not the loaded "
+                                              f"{versions[dep]}; load matching checkpoints or retrain the {name}")
+        return cls(load_generator(g_payload, device), load_encoder(payloads["encoder"], device),
+                   None if payloads["refiner"] is None else load_refiner(payloads["refiner"], device),
+                   None if payloads["inverter"] is None else load_inverter(payloads["inverter"], device),
+                   None if perceptual is None else load_perceptual(perceptual, device), versions, device)
+
+    @torch.no_grad()
+    def sketch_to_latent(self, sketch) -> torch.Tensor:
+        """uint8 sketch(es) (see `sketch_batch`) -> W+ [B, num_ws, w_dim]."""
+        return self.encoder(sketch_batch(sketch, self.resolution).to(self.device))
+
+    @torch.no_grad()
+    def generate(self, sketch, steps: int = DEFAULT_REFINE_STEPS):
+        """Sketch -> (w_plus [B, num_ws, w_dim], accumulated offsets {layer: [B, out, in, 1, 1]} or None, x_hat)."""
+        if steps > 0 and self.refiner is None:
+            raise BadInputError("refinement steps need a refiner: load one or generate with steps=0")
+        x = sketch_batch(sketch, self.resolution).to(self.device)
+        w_plus = self.encoder(x)
+        deltas, images = refine(self.refiner, self.G, w_plus, x, steps)
+        return w_plus, deltas, images[-1]
+
+    @torch.no_grad()
+    def invert(self, images, iterations: int | None = None, optimise_steps: int = 0) -> torch.Tensor:
+        """uint8 RGB images [B, H, W, 3] -> W+ [B, num_ws, w_dim] with the archive inverter."""
+        from s2m_retrieval.training.inverter import invert
+
+        if self.inverter is None:
+            raise BadInputError("no archive inverter loaded: load one to invert images")
+        x = image_batch(images, self.resolution).to(self.device)
+        return invert(self.inverter, self.G, x, iterations, optimise_steps, self.perceptual)

@@ -1,0 +1,1 @@
+"""SQL metadata storage: typed models, engines and sessions, Alembic migrations."""

@@ -1,0 +1,163 @@
+"""SQL side of an index: model versions, image rows, vector locations, build records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from s2m_retrieval.storage.models import Image, IndexBuild, ModelVersion, Vector, utcnow
+
+# Bound on bound parameters per statement (SQLite's limit is 32766; stay far below it).
+CHUNK = 500
+
+
+def _chunks(items: Sequence, size: int = CHUNK) -> Iterable[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What a build knows of one archive file before storing it."""
+
+    path: str
+    stem: str
+    sha256: str
+    width: int
+    height: int
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """One vector row of an index, joined with its image path."""
+
+    vector_id: int
+    image_id: int
+    path: str
+    sha256: str
+    shard: str
+    row: int
+    model_version_id: int
+
+
+def get_or_create_model_version(session: Session, *, version: str, name: str, dim: int, metric: str,
+                                config: dict) -> ModelVersion:
+    """The model_versions row of `version`, created on first use."""
+    row = session.scalars(select(ModelVersion).where(ModelVersion.version == version)).one_or_none()
+    if row is None:
+        row = ModelVersion(version=version, name=name, dim=dim, metric=metric, config=config)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def stored_vectors(session: Session, index_name: str) -> list[StoredVector]:
+    """Every vector row of an index (with image paths), ordered by vector id."""
+    stmt = (select(Vector.id, Vector.image_id, Image.path, Vector.sha256, Vector.shard, Vector.row,
+                   Vector.model_version_id)
+            .join(Image, Image.id == Vector.image_id)
+            .where(Vector.index_name == index_name).order_by(Vector.id))
+    return [StoredVector(*r) for r in session.execute(stmt)]
+
+
+def record_batch(session: Session, index_name: str, model_version_id: int, shard: str,
+                 records: Sequence[ImageRecord]) -> list[tuple[int, int, bool]]:
+    """Upsert images and (re)point their vectors at `shard` rows 0..B-1; returns (image_id, vector_id, replaced)."""
+    paths = [r.path for r in records]
+    ids = dict(session.execute(select(Image.path, Image.id).where(Image.path.in_(paths))).all())
+    changed = [{"id": ids[r.path], "stem": r.stem, "sha256": r.sha256, "width": r.width, "height": r.height,
+                "labels": r.labels} for r in records if r.path in ids]
+    if changed:
+        session.execute(update(Image), changed)  # bulk UPDATE by primary key
+    fresh = [{"path": r.path, "stem": r.stem, "sha256": r.sha256, "width": r.width, "height": r.height,
+              "labels": r.labels, "added_at": utcnow()} for r in records if r.path not in ids]
+    if fresh:  # RETURNING rows carry their key (path / image_id), so their order does not matter
+        ids.update((path, iid) for iid, path in session.execute(
+            insert(Image).returning(Image.id, Image.path), fresh))
+    image_ids = [ids[p] for p in paths]
+    old = set(session.scalars(select(Vector.image_id).where(Vector.index_name == index_name,
+                                                            Vector.image_id.in_(image_ids))))
+    if old:
+        session.execute(delete(Vector).where(Vector.index_name == index_name, Vector.image_id.in_(list(old))))
+    now = utcnow()
+    rows = [{"image_id": iid, "index_name": index_name, "model_version_id": model_version_id, "sha256": rec.sha256,
+             "shard": shard, "row": i, "added_at": now} for i, (iid, rec) in enumerate(zip(image_ids, records))]
+    vector_ids = dict(session.execute(
+        insert(Vector).returning(Vector.image_id, Vector.id), rows).all())
+    return [(iid, vector_ids[iid], iid in old) for iid in image_ids]
+
+
+def delete_vectors(session: Session, index_name: str, image_ids: Sequence[int]) -> int:
+    """Delete an index's vectors of these images, then images no index refers to any more; returns rows gone."""
+    gone = 0
+    for chunk in _chunks(list(image_ids)):
+        gone += session.execute(delete(Vector).where(Vector.index_name == index_name,
+                                                     Vector.image_id.in_(chunk))).rowcount
+        session.execute(delete(Image).where(Image.id.in_(chunk), ~exists().where(Vector.image_id == Image.id)))
+    return gone
+
+
+def delete_index(session: Session, index_name: str) -> int:
+    """Delete every vector row of an index (and orphaned images); returns vector rows deleted."""
+    ids = list(session.scalars(select(Vector.image_id).where(Vector.index_name == index_name)))
+    return delete_vectors(session, index_name, ids)
+
+
+def referenced_shards(session: Session, index_name: str) -> set[str]:
+    """Shard names some vector row of the index points at."""
+    return set(session.scalars(select(Vector.shard).where(Vector.index_name == index_name).distinct()))
+
+
+def delete_shard_rows(session: Session, index_name: str, shards: Sequence[str]) -> list[int]:
+    """Delete the vector rows pointing into these shards (files lost); returns their image ids."""
+    ids = []
+    for chunk in _chunks(list(shards)):
+        ids += session.scalars(select(Vector.image_id).where(Vector.index_name == index_name,
+                                                              Vector.shard.in_(chunk))).all()
+    delete_vectors(session, index_name, ids)
+    return ids
+
+
+def count_vectors(session: Session, index_name: str) -> int:
+    """Number of vector rows of an index."""
+    return session.scalar(select(func.count()).select_from(Vector).where(Vector.index_name == index_name)) or 0
+
+
+def find_image(session: Session, index_name: str, key: int | Sequence[str]) -> int | None:
+    """The image id, having a vector in the index, of an id or of any of some candidate paths."""
+    cond = Image.id == key if isinstance(key, int) else Image.path.in_(list(key))
+    return session.scalar(select(Image.id).join(Vector, Vector.image_id == Image.id)
+                          .where(cond, Vector.index_name == index_name).limit(1))
+
+
+def start_build(session: Session, index_name: str, model_version_id: int, factory: str, source: str) -> int:
+    """Record a new run; earlier runs still marked running were killed (the caller holds the lock)."""
+    session.execute(update(IndexBuild).where(IndexBuild.index_name == index_name, IndexBuild.status == "running")
+                    .values(status="interrupted", message="process ended without finishing; resumed by a later run"))
+    build = IndexBuild(index_name=index_name, model_version_id=model_version_id, factory=factory, source=source)
+    session.add(build)
+    session.flush()
+    return build.id
+
+
+def finish_build(session: Session, build_id: int, status: str, message: str | None = None, **counts: int) -> None:
+    """Close a run with its outcome and counts (n_added, n_skipped, n_replaced, n_removed, n_bad)."""
+    session.execute(update(IndexBuild).where(IndexBuild.id == build_id)
+                    .values(status=status, message=message, finished_at=utcnow(), **counts))
+
+
+def recent_builds(session: Session, index_name: str, limit: int = 5) -> list[IndexBuild]:
+    """The latest runs on an index, newest first."""
+    return list(session.scalars(select(IndexBuild).where(IndexBuild.index_name == index_name)
+                                .order_by(IndexBuild.id.desc()).limit(limit)))
+
+
+def model_versions_of(session: Session, index_name: str) -> list[str]:
+    """Distinct model version hashes the vectors of an index were made with."""
+    stmt = (select(ModelVersion.version).join(Vector, Vector.model_version_id == ModelVersion.id)
+            .where(Vector.index_name == index_name).distinct())
+    return sorted(session.scalars(stmt))

@@ -1,0 +1,62 @@
+"""The CLI through Typer's CliRunner: data, sketch, errors as one line, lazy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from cli.main import app
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, cli.main; print(sorted(m for m in ('torch', 'faiss', 'sqlalchemy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_phantom_and_sheet(runner, tmp_path):
+    out = tmp_path / "arch"
+    result = runner.invoke(app, ["data", "phantom", "--n", "5", "--size", "64", "--seed", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "wrote 5 phantoms" in result.stdout
+    assert len(list((out / "images").glob("*.png"))) == 5
+    sheet = tmp_path / "sheet.png"
+    result = runner.invoke(app, ["data", "sheet", str(out), "--out", str(sheet), "--masks", "--sketches", "--tile", "32"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(sheet).size[0] > 32 * 3
+
+
+def test_phantom_refuses_non_empty_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "cli", "data", "phantom", "--n", "2", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not empty" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "keep.txt").read_text() == "x"
+
+
+def test_sketch_from_mask(runner, phantom_archive, tmp_path):
+    out = tmp_path / "s.png"
+    image = phantom_archive / "images" / "ph000000.png"
+    mask = phantom_archive / "masks" / "ph000000.png"
+    result = runner.invoke(app, ["sketch", str(image), "--mask", str(mask), "--out", str(out), "--freehand"])
+    assert result.exit_code == 0, result.output
+    drawing = np.asarray(Image.open(out))
+    assert drawing.shape == (64, 64)
+    assert (drawing < 128).mean() > 0.03  # there are strokes
+    assert (drawing > 200).mean() > 0.5   # on white paper
+
+
+def test_sketch_from_unreadable_image(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    proc = subprocess.run([sys.executable, "-m", "cli", "sketch", str(bad), "--out", str(tmp_path / "o.png")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "not an image" in proc.stderr
+    assert not (tmp_path / "o.png").exists()
