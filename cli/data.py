@@ -17,6 +17,7 @@ def phantom(
     seed: int = typer.Option(0, "--seed", help="Archive seed; same seed, byte-identical files."),
     start: int = typer.Option(0, "--start", help="Index of the first phantom (to extend an archive)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
+    workers: int = typer.Option(0, "--workers", help="Processes (0: one per CPU core)."),
 ) -> None:
     """Write a procedural pharyngeal archive: images/, masks/, labels.csv, classes.json."""
     import time
@@ -28,7 +29,7 @@ def phantom(
     t0 = time.perf_counter()
     with tqdm(total=n, unit="img", desc="phantoms", disable=None) as bar:
         write_phantom_archive(out, n=n, size=size, seed=seed, start=start, overwrite=overwrite,
-                              progress=bar.update)
+                              workers=workers or None, progress=bar.update)
     dt = time.perf_counter() - t0
     typer.echo(f"wrote {n} phantoms ({size}x{size}, seed {seed}) to {out} in {dt:.1f} s ({n / dt:.0f} images/s)")
 

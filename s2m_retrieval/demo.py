@@ -28,7 +28,7 @@ def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str]
         raise ArchiveError(f"{archive} already exists; pass another --out or remove it")
     t0 = time.perf_counter()
     with tqdm(total=n, unit="img", desc="phantom archive", disable=None) as bar:
-        write_phantom_archive(archive, n=n, size=64, seed=seed, progress=bar.update)
+        write_phantom_archive(archive, n=n, size=64, seed=seed, workers=None, progress=bar.update)
     echo(f"archive: {n} phantoms in {archive} ({n / (time.perf_counter() - t0):.0f} images/s)")
 
     # Held-out queries: phantoms past the archive's last index, never stored in it.

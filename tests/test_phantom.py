@@ -32,6 +32,12 @@ def test_same_seed_is_byte_identical(tmp_path):
     assert _digest(a) != _digest(c)
 
 
+def test_workers_do_not_change_bytes(tmp_path):
+    a = write_phantom_archive(tmp_path / "a", n=120, size=64, seed=2, workers=1)
+    b = write_phantom_archive(tmp_path / "b", n=120, size=64, seed=2, workers=2)
+    assert _digest(a) == _digest(b)
+
+
 def test_archive_layout_matches_contract(phantom_archive):
     images = sorted((phantom_archive / "images").glob("*.png"))
     masks = sorted((phantom_archive / "masks").glob("*.png"))

@@ -249,10 +249,11 @@ def render(p: PhantomParams, size: int) -> tuple[np.ndarray, np.ndarray]:
     x, y = reg["x"], reg["y"]
     flash = 0.35 + 0.65 * np.exp(-((x - p.light_x) ** 2 + (y - p.light_y) ** 2) / (2 * p.light_spread**2))
     rgb *= (shade * flash * p.exposure)[..., None]
-    wet = np.isin(label, (UVULA, TONSILS, TONGUE))
+    wet = (label == UVULA) | (label == TONSILS) | (label == TONGUE)
+    glare = np.zeros((size, size), np.float32)
     for hx, hy, hr in p.highlight_spots:
-        blob = np.exp(-((reg["u"] - hx) ** 2 + (reg["v"] - hy) ** 2) / (2 * hr**2)) * wet
-        rgb += 0.5 * blob[..., None]
+        glare += np.exp(-((reg["u"] - hx) ** 2 + (reg["v"] - hy) ** 2) / (2 * hr**2))
+    rgb += (0.5 * glare * wet)[..., None]
     rgb *= np.asarray(p.white_balance, np.float32)
 
     img = Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8))

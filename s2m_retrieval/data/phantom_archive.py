@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from s2m_retrieval.data.classes import CLASS_NAMES
 from s2m_retrieval.data.phantom import SUPPORTED_SIZES, make_phantom
 from s2m_retrieval.errors import ArchiveError, BadInputError
 
+_CHUNK = 50  # phantoms per worker task: large enough to amortise the hand-off, small for a smooth bar
 LABEL_COLUMNS = ("tonsil_grade", "mallampati", "follicles", "uvula_length", "uvula_deviation",
                  "tongue_height", "redness", "exposure", "blur_px")
 
@@ -36,10 +39,27 @@ def _png_bytes(array) -> bytes:
     return buf.getvalue()
 
 
+def _write_chunk(job: tuple[str, int, int, int, int]) -> list[dict]:
+    """Render and write phantoms [lo, hi) of an archive; return their labels.csv rows."""
+    out, seed, size, lo, hi = job
+    out = Path(out)
+    rows = []
+    for index in range(lo, hi):
+        image, label, params = make_phantom(seed, index, size)
+        pid = phantom_id(index)
+        _write_atomic(out / "images" / f"{pid}.png", _png_bytes(image))
+        _write_atomic(out / "masks" / f"{pid}.png", _png_bytes(label))
+        rows.append({"id": pid, "file": f"images/{pid}.png", **params.labels()})
+    return rows
+
+
 def write_phantom_archive(out: str | os.PathLike, n: int, size: int = 64, seed: int = 0,
-                          start: int = 0, overwrite: bool = False,
+                          start: int = 0, overwrite: bool = False, workers: int | None = 1,
                           progress: Callable[[int], None] | None = None) -> Path:
-    """Generate phantoms `start .. start+n-1` into `out`; same arguments give byte-identical files."""
+    """Generate phantoms `start .. start+n-1` into `out` (`workers` processes, None: all cores).
+
+    Same arguments give byte-identical files, whatever the number of workers.
+    """
     if n < 1:
         raise BadInputError(f"--n must be at least 1, got {n}")
     if size not in SUPPORTED_SIZES:
@@ -52,15 +72,23 @@ def write_phantom_archive(out: str | os.PathLike, n: int, size: int = 64, seed: 
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
 
+    chunks = [(str(out), seed, size, i, min(i + _CHUNK, start + n)) for i in range(start, start + n, _CHUNK)]
+    workers = min(workers or os.cpu_count() or 1, len(chunks))
     rows = []
-    for index in range(start, start + n):
-        image, label, params = make_phantom(seed, index, size)
-        pid = phantom_id(index)
-        _write_atomic(out / "images" / f"{pid}.png", _png_bytes(image))
-        _write_atomic(out / "masks" / f"{pid}.png", _png_bytes(label))
-        rows.append({"id": pid, "file": f"images/{pid}.png", **params.labels()})
-        if progress is not None:
-            progress(1)
+    if workers > 1:
+        # Each phantom depends only on (seed, index), so workers cannot change the bytes written.
+        ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+        with ctx.Pool(workers) as pool:
+            for chunk_rows in pool.imap(_write_chunk, chunks):
+                rows.extend(chunk_rows)
+                if progress is not None:
+                    progress(len(chunk_rows))
+    else:
+        for chunk in chunks:
+            chunk_rows = _write_chunk(chunk)
+            rows.extend(chunk_rows)
+            if progress is not None:
+                progress(len(chunk_rows))
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["id", "file", *LABEL_COLUMNS], lineterminator="\n")
