@@ -56,14 +56,24 @@ def register(app: typer.Typer) -> None:
 
 
 def generate(
+    sketch: Path = typer.Argument(None, help="A sketch (dark strokes on white) to turn into an image; "
+                                             "without it, a grid of generator samples."),
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    steps: int = typer.Option(3, "--steps", help="With a sketch: refinement steps T of H after E (0: E alone)."),
+    only_final: bool = typer.Option(False, "--only-final",
+                                    help="With a sketch: write x̂ alone, not the strip sketch | E | each H step."),
+    encoder: Path = typer.Option(None, "--encoder", help="Sketch encoder E checkpoint (default: the shipped one)."),
+    refiner: Path = typer.Option(None, "--refiner", help="Refiner H checkpoint (default: the shipped one)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     n: int = typer.Option(32, "--n", help="Number of samples in the grid."),
     cols: int = typer.Option(8, "--cols", help="Samples per row."),
     truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi towards w_avg (1: none)."),
     generator: Path = typer.Option(None, "--generator", help="Generator checkpoint (default: the shipped one)."),
 ) -> None:
-    """Write a grid of generator samples."""
+    """Show what the model makes of SKETCH (sketch | x̂ after E | after each H step), or a grid of G samples."""
+    if sketch is not None:
+        _generate_from_sketch(sketch, out, steps, only_final, generator, encoder, refiner)
+        return
     from s2m_retrieval.checkpoint import shipped_weights
     from s2m_retrieval.generation_report import generate_images
     from s2m_retrieval.networks.stylegan2 import load_generator
@@ -75,3 +85,43 @@ def generate(
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(list(images), cols=cols, tile_size=tile, pad=2).save(out)
     typer.echo(f"wrote {out} ({n} samples, seed {seed}, psi {truncation})")
+
+
+def _generate_from_sketch(sketch: Path, out: Path, steps: int, only_final: bool, generator: Path | None,
+                          encoder: Path | None, refiner: Path | None) -> None:
+    """sketch -> E -> G, then T refinement steps of H; write the strip or the final x̂."""
+    import torch
+    from PIL import Image
+
+    from s2m_retrieval.checkpoint import shipped_weights
+    from s2m_retrieval.errors import BadInputError, CheckpointError
+    from s2m_retrieval.networks.refiner import refine
+    from s2m_retrieval.pipeline import Sketch2MedI, sketch_batch, to_uint8
+    from s2m_retrieval.retrieval import check_sketch, read_sketch
+    from s2m_retrieval.viz import contact_sheet
+
+    if steps < 0:
+        raise BadInputError(f"--steps must be >= 0, got {steps}")
+    drawing = check_sketch(read_sketch(sketch), sketch)
+    paths = {"generator": generator, "encoder": encoder} | ({"refiner": refiner} if steps > 0 else {})
+    for name, given in paths.items():
+        paths[name] = given or shipped_weights(name)
+        if not Path(paths[name]).is_file():
+            hint = " or generate with --steps 0 (E alone)" if name == "refiner" else ""
+            raise CheckpointError(f"{name} weights not found at {paths[name]}; pass --{name} "
+                                  f"(train one with `s2m train {name}`){hint}")
+    model = Sketch2MedI.from_checkpoints(paths["generator"], paths["encoder"], paths.get("refiner"), None,
+                                         perceptual=None)
+    x = sketch_batch(drawing, model.resolution)
+    with torch.no_grad():
+        _, images = refine(model.refiner, model.G, model.encoder(x), x, steps)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if only_final:
+        Image.fromarray(to_uint8(images[-1])[0]).save(out)
+        typer.echo(f"wrote {out} (x̂ after E and {steps} refinement step{'s' if steps != 1 else ''})")
+        return
+    tiles = [drawing] + [to_uint8(image)[0] for image in images]
+    captions = ["sketch", "E"] + [f"H step {t}" for t in range(1, steps + 1)]
+    contact_sheet(tiles, captions, cols=len(tiles), tile_size=max(128, model.resolution), pad=2).save(out)
+    typer.echo(f"wrote {out} (sketch | x̂ after E" + (f" | after each of {steps} H steps)" if steps else ")"))
+

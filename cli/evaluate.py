@@ -53,3 +53,78 @@ def generation(
                    f"both tonsils {a['both_tonsils']:.3f}  all {a['all']:.3f}")
     if out:
         out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command("sketch2medi")
+def sketch2medi(
+    generator: Path = typer.Option(None, "--generator", help="Generator G (default: the shipped one)."),
+    encoder: Path = typer.Option(None, "--encoder", help="E trained with the latent discriminator (row E + D)."),
+    encoder_alone: Path = typer.Option(None, "--encoder-alone", help="E trained with --no-adv (row E alone)."),
+    refiner: Path = typer.Option(None, "--refiner", help="H, trained on one of the two encoders (rows E + H, T)."),
+    pix2pix: Path = typer.Option(None, "--pix2pix", help="The pix2pix baseline (row pix2pix)."),
+    inverter: Path = typer.Option(None, "--inverter", help="The archive inverter (inversion table)."),
+    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter S for DICE, domain FD and the seg metric "
+                                                           "(default: the shipped one)."),
+    metrics: str = typer.Option("seg,lpips-alex", "--metrics",
+                                help="Perceptual distances, comma-separated (seg, lpips-alex, lpips-vgg); one "
+                                     "whose weights are missing shows as n/a."),
+    n: int = typer.Option(200, "--n", help="Held-out sketches."),
+    seed: int = typer.Option(0, "--seed", help="Phantom seed of the held-out set."),
+    start: int = typer.Option(1_000_000, "--start", help="First held-out phantom index (training uses 0..N-1)."),
+    freehand: float = typer.Option(1.0, "--freehand", help="Free-hand strength of the held-out sketches "
+                                                           "(x the default; training draws x2; 0: clean)."),
+    steps: int = typer.Option(5, "--steps", help="Largest refinement T: rows T = 1..steps."),
+    optimise_steps: int = typer.Option(20, "--optimise-steps", help="Per-image optimisation steps after the "
+                                                                   "inverter's iterations (0: no such row)."),
+    batch: int = typer.Option(32, "--batch", help="Batch size."),
+    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    out: Path = typer.Option(None, "--out", help="Folder for sketch_quality.md, .json and samples.png."),
+) -> None:
+    """Sketch -> image quality (perceptual distance, DICE via S, domain FD) of E, E + D, E + H (T) and pix2pix
+    on held-out phantom sketches, and the archive inverter's quality and images/s."""
+    import torch
+    from tqdm import tqdm
+
+    from s2m_retrieval.checkpoint import shipped_weights
+    from s2m_retrieval.errors import BadInputError, PerceptualWeightsMissing
+    from s2m_retrieval.perceptual import load_perceptual
+    from s2m_retrieval.segmentation import cached_segmenter, segmenter_path
+    from s2m_retrieval.sketch_quality import (NA_MISSING, held_out_phantoms, load_models, quality_markdown,
+                                              sample_sheet, sketch_quality)
+
+    if threads:
+        torch.set_num_threads(threads)
+    if steps < 0 or optimise_steps < 0 or batch < 1:
+        raise BadInputError("--steps and --optimise-steps must be >= 0, --batch >= 1")
+    models = load_models(generator or shipped_weights("generator"), encoder, encoder_alone, refiner, pix2pix,
+                         inverter, device)
+    seg_path = segmenter_path(segmenter)
+    loaded = {}
+    for name in [m.strip() for m in metrics.split(",") if m.strip()]:
+        try:
+            loaded[name] = load_perceptual(name, device, checkpoint=seg_path if name == "seg" else None)
+        except PerceptualWeightsMissing as exc:
+            loaded[name] = NA_MISSING
+            typer.echo(f"{name}: {NA_MISSING}: {exc}", err=True)
+    if not loaded:
+        raise BadInputError("--metrics names no perceptual distance")
+    with tqdm(unit="step", desc="eval", disable=None, leave=False) as bar:
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.set_description(stage)
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        held = held_out_phantoms(n, models.G.config.img_resolution, seed, start, freehand,
+                                 lambda d, t: progress("held-out sketches", d, t))
+        report, outputs = sketch_quality(held, models, cached_segmenter(seg_path), loaded, max_steps=steps,
+                                         optimise_steps=optimise_steps, batch=batch, progress=progress)
+    table = quality_markdown(report)
+    typer.echo(table, nl=False)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sketch_quality.md").write_text(table)
+        (out / "sketch_quality.json").write_text(json.dumps(report, indent=2) + "\n")
+        sample_sheet(held, outputs).save(out / "samples.png")
+        typer.echo(f"wrote {out / 'sketch_quality.md'}, {out / 'sketch_quality.json'}, {out / 'samples.png'}")

@@ -10,6 +10,7 @@ from cli import data as data_cmd
 from cli import evaluate as eval_cmd
 from cli import db as db_cmd
 from cli import index as index_cmd
+from cli import retrieve as retrieve_cmd
 from cli import commands
 from cli import train as train_cmd
 
@@ -26,6 +27,11 @@ app.add_typer(index_cmd.app, name="index")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(eval_cmd.app, name="eval")
 commands.register(app)
+app.command("retrieve")(retrieve_cmd.retrieve)
+
+# The `retrieve` console script: the same command as `s2m retrieve`, as an app of its own.
+retrieve_app = typer.Typer(name="retrieve", add_completion=False, pretty_exceptions_enable=False)
+retrieve_app.command()(retrieve_cmd.retrieve)
 
 
 def _run(command: typer.Typer, args: list[str] | None = None, prog: str = "s2m") -> None:
@@ -57,3 +63,8 @@ def _run(command: typer.Typer, args: list[str] | None = None, prog: str = "s2m")
 def main() -> None:
     """Entry point of the `s2m` console script."""
     _run(app)
+
+
+def retrieve_main() -> None:
+    """Entry point of the `retrieve` console script (same as `s2m retrieve`)."""
+    _run(retrieve_app, prog="retrieve")

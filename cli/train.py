@@ -92,3 +92,301 @@ def segmenter(
         typer.echo(f"  DICE {CLASS_NAMES.get(k, k):32s} {'n/a' if d is None else f'{d:.3f}'}")
     typer.echo(f"held-out mean DICE (without background): {metrics['mean_dice']:.3f} "
                f"on {metrics['n_val']} images; wrote {out}")
+
+
+# --- Sketch2MedI networks (E + D_latent, H, inverter) and the pix2pix baseline --------------------------------
+
+SOURCE_HELP = ("Archive folder (its masks/ when every image has one, else the segmenter's label maps), or "
+               "phantom:N[:SEED] for phantoms 0..N-1 of that seed made on the fly (SEED also seeds the sketches; "
+               "default 0, as `s2m data phantom --seed 0`).")
+GENERATOR = typer.Option(None, "--generator", help="Frozen generator G checkpoint (default: the shipped one).")
+STEPS_HELP = "Total optimizer steps; rerun with more to continue from latest.pt."
+PAIRS_PER_IMAGE = typer.Option(4, "--pairs-per-image", help="Free-hand sketch variants drawn per image.")
+PAIRS_CACHE = typer.Option(None, "--pairs-cache",
+                           help="File for the drawn pairs (default OUT/pairs.pt); share one between runs to draw once.")
+LIMIT = typer.Option(None, "--limit", help="Use only the first N images.")
+PERCEPTUAL = typer.Option("seg", "--perceptual", help="Perceptual loss: seg (offline), lpips-alex, lpips-vgg.")
+SEGMENTER = typer.Option(None, "--segmenter",
+                         help="Segmenter for the seg loss and for archives without masks (default: the shipped one).")
+SNAPSHOT_EVERY = typer.Option(500, "--snapshot-every", help="Steps between resume snapshots and sample grids.")
+THREADS = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default).")
+DEVICE = typer.Option("auto", "--device", help="cpu, cuda or auto.")
+FRESH = typer.Option(False, "--fresh", help="Ignore an existing latest.pt and start over.")
+# Hidden: tiny network configs for tests and experiments, e.g. '{"encoder": {"widths": [8, 16, 16, 16]}}'.
+CONFIG_JSON = typer.Option(None, "--config-json", hidden=True,
+                           help="JSON object of config overrides per part (encoder, discriminator, refiner, "
+                                "pix2pix, train).")
+
+
+def _setup(threads: int, device: str) -> str:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return _device(device)
+
+
+def _overrides(config_json: str | None, parts: set[str]) -> dict[str, dict]:
+    """The --config-json object: {part: {field: value}} for the parts a command knows."""
+    import json
+
+    from s2m_retrieval.errors import BadInputError
+
+    if not config_json:
+        return {}
+    try:
+        data = json.loads(config_json)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"--config-json is not JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or set(data) - parts or not all(isinstance(v, dict) for v in data.values()):
+        raise BadInputError(f"--config-json must be an object with parts among {sorted(parts)}, each an object")
+    return {k: {f: tuple(v) if isinstance(v, list) else v for f, v in fields.items()} for k, fields in data.items()}
+
+
+def _replace(config, fields: dict):
+    """A copy of a frozen config with --config-json fields; unknown fields are a one-line error."""
+    import dataclasses
+
+    from s2m_retrieval.errors import BadInputError
+
+    try:
+        return dataclasses.replace(config, **fields)
+    except TypeError as exc:
+        raise BadInputError(f"--config-json: {exc}") from None
+
+
+def _weights(path: Path | None, name: str) -> Path:
+    """The given checkpoint, else the shipped one; a missing file is a one-line error naming the option."""
+    from s2m_retrieval.checkpoint import shipped_weights
+    from s2m_retrieval.errors import CheckpointError
+
+    path = path or shipped_weights(name)
+    if not Path(path).is_file():
+        raise CheckpointError(f"{name} weights not found at {path}; train one with `s2m train {name}` "
+                              f"and pass it with --{name}")
+    return path
+
+
+def _load_g(path: Path | None, device: str):
+    from s2m_retrieval.networks.stylegan2 import load_generator
+
+    return load_generator(_weights(path, "generator"), device).requires_grad_(False)
+
+
+def _metric(name: str, segmenter: Path | None, device: str):
+    from s2m_retrieval.perceptual import load_perceptual
+
+    return load_perceptual(name, device, checkpoint=segmenter if name == "seg" else None)
+
+
+def _pairs(archive: str, size: int, variants: int, limit: int | None, segmenter: Path | None, out: Path,
+           cache: Path | None):
+    from tqdm import tqdm
+
+    from s2m_retrieval.training.pair_source import PAIR_CACHE, source_pairs
+
+    with tqdm(unit="img", desc="draw sketches", disable=None, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        pairs = source_pairs(archive, size, variants=variants, limit=limit, segmenter=segmenter,
+                             cache=cache or out / PAIR_CACHE, progress=progress)
+    typer.echo(f"{len(pairs)} images x {pairs.sketches.shape[1]} sketch variants at {size} px from {archive}")
+    return pairs
+
+
+def _progress(desc: str, out: Path, total: int, fresh: bool):
+    """A tqdm bar (off when not a terminal) starting at the resumed step, and a note of the resume."""
+    from tqdm import tqdm
+
+    from s2m_retrieval.training.state import load_train_state
+    from s2m_retrieval.training.latent import STATE_FILE
+
+    start = 0
+    if not fresh and (out / STATE_FILE).is_file():
+        start = int(load_train_state(out / STATE_FILE)["step"])
+        typer.echo(f"resuming {out / STATE_FILE} at step {start} of {total}")
+    bar = tqdm(total=total, initial=min(start, total), unit="step", desc=desc, disable=None, dynamic_ncols=True)
+    last = {}
+
+    def report(p) -> None:
+        bar.update(p.step - bar.n)
+        bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
+        last.update(step=p.step, loss=p.loss, sec=p.sec_per_step)
+        if p.step >= p.total_steps:
+            bar.close()
+
+    return report, last
+
+
+def _done(name: str, path: Path, out: Path, last: dict) -> None:
+    if last:
+        typer.echo(f"step {last['step']}: loss {last['loss']:.4f} ({last['sec']:.2f} s/step)")
+    typer.echo(f"{name}: {path}")
+    typer.echo(f"resume state: {out / 'latest.pt'} (rerun with a larger --steps to continue); "
+               f"sample grids: {out / 'samples'}/")
+
+
+@app.command("encoder")
+def encoder(
+    archive: str = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, pairs.pt, samples/, encoder.pt "
+                                                 "(+ latent_discriminator.pt with --adv)."),
+    generator: Path = GENERATOR,
+    steps: int = typer.Option(10000, "--steps", help=STEPS_HELP),
+    batch: int = typer.Option(16, "--batch", help="Batch size."),
+    lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate of E."),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    adv: bool = typer.Option(True, "--adv/--no-adv", help="With the latent discriminator D (e4e), or E alone."),
+    pairs_per_image: int = PAIRS_PER_IMAGE,
+    pairs_cache: Path = PAIRS_CACHE,
+    limit: int = LIMIT,
+    perceptual: str = PERCEPTUAL,
+    segmenter: Path = SEGMENTER,
+    snapshot_every: int = SNAPSHOT_EVERY,
+    threads: int = THREADS,
+    device: str = DEVICE,
+    fresh: bool = FRESH,
+    config_json: str = CONFIG_JSON,
+) -> None:
+    """Train the sketch encoder E (and D_latent) against frozen G; rerun to resume."""
+    from s2m_retrieval.networks.encoders import LatentDiscriminatorConfig, encoder_config_for
+    from s2m_retrieval.training.encoder import EncoderTrainConfig, train_encoder
+
+    dev = _setup(threads, device)
+    parts = _overrides(config_json, {"encoder", "discriminator", "train"})
+    G = _load_g(generator, dev)
+    enc_cfg = _replace(encoder_config_for(G.config, in_channels=1), parts.get("encoder", {}))
+    d_cfg = _replace(LatentDiscriminatorConfig(w_dim=G.config.w_dim), parts.get("discriminator", {}))
+    tc = _replace(EncoderTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, adv=0.1 if adv else 0.0,
+                                     perceptual=perceptual, snapshot_every=snapshot_every,
+                                     sample_every=snapshot_every), parts.get("train", {}))
+    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache)
+    report, last = _progress("train encoder", out, tc.steps, fresh)
+    path = train_encoder(pairs, G, out, enc_cfg, d_cfg, tc, _metric(perceptual, segmenter, dev), dev,
+                         resume=not fresh, progress=report)
+    _done("encoder", path, out, last)
+
+
+@app.command("refiner")
+def refiner(
+    archive: str = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, pairs.pt, samples/, refiner.pt."),
+    generator: Path = GENERATOR,
+    encoder: Path = typer.Option(None, "--encoder", help="Frozen sketch encoder E (default: the shipped one)."),
+    steps: int = typer.Option(5000, "--steps", help=STEPS_HELP),
+    refine_steps: int = typer.Option(3, "--refine-steps", help="Refinement steps T per training batch."),
+    batch: int = typer.Option(8, "--batch", help="Batch size."),
+    lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate of H."),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    pairs_per_image: int = PAIRS_PER_IMAGE,
+    pairs_cache: Path = PAIRS_CACHE,
+    limit: int = LIMIT,
+    perceptual: str = PERCEPTUAL,
+    segmenter: Path = SEGMENTER,
+    snapshot_every: int = SNAPSHOT_EVERY,
+    threads: int = THREADS,
+    device: str = DEVICE,
+    fresh: bool = FRESH,
+    config_json: str = CONFIG_JSON,
+) -> None:
+    """Train the refiner H with G and E frozen; rerun to resume."""
+    from s2m_retrieval.networks.refiner import refiner_config_for
+    from s2m_retrieval.training.refiner import RefinerTrainConfig, train_refiner
+    from s2m_retrieval.training.sketch2medi import load_encoder
+
+    dev = _setup(threads, device)
+    parts = _overrides(config_json, {"refiner", "train"})
+    G = _load_g(generator, dev)
+    E = load_encoder(_weights(encoder, "encoder"), dev)
+    cfg = _replace(refiner_config_for(G), parts.get("refiner", {}))
+    tc = _replace(RefinerTrainConfig(steps=steps, batch=batch, lr=lr, refine_steps=refine_steps, seed=seed,
+                                     perceptual=perceptual, snapshot_every=snapshot_every,
+                                     sample_every=snapshot_every), parts.get("train", {}))
+    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache)
+    report, last = _progress("train refiner", out, tc.steps, fresh)
+    path = train_refiner(pairs, G, E, out, cfg, tc, _metric(perceptual, segmenter, dev), dev, resume=not fresh,
+                         progress=report)
+    _done("refiner", path, out, last)
+
+
+@app.command("inverter")
+def inverter(
+    archive: str = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, samples/, inverter.pt "
+                                                 "(+ latent_discriminator.pt with --adv)."),
+    generator: Path = GENERATOR,
+    steps: int = typer.Option(10000, "--steps", help=STEPS_HELP),
+    iterations: int = typer.Option(3, "--iterations", help="ReStyle iterations per batch (1: a plain encoder)."),
+    batch: int = typer.Option(16, "--batch", help="Batch size."),
+    lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate."),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    adv: bool = typer.Option(True, "--adv/--no-adv", help="Keep codes among G's w's with the latent D (e4e)."),
+    limit: int = LIMIT,
+    perceptual: str = PERCEPTUAL,
+    segmenter: Path = SEGMENTER,
+    snapshot_every: int = SNAPSHOT_EVERY,
+    threads: int = THREADS,
+    device: str = DEVICE,
+    fresh: bool = FRESH,
+    config_json: str = CONFIG_JSON,
+) -> None:
+    """Train the archive inverter (image -> W+) against frozen G; rerun to resume."""
+    from s2m_retrieval.networks.encoders import LatentDiscriminatorConfig, encoder_config_for
+    from s2m_retrieval.training.encoder import EncoderTrainConfig
+    from s2m_retrieval.training.inverter import train_inverter
+    from s2m_retrieval.training.pair_source import source_images
+
+    dev = _setup(threads, device)
+    parts = _overrides(config_json, {"encoder", "discriminator", "train"})
+    G = _load_g(generator, dev)
+    channels = G.config.img_channels
+    enc_cfg = _replace(encoder_config_for(G.config, in_channels=channels,
+                                          extra_channels=channels if iterations > 1 else 0), parts.get("encoder", {}))
+    d_cfg = _replace(LatentDiscriminatorConfig(w_dim=G.config.w_dim), parts.get("discriminator", {}))
+    tc = _replace(EncoderTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, adv=0.1 if adv else 0.0,
+                                     iterations=iterations, perceptual=perceptual, snapshot_every=snapshot_every,
+                                     sample_every=snapshot_every), parts.get("train", {}))
+    images = source_images(archive, G.config.img_resolution, limit=limit)
+    typer.echo(f"{len(images)} images at {G.config.img_resolution} px from {archive}")
+    report, last = _progress("train inverter", out, tc.steps, fresh)
+    path = train_inverter(images, G, out, enc_cfg, d_cfg, tc, _metric(perceptual, segmenter, dev), dev,
+                          resume=not fresh, progress=report)
+    _done("inverter", path, out, last)
+
+
+@app.command("pix2pix")
+def pix2pix(
+    archive: str = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, pairs.pt, samples/, pix2pix.pt."),
+    res: int = typer.Option(64, "--res", help="Resolution: the generator's, to compare with E on the same pairs."),
+    steps: int = typer.Option(10000, "--steps", help=STEPS_HELP),
+    batch: int = typer.Option(16, "--batch", help="Batch size."),
+    lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (beta1 0.5), G and D."),
+    l1: float = typer.Option(100.0, "--l1", help="Weight of the L1 term (pix2pix's lambda)."),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    pairs_per_image: int = PAIRS_PER_IMAGE,
+    pairs_cache: Path = PAIRS_CACHE,
+    limit: int = LIMIT,
+    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter for archives without masks."),
+    snapshot_every: int = SNAPSHOT_EVERY,
+    threads: int = THREADS,
+    device: str = DEVICE,
+    fresh: bool = FRESH,
+    config_json: str = CONFIG_JSON,
+) -> None:
+    """Train the pix2pix baseline (U-Net + PatchGAN, L1 + adversarial) on the same pairs as E; rerun to resume."""
+    from s2m_retrieval.training.pix2pix import Pix2PixTrainConfig, patch_config_for, pix2pix_config_for, train_pix2pix
+
+    dev = _setup(threads, device)
+    parts = _overrides(config_json, {"pix2pix", "discriminator", "train"})
+    cfg = _replace(pix2pix_config_for(res), parts.get("pix2pix", {}))
+    d_cfg = _replace(patch_config_for(res), parts.get("discriminator", {}))
+    tc = _replace(Pix2PixTrainConfig(steps=steps, batch=batch, lr=lr, l1=l1, seed=seed,
+                                     snapshot_every=snapshot_every, sample_every=snapshot_every),
+                  parts.get("train", {}))
+    pairs = _pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache)
+    report, last = _progress("train pix2pix", out, tc.steps, fresh)
+    path = train_pix2pix(pairs, out, cfg, d_cfg, tc, dev, resume=not fresh, progress=report)
+    _done("pix2pix", path, out, last)

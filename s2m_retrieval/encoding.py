@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from s2m_retrieval.errors import BadInputError, CheckpointError
+from s2m_retrieval.errors import BadInputError
 
 
 @runtime_checkable
@@ -59,13 +59,18 @@ def _parse_options(text: str) -> dict[str, str]:
 
 
 def load_encoder(spec: str) -> ArchiveEncoder:
-    """An encoder by name: 'inverter' (the real one, once shipped) or 'fake[:key=value,...]' for tests."""
+    """An encoder by spec: 'inverter[:models=DIR,perceptual=..,coarse=..,...]' (the real one) or 'fake[:...]' (tests).
+
+    Without a models folder the inverter reads the shipped weights; while generator.pt / inverter.pt are not
+    shipped that is a one-line CheckpointError.
+    """
     name, _, opts = spec.partition(":")
     if name == "fake":
         from s2m_retrieval.fake_encoder import FakeEncoder
 
         return FakeEncoder.from_options(_parse_options(opts))
     if name == "inverter":
-        raise CheckpointError("no trained image inverter is shipped yet, so archives cannot be indexed with real "
-                              "W+ codes; for tests and development only, pass --encoder fake")
+        from s2m_retrieval.inverter_encoder import InverterEncoder
+
+        return InverterEncoder.from_options(_parse_options(opts))
     raise BadInputError(f"unknown encoder {name!r} (inverter or fake)")

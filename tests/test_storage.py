@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import uuid
 
 import pytest
 from sqlalchemy import inspect, select
@@ -15,39 +13,7 @@ from s2m_retrieval.storage.catalog import ImageRecord
 from s2m_retrieval.storage.db import open_database, resolve_db_url, resolve_home
 from s2m_retrieval.storage.models import Base, Image, Vector
 
-PG_ENV = "S2M_TEST_POSTGRES_URL"
 TABLES = {"images", "model_versions", "index_builds", "vectors"}
-
-
-@pytest.fixture
-def postgres_url():
-    """A fresh, empty PostgreSQL database (created and dropped around the test) from $S2M_TEST_POSTGRES_URL."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        if os.environ.get("S2M_REQUIRE_POSTGRES"):
-            pytest.fail(f"S2M_REQUIRE_POSTGRES is set but {PG_ENV} is not: the PostgreSQL server did not start")
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. from `eval \"$(bash .ci/postgres.sh)\"`)")
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(base)
-    name = f"s2m_test_{uuid.uuid4().hex[:12]}"
-    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """Each storage test on SQLite, and on PostgreSQL when a server is configured."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 's2m.db'}"
-    return request.getfixturevalue("postgres_url")
 
 
 def _diffs(db) -> list:

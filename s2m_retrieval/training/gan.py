@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from s2m_retrieval.training.augment import POLICIES, diff_augment
+from s2m_retrieval.training.state import STATE_FORMAT, atomic_save, load_train_state, rng_state, set_rng_state
 
-STATE_FORMAT = "s2m-train/1"
 STATE_FILE = "latest.pt"
 GENERATOR_FILE = "generator.pt"
 SAMPLE_GRID = (8, 4)  # columns, rows of the fixed-seed sample sheets
@@ -136,44 +135,6 @@ def _ema_update(G_ema: Generator, G: Generator, beta: float) -> None:
         b_ema.copy_(b)
 
 
-def _rng_state(data_gen: torch.Generator, device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state(), "data": data_gen.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, data_gen: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    data_gen.set_state(state["data"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _atomic_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the run folder is meant to be shared like any output
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def load_train_state(path: str | os.PathLike) -> dict:
-    """Read a `latest.pt` training state (weights_only, no pickled code)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise CheckpointError(f"training state {path} is corrupt ({type(exc).__name__}); "
-                              "delete it or train with resume off") from exc
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path} is not an s2m training state ({STATE_FORMAT})")
-    return state
-
-
 def _default_progress(total_steps: int, start: int) -> Callable[[TrainProgress], None]:
     from tqdm import tqdm
 
@@ -223,7 +184,7 @@ def train_generator(images: torch.Tensor, out_dir: str | os.PathLike, g_config: 
         D.load_state_dict(state["D"])
         opt_G.load_state_dict(state["opt_G"])
         opt_D.load_state_dict(state["opt_D"])
-        _set_rng_state(state["rng"], data_gen, device)
+        set_rng_state(state["rng"], data_gen, device)
         step, nimg = state["step"], state["nimg"]
     else:
         cols, rows = SAMPLE_GRID
@@ -234,11 +195,11 @@ def train_generator(images: torch.Tensor, out_dir: str | os.PathLike, g_config: 
     report = progress or _default_progress(total_steps, step)
 
     def snapshot() -> Path:
-        _atomic_save({"format": STATE_FORMAT, "step": step, "nimg": nimg,
+        atomic_save({"format": STATE_FORMAT, "step": step, "nimg": nimg,
                       "g_config": config_to_dict(g_config), "d_config": config_to_dict(d_config),
                       "train_config": config_to_dict(tc), "G": G.state_dict(), "G_ema": G_ema.state_dict(),
                       "D": D.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-                      "rng": _rng_state(data_gen, device)}, state_path)
+                      "rng": rng_state(data_gen, device)}, state_path)
         meta = {"kimg": nimg / 1000, "step": step, "seed": tc.seed, "num_images": int(data.shape[0]),
                 "train_config": config_to_dict(tc), "d_config": config_to_dict(d_config)}
         return save_checkpoint(out_dir / GENERATOR_FILE, kind="generator", config=g_config,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from s2m_retrieval.checkpoint import config_to_dict, version_hash
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.perceptual import PerceptualDistance, load_perceptual
-from s2m_retrieval.training.gan import STATE_FORMAT, _atomic_save, _rng_state, _set_rng_state, load_train_state
+from s2m_retrieval.training.state import STATE_FORMAT, atomic_save, load_train_state, rng_state, set_rng_state
 
 STATE_FILE = "latest.pt"
 SAMPLE_ROWS = 8
@@ -108,11 +108,11 @@ def _plain(configs: dict) -> dict:
 def save_state(path: Path, kind: str, step: int, networks: dict, optimizers: dict, configs: dict,
                data_gen: torch.Generator, device: torch.device) -> None:
     """Write latest.pt atomically: everything needed to continue at `step`."""
-    _atomic_save({"format": STATE_FORMAT, "kind": kind, "step": step,
+    atomic_save({"format": STATE_FORMAT, "kind": kind, "step": step,
                   "configs": _plain(configs),
                   "networks": {k: m.state_dict() for k, m in networks.items()},
                   "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                  "rng": _rng_state(data_gen, device)}, path)
+                  "rng": rng_state(data_gen, device)}, path)
 
 
 def restore_state(path: Path, kind: str, networks: dict, optimizers: dict, configs: dict,
@@ -129,7 +129,7 @@ def restore_state(path: Path, kind: str, networks: dict, optimizers: dict, confi
         module.load_state_dict(state["networks"][name])
     for name, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
-    _set_rng_state(state["rng"], data_gen, device)
+    set_rng_state(state["rng"], data_gen, device)
     return int(state["step"])
 
 

@@ -1,0 +1,127 @@
+"""`s2m retrieve` (also installed as `retrieve`): sketch or "more like this" queries; table, JSON or contact sheet."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+# Same values as s2m_retrieval.retrieval / .ranking (a test keeps them equal); importing those here would load
+# numpy into `s2m --help`.
+DEFAULT_K = 10
+DEFAULT_CANDIDATES = 100
+DEFAULT_ALPHA = 0.5
+DEFAULT_NORMALISATION = "minmax"
+META_COLUMNS = 4  # label columns shown in the table (all of them are in --json)
+
+
+def retrieve(
+    query: Path = typer.Argument(None, help="Sketch image: dark strokes on white (transparent PNG is fine)."),
+    k: int = typer.Option(DEFAULT_K, "--k", help="Number of results."),
+    index: str = typer.Option("default", "--index", help="Index name (a folder under HOME/indexes/)."),
+    steps: int = typer.Option(None, "--steps", help="Refinement steps T of H (default: H's trained T; 0 without H)."),
+    candidates: int = typer.Option(DEFAULT_CANDIDATES, "--candidates",
+                                   help="FAISS candidates (by weighted W+ distance) to re-rank."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha",
+                                help="Score = alpha * latent + (1 - alpha) * perceptual, each normalised over the "
+                                     "candidates; 1 skips the perceptual re-rank."),
+    where: str = typer.Option(None, "--where", help="Metadata filter, e.g. 'tonsil_grade>=3, mallampati!=1'."),
+    max_distance: float = typer.Option(None, "--max-distance", help="Drop candidates farther than this in W+."),
+    like: str = typer.Option(None, "--like", help="Query with an archive image (id or path) instead of a sketch."),
+    normalisation: str = typer.Option(DEFAULT_NORMALISATION, "--normalisation",
+                                      help="How distances are normalised before fusing: minmax or rank."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    sheet: Path = typer.Option(None, "--sheet", help="Write a contact sheet PNG: query | x_hat | top-k."),
+    perceptual: str = typer.Option(None, "--perceptual", help="Perceptual metric (default: the one of the index)."),
+    home: Path = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (default ~/.s2m)."),
+    db: str = typer.Option(None, "--db", envvar="S2M_DB_URL",
+                           help="Database URL (default: SQLite HOME/s2m.db)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
+    # Hidden: a folder of checkpoints instead of the shipped weights (tests use tiny random models).
+    models: Path = typer.Option(None, "--models", hidden=True, help="Folder with generator/encoder/refiner/"
+                                                                     "inverter .pt files."),
+) -> None:
+    """Find the archive images most like a sketch (or, with --like, like an archive image)."""
+    from s2m_retrieval.errors import BadInputError
+    from s2m_retrieval.retrieval import RetrievalEngine, check_sketch, read_sketch
+
+    if (query is None) == (like is None):
+        raise BadInputError("give either a sketch image or --like ID_OR_PATH (not both)")
+    sketch = check_sketch(read_sketch(query), query) if query is not None else None  # fail before loading models
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    options = dict(k=k, n_candidates=candidates, alpha=alpha, where=where, max_distance=max_distance,
+                   normalisation=normalisation)
+    with RetrievalEngine.open(index, home=home, db_url=db, models=models, perceptual=perceptual,
+                              device=device) as engine:
+        if sketch is not None:
+            result = engine.query_sketch(sketch, steps=steps, **options)
+        else:
+            result = engine.query_like(like, **options)
+    if sheet is not None:
+        write_sheet(result, sheet)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict() | {"sheet": None if sheet is None else str(sheet)}, indent=2))
+        return
+    for line in table(result):
+        typer.echo(line)
+    if sheet is not None:
+        typer.echo(f"sheet: {sheet}")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table(result) -> list[str]:
+    """The human output: a provenance line, the ranked rows, a timings line."""
+    p = result.provenance
+    query = f"T={p['steps']}" if p["query"] == "sketch" else f"like {p['like']}"
+    lines = [f"index {p['index']!r} ({p['index_size']} images, {p['factory']}), perceptual {p['perceptual']}, "
+             f"{query}, alpha {p['alpha']:g} ({p['normalisation']}), {result.candidates} candidates"]
+    if p["where"] or p["max_distance"] is not None:
+        lines.append(f"filters: {', '.join(p['where']) or '-'}; max distance {_fmt(p['max_distance'])}")
+    if not result.hits:
+        lines.append("no image matches")
+    else:
+        paths = [h.path for h in result.hits]
+        base = os.path.commonpath([os.path.dirname(x) for x in paths]) if len(paths) > 1 else os.path.dirname(paths[0])
+        columns: list[str] = []
+        for hit in result.hits:
+            columns += [c for c in hit.labels if c not in columns and c not in ("id", "file")]
+        columns = columns[:META_COLUMNS]
+        header = ["rank", "id", "path", "latent", "perceptual", "score"] + columns
+        rows = [[str(h.rank), str(h.id), os.path.relpath(h.path, base), _fmt(h.latent_distance),
+                 _fmt(h.perceptual_distance), f"{h.score:.3f}"] + [_fmt(h.labels.get(c)) for c in columns]
+                for h in result.hits]
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + rows]
+        lines.append(f"paths relative to {base}")
+    lines.append("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings_ms.items()))
+    return lines
+
+
+def write_sheet(result, out: Path) -> None:
+    """Contact sheet query | x_hat | top-k (captions: rank and score), written atomically."""
+    from s2m_retrieval.viz import contact_sheet
+
+    tiles = [result.query] + ([result.x_hat] if result.x_hat is not None else []) + list(result.thumbs)
+    captions = ["query"] + ([f"x_hat T={result.provenance['steps']}"] if result.x_hat is not None else [])
+    captions += [f"#{h.rank} score {h.score:.2f}" for h in result.hits]
+    tile = max(96, result.thumbs.shape[1] if len(result.thumbs) else 0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        contact_sheet(tiles, captions, cols=min(len(tiles), 6), tile_size=tile).save(tmp, format="PNG")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,86 @@
+"""Opening a retrieval engine: the models, the perceptual metric, and the checks that they built the index."""
+
+from __future__ import annotations
+
+import os
+
+from index.stamp import IndexStamp
+from s2m_retrieval.errors import CheckpointError, IndexCorruptError, VersionMismatchError
+from s2m_retrieval.index_reader import IndexReader
+from s2m_retrieval.inverter_encoder import FORMAT, InverterEncoder
+from s2m_retrieval.latent_space import LatentWeighting
+from s2m_retrieval.perceptual import PerceptualDistance
+from s2m_retrieval.pipeline import Sketch2MedI
+
+
+def load_pipeline(models: str | os.PathLike | None, device: str = "cpu") -> Sketch2MedI:
+    """G, E, the inverter and (when present) H from a models folder, else from the shipped weights."""
+    from s2m_retrieval.model_files import model_files
+
+    files = model_files(models, ("generator", "encoder", "inverter"), "retrieval with sketches")
+    return Sketch2MedI.from_checkpoints(generator=files["generator"], encoder=files["encoder"],
+                                        refiner=files["refiner"], inverter=files["inverter"], perceptual=None,
+                                        device=device)
+
+
+def stored_config(reader: IndexReader) -> dict:
+    """The inverter settings the index was built with (its model_versions row); other encoders are a mismatch."""
+    from sqlalchemy import select
+
+    from s2m_retrieval.storage.models import ModelVersion
+
+    stamp = reader.stamp
+    if stamp.model_name != InverterEncoder.name:
+        raise VersionMismatchError(f"index {stamp.name!r} was built with the {stamp.model_name!r} encoder "
+                                   f"(model version {stamp.model_version}), not the Sketch2MedI inverter; "
+                                   f"rebuild it: {stamp.rebuild_hint()}")
+    with reader.db.session() as s:
+        config = s.scalar(select(ModelVersion.config).where(ModelVersion.version == stamp.model_version))
+    if not isinstance(config, dict) or config.get("encoder") != FORMAT:
+        raise IndexCorruptError(f"index {stamp.name!r}: the database has no {FORMAT} record of model version "
+                                f"{stamp.model_version} (another --db than the build's?); rebuild it: "
+                                f"{stamp.rebuild_hint()}")
+    return config
+
+
+def load_metric(name: str | PerceptualDistance | None, stamp: IndexStamp, models: str | os.PathLike | None,
+                device: str = "cpu") -> PerceptualDistance:
+    """The perceptual metric `name` (a backend, or one already loaded), by default the backend the index was
+    built for; another version than the index's raises."""
+    from s2m_retrieval.model_files import segmenter_file
+    from s2m_retrieval.perceptual import load_perceptual
+
+    if isinstance(name, PerceptualDistance):
+        metric = name
+    else:
+        backend = name or stamp.metric.split(":")[0]
+        metric = load_perceptual(backend, device, checkpoint=segmenter_file(models) if backend == "seg" else None)
+    if metric.version != stamp.metric:
+        raise VersionMismatchError(f"index {stamp.name!r} was built for perceptual metric {stamp.metric}, the "
+                                   f"metric in use is {metric.version}; rebuild it ({stamp.rebuild_hint()}) or "
+                                   f"query with the metric it was built for")
+    return metric
+
+
+def index_encoder(pipeline: Sketch2MedI, metric: PerceptualDistance, config: dict, stamp: IndexStamp,
+                  device: str = "cpu") -> InverterEncoder:
+    """The encoder that built the index, rebuilt from the loaded models; different models raise a mismatch."""
+    if pipeline.inverter is None:
+        raise CheckpointError("retrieval needs the archive inverter that built the index: load inverter.pt too")
+    built = {k: config.get(k) for k in ("generator", "inverter")}
+    loaded = {k: pipeline.versions.get(k) for k in ("generator", "inverter")}
+    if built != loaded:
+        def show(v):
+            return " and ".join(f"{k} {v[k]}" for k in v)
+        raise VersionMismatchError(f"index {stamp.name!r} was built with {show(built)}, the loaded models are "
+                                   f"{show(loaded)}; rebuild it ({stamp.rebuild_hint()}) or load the models it "
+                                   "was built with")
+    encoder = InverterEncoder(pipeline.G, pipeline.inverter, metric, versions=loaded,
+                              weighting=LatentWeighting.from_dict(config["weighting"]),
+                              iterations=config["iterations"], optimise_steps=config["optimise_steps"],
+                              device=device)
+    stamp.check(model_version=encoder.version, metric=encoder.metric, dim=encoder.dim)
+    if encoder.weighting != stamp.weighting:
+        raise IndexCorruptError(f"index {stamp.name!r}: stamp weighting {stamp.weighting} disagrees with its model "
+                                f"record {encoder.weighting}; rebuild it: {stamp.rebuild_hint()}")
+    return encoder

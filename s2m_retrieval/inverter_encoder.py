@@ -1,0 +1,141 @@
+"""The real archive encoder: inverter (ReStyle iterations, optional optimisation) -> W+ -> weighted FAISS vector."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from s2m_retrieval.errors import BadInputError, CheckpointError
+from s2m_retrieval.latent_space import DEFAULT_WEIGHTING, LatentWeighting, w_plus_to_vectors
+from s2m_retrieval.networks.encoders import Encoder
+from s2m_retrieval.networks.stylegan2 import Generator
+from s2m_retrieval.perceptual import DEFAULT_BACKEND, PerceptualDistance
+
+FORMAT = "inverter/1"
+
+
+class InverterEncoder:
+    """ArchiveEncoder over G + the inverter: vectors are weighted W+ codes, thumbs the images at G's resolution.
+
+    Thumbs (uint8, 12 KiB at 64 px) are what the perceptual re-rank reads at query time, so it never decodes
+    archive files; perceptual features themselves are too big to store per image (~464 KiB for seg at 64 px).
+    `version` hashes what the stored arrays depend on: G and inverter weights, the inversion settings, the
+    weighting, and the perceptual metric (used by optimisation steps, and the metric the re-rank is for).
+    The sketch encoder E and the refiner H are not in it: they can be retrained against the same G without
+    re-indexing the archive (Sketch2MedI.from_checkpoints checks they were trained against this G).
+    """
+
+    name = "inverter"
+
+    def __init__(self, G: Generator, inverter: Encoder, perceptual: PerceptualDistance, *, versions: dict[str, str],
+                 weighting: LatentWeighting = DEFAULT_WEIGHTING, iterations: int | None = None,
+                 optimise_steps: int = 0, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.G = G.to(self.device).eval().requires_grad_(False)
+        self.inverter = inverter.to(self.device).eval().requires_grad_(False)
+        self.perceptual = perceptual.to(self.device)
+        self.latent_weighting = weighting
+        restyle = bool(inverter.config.extra_channels)
+        self.iterations = (3 if restyle else 1) if iterations is None else int(iterations)
+        if self.iterations < 1 or (self.iterations > 1 and not restyle) or optimise_steps < 0:
+            raise BadInputError(f"inverter iterations must be >= 1 (1 for a non-ReStyle inverter) and optimise "
+                                f"steps >= 0, got {self.iterations} and {optimise_steps}")
+        self.optimise_steps = int(optimise_steps)
+        self.versions = {"generator": versions["generator"], "inverter": versions["inverter"]}
+        self.w_avg = self.G.w_avg.detach().cpu().numpy()
+        self.dim = weighting.dim(G.num_ws, G.config.w_dim)
+
+    @classmethod
+    def load(cls, models: str | os.PathLike | None = None, perceptual: str = DEFAULT_BACKEND,
+             weighting: LatentWeighting = DEFAULT_WEIGHTING, iterations: int | None = None,
+             optimise_steps: int = 0, device: str = "cpu") -> InverterEncoder:
+        """From a models folder (None: the shipped weights); only generator.pt and inverter.pt are read."""
+        from s2m_retrieval.checkpoint import load_checkpoint, version_hash
+        from s2m_retrieval.model_files import model_files, segmenter_file
+        from s2m_retrieval.networks.stylegan2 import load_generator
+        from s2m_retrieval.perceptual import load_perceptual
+        from s2m_retrieval.training.sketch2medi import load_inverter
+
+        files = model_files(models, ("generator", "inverter"), "indexing an archive with real W+ codes",
+                            hint="or for tests and development only pass --encoder fake")
+        payloads = {name: load_checkpoint(files[name], kind=name) for name in ("generator", "inverter")}
+        versions = {name: version_hash(p) for name, p in payloads.items()}
+        trained_on = payloads["inverter"].get("meta", {}).get("generator_version")
+        if trained_on is not None and trained_on != versions["generator"]:
+            raise CheckpointError(f"the inverter was trained against generator {trained_on}, not the loaded "
+                                  f"{versions['generator']}; load matching checkpoints or retrain the inverter")
+        metric = load_perceptual(perceptual, device, checkpoint=segmenter_file(models) if perceptual == "seg" else None)
+        return cls(load_generator(payloads["generator"], device), load_inverter(payloads["inverter"], device), metric,
+                   versions=versions, weighting=weighting, iterations=iterations, optimise_steps=optimise_steps,
+                   device=device)
+
+    @classmethod
+    def from_options(cls, options: dict[str, str]) -> InverterEncoder:
+        """From `--encoder inverter:models=DIR,perceptual=seg,iterations=3,optimise=0,coarse=1,medium=.5,fine=.1`."""
+        options = dict(options)
+        known = {"models", "perceptual", "iterations", "optimise", "device", "coarse", "medium", "fine", "keep_zero"}
+        unknown = set(options) - known
+        if unknown:
+            raise BadInputError(f"inverter encoder: unknown options {sorted(unknown)} (known: {sorted(known)})")
+        weights = [f"{k}={options.pop(k)}" for k in ("coarse", "medium", "fine") if k in options]
+        if options.pop("keep_zero", "0") not in ("0", "false", ""):
+            weights.append("keep_zero")
+        try:
+            iterations = int(options["iterations"]) if "iterations" in options else None
+            optimise = int(options.get("optimise", 0))
+        except ValueError as exc:
+            raise BadInputError(f"inverter encoder: bad option value ({exc})") from None
+        return cls.load(options.get("models"), options.get("perceptual", DEFAULT_BACKEND),
+                        LatentWeighting.parse(",".join(weights)), iterations, optimise, options.get("device", "cpu"))
+
+    @property
+    def metric(self) -> str:
+        """The perceptual metric version the stored thumbs are re-ranked with."""
+        return self.perceptual.version
+
+    @property
+    def resolution(self) -> int:
+        """G's resolution: archive images are squared to it, thumbs are stored at it."""
+        return self.G.config.img_resolution
+
+    @property
+    def config(self) -> dict:
+        """Everything the stored arrays depend on (stored in model_versions; the engine rebuilds from it)."""
+        return {"encoder": FORMAT, "generator": self.versions["generator"], "inverter": self.versions["inverter"],
+                "weighting": self.latent_weighting.to_dict(), "iterations": self.iterations,
+                "optimise_steps": self.optimise_steps, "perceptual": self.metric, "resolution": self.resolution,
+                "num_ws": self.G.num_ws, "w_dim": self.G.config.w_dim}
+
+    @property
+    def version(self) -> str:
+        """Model version stamp: hash of `config`."""
+        return "inv-" + hashlib.sha256(json.dumps(self.config, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def weighting(self) -> str:
+        """The stamp's `weighting` field, e.g. "wplus:coarse=1,medium=0.5,fine=0.1"."""
+        return self.latent_weighting.stamp()
+
+    def w_plus(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 RGB images [B, H, W, 3] -> W+ [B, num_ws, w_dim] (on the CPU)."""
+        from s2m_retrieval.pipeline import image_batch
+        from s2m_retrieval.training.inverter import invert
+
+        x = image_batch(images, self.resolution).to(self.device)
+        w = invert(self.inverter, self.G, x, self.iterations, self.optimise_steps, self.perceptual)
+        return w.cpu()
+
+    def vectors(self, w_plus: torch.Tensor) -> np.ndarray:
+        """W+ [B, num_ws, w_dim] -> FAISS vectors [B, dim] under this encoder's weighting."""
+        return w_plus_to_vectors(w_plus, self.w_avg, self.latent_weighting)
+
+    def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """[B, R, R, 3] uint8 -> {"vectors": [B, dim] float32, "thumbs": [B, R, R, 3] uint8}."""
+        r = self.resolution
+        if images.ndim != 4 or images.shape[1:] != (r, r, 3) or images.dtype != np.uint8:
+            raise ValueError(f"inverter encoder expects uint8 [B, {r}, {r}, 3], got {images.dtype} {images.shape}")
+        return {"vectors": self.vectors(self.w_plus(images)), "thumbs": np.ascontiguousarray(images)}

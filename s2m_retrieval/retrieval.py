@@ -1,0 +1,314 @@
+"""The retrieval engine: sketch -> E -> H (T steps) -> x_hat; FAISS top-N by weighted W+ distance; perceptual re-rank.
+
+An engine loads the models and opens the index once (`RetrievalEngine.open`), then answers queries warm.
+It is a snapshot: the FAISS file is memory-mapped as it was at open time; reopen it after a build.
+Vectors and the weighted W+ distance: `latent_space`; normalisation and fused score: `ranking`;
+`--where` filters: `metadata_filter`; model/index compatibility checks: `engine_setup`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from s2m_retrieval.data.sketch import is_blank_sketch
+from s2m_retrieval.errors import BadImageError, BadInputError
+from s2m_retrieval.ranking import DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS, fuse, perceptual_distances
+
+log = logging.getLogger(__name__)
+DEFAULT_K = 10
+DEFAULT_CANDIDATES = 100
+
+
+@dataclass
+class Hit:
+    """One result row; distances: weighted W+ (Euclidean) and perceptual; score: fused, lower is better."""
+
+    rank: int
+    id: int
+    path: str
+    latent_distance: float
+    perceptual_distance: float | None
+    score: float
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """Ranked hits plus what a person or a sheet needs: the query, x_hat, hit thumbs, timings, provenance."""
+
+    hits: list[Hit]
+    query: np.ndarray                # the sketch [H, W] uint8, or the query image [R, R, 3] for "more like this"
+    x_hat: np.ndarray | None         # generated image [R, R, 3] uint8 (sketch queries)
+    thumbs: np.ndarray               # stored thumbnails of the hits [k, R, R, 3] uint8
+    candidates: int                  # FAISS candidates re-ranked (after --where and --max-distance)
+    timings_ms: dict[str, float]
+    provenance: dict
+
+    def to_dict(self) -> dict:
+        """JSON-ready: hits, candidates, timings, provenance (no image arrays)."""
+        return {"hits": [asdict(h) for h in self.hits], "candidates": self.candidates,
+                "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()}, "provenance": self.provenance}
+
+
+def as_grey_sketch(sketch) -> np.ndarray:
+    """A uint8 sketch [H, W], [H, W, 3] or [H, W, 4] as grey [H, W]: transparent is paper, any dark channel ink."""
+    array = np.asarray(sketch)
+    if array.dtype != np.uint8:
+        raise BadInputError(f"a sketch must be a uint8 image, got {array.dtype}")
+    if array.ndim == 3 and array.shape[-1] == 4:
+        alpha = array[..., 3:].astype(np.float32) / 255.0
+        array = (array[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 3:
+        array = array.min(axis=2)
+    if array.ndim != 2 or min(array.shape) == 0:
+        raise BadInputError(f"a sketch must be an [H, W], [H, W, 3] or [H, W, 4] image, got shape {array.shape}")
+    return array
+
+
+def check_sketch(sketch, name: str | os.PathLike | None = None) -> np.ndarray:
+    """The sketch as grey uint8 [H, W]; a blank one (no strokes) is a BadInputError (naming the file if given)."""
+    grey = as_grey_sketch(sketch)
+    if is_blank_sketch(grey):
+        what = f"sketch {name}" if name is not None else "sketch"
+        raise BadInputError(f"{what} is empty: draw the outlines to search for (dark strokes on white paper)")
+    return grey
+
+
+def read_sketch(path: str | os.PathLike) -> np.ndarray:
+    """A sketch file as grey uint8 [H, W] (see `as_grey_sketch`); unreadable files raise BadImageError."""
+    from PIL import Image
+
+    from s2m_retrieval.data.archive import read_image
+
+    if not Path(path).is_file():
+        raise BadImageError(f"sketch file not found: {path}")
+    read_image(path)  # validates: decodes, not truncated, not a decompression bomb
+    with Image.open(path) as img:
+        rgba = img.convert("RGBA") if "A" in img.getbands() or "transparency" in img.info else img.convert("RGB")
+        return as_grey_sketch(np.asarray(rgba, dtype=np.uint8))
+
+
+class RetrievalEngine:
+    """Models + index opened once; `query_sketch` and `query_like` answer queries warm."""
+
+    def __init__(self, reader, pipeline, metric, encoder) -> None:
+        from index.row_reader import ShardRowReader
+        from s2m_retrieval.metadata_filter import LabelFilter
+
+        self.reader = reader        # IndexReader: stamp, memory-mapped FAISS, SQL, shards
+        self.pipeline = pipeline    # Sketch2MedI: G, E, H (optional), inverter
+        self.metric = metric        # PerceptualDistance the index was built for
+        self.encoder = encoder      # InverterEncoder: the index's weighting and inversion settings
+        self.labels = LabelFilter(reader.db, reader.stamp.name)
+        self.rows = ShardRowReader(reader.shards)
+
+    @classmethod
+    def open(cls, name: str = "default", home=None, db_url: str | None = None, models=None,
+             perceptual=None, device: str = "cpu") -> RetrievalEngine:
+        """Open index `name` and load the models (a folder, a Sketch2MedI, or None for the shipped weights) and the
+        perceptual metric (a backend name, a loaded PerceptualDistance, or None for the index's own backend).
+
+        The index is opened first (a missing one fails fast); then its model version and perceptual metric
+        must match the loaded models (VersionMismatchError telling to rebuild otherwise).
+        """
+        from s2m_retrieval.engine_setup import index_encoder, load_metric, load_pipeline, stored_config
+        from s2m_retrieval.index_reader import open_index
+        from s2m_retrieval.pipeline import Sketch2MedI
+
+        reader = open_index(name=name, home=home, db_url=db_url)
+        try:
+            config = stored_config(reader)
+            folder = None if isinstance(models, Sketch2MedI) else models
+            pipeline = models if isinstance(models, Sketch2MedI) else load_pipeline(models, device)
+            metric = load_metric(perceptual, reader.stamp, folder, device)
+            encoder = index_encoder(pipeline, metric, config, reader.stamp, device)
+        except BaseException:
+            reader.close()
+            raise
+        return cls(reader, pipeline, metric, encoder)
+
+    @property
+    def default_steps(self) -> int:
+        """Refinement steps when none are given: H's trained T, or 0 without a refiner."""
+        from s2m_retrieval.pipeline import DEFAULT_REFINE_STEPS
+
+        return DEFAULT_REFINE_STEPS if self.pipeline.refiner is not None else 0
+
+    def query_sketch(self, sketch, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
+                     steps: int | None = None, alpha: float = DEFAULT_ALPHA, where: str | None = None,
+                     max_distance: float | None = None, normalisation: str = DEFAULT_NORMALISATION) -> Result:
+        """Top-k archive images for a uint8 sketch (dark strokes on white; grey, RGB or RGBA)."""
+        import torch
+
+        from s2m_retrieval.pipeline import to_uint8
+
+        self._check(k, n_candidates, alpha, max_distance, normalisation)
+        grey = check_sketch(sketch)
+        steps = self.default_steps if steps is None else int(steps)
+        if steps < 0:
+            raise BadInputError(f"--steps must be >= 0, got {steps}")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            w_plus, _, x_hat = self.pipeline.generate(grey, steps=steps)
+        timings["generate"] = _ms(t0)
+        vector = self.encoder.vectors(w_plus)
+        result = self._rank(vector, x_hat, k, n_candidates, alpha, where, max_distance, normalisation, timings)
+        result.query, result.x_hat = grey, to_uint8(x_hat)[0]
+        result.provenance |= {"query": "sketch", "steps": steps}
+        return result
+
+    def query_like(self, key: int | str | os.PathLike, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
+                   alpha: float = DEFAULT_ALPHA, where: str | None = None, max_distance: float | None = None,
+                   normalisation: str = DEFAULT_NORMALISATION) -> Result:
+        """"More like this": an indexed image (id or path) uses its stored vector and thumb, skipping E and H;
+        an image file outside the index is inverted like archive images are."""
+        from s2m_retrieval.ranking import to_model_input
+
+        self._check(k, n_candidates, alpha, max_distance, normalisation)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        image_id, path = self._find(key)
+        if image_id is not None:
+            vector = self.reader.arrays("vectors", [image_id])
+            thumb = self.reader.arrays("thumbs", [image_id])[0]
+        else:
+            from s2m_retrieval.data.archive import fit_square, read_image
+
+            thumb = np.array(fit_square(read_image(path), self.encoder.resolution))  # writable, for torch
+            vector = self.encoder.vectors(self.encoder.w_plus(thumb[None]))
+        timings["encode"] = _ms(t0)
+        result = self._rank(vector, to_model_input(thumb[None]), k, n_candidates, alpha, where, max_distance,
+                            normalisation, timings)
+        result.query = thumb
+        result.provenance |= {"query": "like", "like": str(key), "like_id": image_id}
+        return result
+
+    def _check(self, k: int, n_candidates: int, alpha: float, max_distance: float | None, how: str) -> None:
+        if k < 1 or n_candidates < 1:
+            raise BadInputError(f"--k and --candidates must be >= 1, got {k} and {n_candidates}")
+        if not 0.0 <= alpha <= 1.0:
+            raise BadInputError(f"--alpha must be between 0 and 1, got {alpha}")
+        if max_distance is not None and not max_distance >= 0:
+            raise BadInputError(f"--max-distance must be >= 0, got {max_distance}")
+        if how not in NORMALISATIONS:
+            raise BadInputError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {how!r}")
+
+    def _find(self, key) -> tuple[int | None, str | None]:
+        """(image id in the index, None) or (None, path of an image file outside the index)."""
+        from s2m_retrieval.storage import catalog
+
+        text = str(key)
+        name = self.reader.stamp.name
+        with self.reader.db.session() as s:
+            if isinstance(key, int) or text.isdigit():
+                found = catalog.find_image(s, name, int(text))
+            else:
+                found = catalog.find_image(s, name, sorted({os.path.abspath(text), os.path.realpath(text)}))
+        if found is not None:
+            return found, None
+        if not isinstance(key, int) and Path(text).is_file():
+            return None, text
+        raise BadInputError(f"--like {text!r}: no image with that id or path in index {name!r}, and no such file")
+
+    def _locations(self, ids: list[int]) -> dict[int, tuple[str, str, dict, int]]:
+        """image id -> (shard, path, labels, row) for ids still in the index."""
+        from sqlalchemy import select
+
+        from s2m_retrieval.storage.models import Image, Vector
+
+        with self.reader.db.session() as s:
+            rows = s.execute(select(Image.id, Vector.shard, Image.path, Image.labels, Vector.row)
+                             .join(Vector, Vector.image_id == Image.id)
+                             .where(Vector.index_name == self.reader.stamp.name, Image.id.in_(ids)))
+            return {iid: (shard, path, labels or {}, row) for iid, shard, path, labels, row in rows}
+
+    def _thumbs(self, ids: np.ndarray, rows: dict) -> np.ndarray:
+        """Stored thumbnails [N, R, R, 3] uint8 of these candidates, from the shards (never the archive files)."""
+        if not len(ids):
+            r = self.encoder.resolution
+            return np.zeros((0, r, r, 3), np.uint8)
+        return self.rows.rows("thumbs", [(rows[int(i)][0], rows[int(i)][3]) for i in ids])
+
+    def _search(self, vector: np.ndarray, n: int, allow: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n (distances, ids) by weighted W+ distance (Euclidean, not squared), within `allow` if given."""
+        from index.factory import ivf_nlist
+
+        store = self.reader.store
+        n = min(n, store.ntotal if allow is None else len(allow))
+        if n <= 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        nlist = ivf_nlist(store.index)
+        nprobe = store.search_defaults.get("nprobe") if nlist else None
+        while True:
+            d2, ids = self.reader.search(vector, n, allow=allow, **({"nprobe": nprobe} if nprobe else {}))
+            keep = ids[0] >= 0
+            # IVF probes only some lists: a selective filter can leave fewer than n allowed ids in them.
+            if keep.sum() >= n or not nprobe or nprobe >= nlist:
+                return np.sqrt(np.maximum(d2[0][keep], 0.0)), ids[0][keep]
+            nprobe = min(nlist, nprobe * 4)
+
+    def _rank(self, vector: np.ndarray, query_image, k: int, n_candidates: int, alpha: float, where: str | None,
+              max_distance: float | None, how: str, timings: dict[str, float]) -> Result:
+        """FAISS candidates (filtered) -> perceptual distances to their thumbs -> fused score -> top k."""
+        from s2m_retrieval.metadata_filter import parse_where
+
+        t0 = time.perf_counter()
+        conditions = parse_where(where)
+        allow = self.labels.allowed(conditions) if conditions else None
+        timings["filter"] = _ms(t0)
+        t0 = time.perf_counter()
+        latent, ids = self._search(vector, max(n_candidates, k), allow)
+        if max_distance is not None:
+            latent, ids = latent[latent <= max_distance], ids[latent <= max_distance]
+        timings["search"] = _ms(t0)
+        t0 = time.perf_counter()
+        rows = self._locations(ids.tolist()) if len(ids) else {}
+        if len(rows) < len(ids):  # removed from the index after this engine opened its FAISS snapshot
+            log.warning("%d candidates are no longer in the index; reopen the engine", len(ids) - len(rows))
+            keep = np.array([int(i) in rows for i in ids], dtype=bool)
+            latent, ids = latent[keep], ids[keep]
+        rerank = alpha < 1 and len(ids) > 0
+        # Without a re-rank only the k shown thumbs are read.
+        thumbs = self._thumbs(ids, rows) if rerank else None
+        timings["fetch"] = _ms(t0)
+        t0 = time.perf_counter()
+        perceptual = perceptual_distances(self.metric, query_image, thumbs) if rerank else None
+        timings["rerank"] = _ms(t0)
+        scores = fuse(latent, perceptual, alpha, how)
+        order = np.lexsort((latent, scores))[:k]  # ties in score go to the latent-closer candidate
+        thumbs = thumbs[order] if rerank else self._thumbs(ids[order], rows)
+        hits = [Hit(rank=r + 1, id=int(ids[i]), path=rows[int(ids[i])][1], latent_distance=float(latent[i]),
+                    perceptual_distance=None if perceptual is None else float(perceptual[i]),
+                    score=float(scores[i]), labels=rows[int(ids[i])][2]) for r, i in enumerate(order)]
+        timings["total"] = sum(timings.values())
+        return Result(hits=hits, query=np.zeros((0, 0), np.uint8), x_hat=None, thumbs=thumbs,
+                      candidates=len(ids), timings_ms=timings, provenance=self._provenance(alpha, how, n_candidates,
+                                                                                           conditions, max_distance))
+
+    def _provenance(self, alpha, how, n_candidates, conditions, max_distance) -> dict:
+        stamp = self.reader.stamp
+        return {"index": stamp.name, "model_version": stamp.model_version, "models": dict(self.pipeline.versions),
+                "perceptual": self.metric.version, "weighting": stamp.weighting, "factory": stamp.factory,
+                "index_size": self.reader.store.ntotal, "alpha": alpha, "normalisation": how,
+                "n_candidates": n_candidates, "where": [str(c) for c in conditions], "max_distance": max_distance}
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.reader.close()
+
+    def __enter__(self) -> RetrievalEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
