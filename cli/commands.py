@@ -20,10 +20,19 @@ def sketch(
     from PIL import Image
 
     from s2m_retrieval.data.archive import fit_square, read_image, read_mask
-    from s2m_retrieval.data.sketch import FreehandConfig, sketch_from_mask
+    from s2m_retrieval.data.classes import NUM_CLASSES
+    from s2m_retrieval.data.sketch import FreehandConfig, is_blank_sketch, sketch_from_mask
+    from s2m_retrieval.errors import BadInputError
 
+    if size < 8 or size > 2048 or size % 8:
+        raise BadInputError(f"--size must be a multiple of 8 between 8 and 2048, got {size}")
+    inputs = [image] + ([mask] if mask is not None else [])
+    if any(out.resolve() == p.resolve() for p in inputs):
+        raise BadInputError(f"--out {out} is an input file; write the sketch somewhere else")
     if mask is not None:
         label = fit_square(read_mask(mask), size, nearest=True)
+        if label.max() >= NUM_CLASSES:
+            raise BadInputError(f"mask {mask} holds label {int(label.max())}; label maps use ids 0..{NUM_CLASSES - 1}")
         source = f"mask {mask}"
     else:
         from s2m_retrieval.segmentation import segment_images
@@ -31,8 +40,12 @@ def sketch(
         label = segment_images([fit_square(read_image(image), size)], checkpoint=segmenter)[0]
         source = "segmenter"
     drawing = sketch_from_mask(label, size=size, freehand=FreehandConfig() if freehand else None, seed=seed)
+    if is_blank_sketch(drawing):
+        raise BadInputError(f"no anatomy outlines found in {source}; nothing to draw")
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(drawing).save(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    Image.fromarray(drawing).save(tmp, format="PNG")
+    tmp.replace(out)
     typer.echo(f"wrote {out} ({size}x{size}, outlines from {source}{', free-hand' if freehand else ''})")
 
 
@@ -74,12 +87,12 @@ def generate(
     if sketch is not None:
         _generate_from_sketch(sketch, out, steps, only_final, generator, encoder, refiner)
         return
-    from s2m_retrieval.checkpoint import shipped_weights
+    from s2m_retrieval.model_files import weights_or_shipped
     from s2m_retrieval.generation_report import generate_images
     from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.viz import contact_sheet
 
-    G = load_generator(generator or shipped_weights("generator"))
+    G = load_generator(weights_or_shipped(generator, "generator"))
     images = generate_images(G, n, seed, truncation_psi=truncation)
     tile = max(64, G.config.img_resolution)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +106,7 @@ def _generate_from_sketch(sketch: Path, out: Path, steps: int, only_final: bool,
     import torch
     from PIL import Image
 
-    from s2m_retrieval.checkpoint import shipped_weights
+    from s2m_retrieval.model_files import weights_or_shipped
     from s2m_retrieval.errors import BadInputError, CheckpointError
     from s2m_retrieval.networks.refiner import refine
     from s2m_retrieval.pipeline import Sketch2MedI, sketch_batch, to_uint8
@@ -105,11 +118,11 @@ def _generate_from_sketch(sketch: Path, out: Path, steps: int, only_final: bool,
     drawing = check_sketch(read_sketch(sketch), sketch)
     paths = {"generator": generator, "encoder": encoder} | ({"refiner": refiner} if steps > 0 else {})
     for name, given in paths.items():
-        paths[name] = given or shipped_weights(name)
-        if not Path(paths[name]).is_file():
-            hint = " or generate with --steps 0 (E alone)" if name == "refiner" else ""
-            raise CheckpointError(f"{name} weights not found at {paths[name]}; pass --{name} "
-                                  f"(train one with `s2m train {name}`){hint}")
+        try:
+            paths[name] = weights_or_shipped(given, name)
+        except CheckpointError as exc:
+            hint = " (or generate with --steps 0: E alone)" if name == "refiner" else ""
+            raise CheckpointError(f"{exc}{hint}") from exc
     model = Sketch2MedI.from_checkpoints(paths["generator"], paths["encoder"], paths.get("refiner"), None,
                                          perceptual=None)
     x = sketch_batch(drawing, model.resolution)

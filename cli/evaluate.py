@@ -21,14 +21,14 @@ def generation(
     out: Path = typer.Option(None, "--out", help="Write the figures as JSON here."),
 ) -> None:
     """Domain Fréchet distance of G vs real, with the real-vs-real floor and a blurred-real baseline."""
-    from s2m_retrieval.checkpoint import shipped_weights
+    from s2m_retrieval.model_files import weights_or_shipped
     from s2m_retrieval.data.archive import load_archive_arrays
     from s2m_retrieval.errors import ArchiveError
     from s2m_retrieval.generation_report import generation_report
     from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.segmentation import cached_segmenter
 
-    G = load_generator(generator or shipped_weights("generator"))
+    G = load_generator(weights_or_shipped(generator, "generator"))
     res = G.config.img_resolution
     images, _, _ = load_archive_arrays(archive, res, limit=2 * n)
     if len(images) < 2 * n:
@@ -83,21 +83,21 @@ def sketch2medi(
 ) -> None:
     """Sketch -> image quality (perceptual distance, DICE via S, domain FD) of E, E + D, E + H (T) and pix2pix
     on held-out phantom sketches, and the archive inverter's quality and images/s."""
-    import torch
     from tqdm import tqdm
 
-    from s2m_retrieval.checkpoint import shipped_weights
+    from s2m_retrieval.model_files import weights_or_shipped
     from s2m_retrieval.errors import BadInputError, PerceptualWeightsMissing
     from s2m_retrieval.perceptual import load_perceptual
     from s2m_retrieval.segmentation import cached_segmenter, segmenter_path
     from s2m_retrieval.sketch_quality import (NA_MISSING, held_out_phantoms, load_models, quality_markdown,
                                               sample_sheet, sketch_quality)
 
-    if threads:
-        torch.set_num_threads(threads)
+    from cli.runtime import setup_torch
+
+    device = setup_torch(threads, device)
     if steps < 0 or optimise_steps < 0 or batch < 1:
         raise BadInputError("--steps and --optimise-steps must be >= 0, --batch >= 1")
-    models = load_models(generator or shipped_weights("generator"), encoder, encoder_alone, refiner, pix2pix,
+    models = load_models(weights_or_shipped(generator, "generator"), encoder, encoder_alone, refiner, pix2pix,
                          inverter, device)
     seg_path = segmenter_path(segmenter)
     loaded = {}

@@ -100,16 +100,21 @@ def add(
 
 @app.command("remove")
 def remove(
-    items: list[str] = typer.Argument(..., help="Image ids (as shown by retrieve) or file paths."),
+    items: list[str] = typer.Argument(
+        ..., help="What to remove, each one of: the image id `retrieve` shows (a number), a file path, the file "
+                  "stem (e.g. ph000003) or the `id` column of the archive's labels.csv. A key that names "
+                  "several images is refused."),
     name: str = NAME,
     home: Path = HOME,
     db: str = DB,
 ) -> None:
-    """Remove images from an index by id or path."""
+    """Remove images from an index by image id, path, file stem or labels id; prints the paths removed."""
     from s2m_retrieval.index_sync import remove_entries
 
     report = remove_entries(items, name=name, home=home, db_url=db)
     typer.echo(f"removed {len(report.removed)} from index {name!r}; {report.total} vectors left")
+    for path in sorted(report.removed.values()):
+        typer.echo(f"  removed: {path}")
     for key in report.not_found:
         typer.echo(f"  not in the index: {key}")
 

@@ -39,7 +39,7 @@ def _run(command: typer.Typer, args: list[str] | None = None, prog: str = "s2m")
     from s2m_retrieval.errors import S2MError
 
     try:
-        command(args=args, prog_name=prog, standalone_mode=False)
+        rc = command(args=args, prog_name=prog, standalone_mode=False)
     except S2MError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -51,13 +51,19 @@ def _run(command: typer.Typer, args: list[str] | None = None, prog: str = "s2m")
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(1)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except OSError as exc:  # a path the user gave cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        # Usage errors (missing option, bad value) come from the click that typer runs on; they
+        # know how to show themselves and carry their exit code (2).
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    # In non-standalone mode click returns the code of a `typer.Exit` instead of raising it.
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 def main() -> None:

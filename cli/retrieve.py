@@ -48,13 +48,14 @@ def retrieve(
     from s2m_retrieval.errors import BadInputError
     from s2m_retrieval.retrieval import RetrievalEngine, check_sketch, read_sketch
 
-    if (query is None) == (like is None):
-        raise BadInputError("give either a sketch image or --like ID_OR_PATH (not both)")
+    if query is None and like is None:
+        raise BadInputError("give a sketch image (s2m retrieve SKETCH.png) or --like ID_OR_PATH")
+    if query is not None and like is not None:
+        raise BadInputError("give either a sketch image or --like ID_OR_PATH, not both")
     sketch = check_sketch(read_sketch(query), query) if query is not None else None  # fail before loading models
-    if threads:
-        import torch
+    from cli.runtime import setup_torch
 
-        torch.set_num_threads(threads)
+    device = setup_torch(threads, device)
     options = dict(k=k, n_candidates=candidates, alpha=alpha, where=where, max_distance=max_distance,
                    normalisation=normalisation)
     with RetrievalEngine.open(index, home=home, db_url=db, models=models, perceptual=perceptual,

@@ -10,12 +10,10 @@ app = typer.Typer(help="Train the networks (segmenter, generator, ...) on an arc
 
 
 def _device(name: str) -> str:
-    """'auto' picks CUDA when present, else the CPU."""
-    if name != "auto":
-        return name
-    import torch
+    """'auto' picks CUDA when present, else the CPU; an unusable choice is a one-line error."""
+    from cli.runtime import setup_torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return setup_torch(0, name)
 
 
 @app.command("generator")
@@ -64,8 +62,13 @@ def segmenter(
     limit: int = typer.Option(None, "--limit", help="Use only the first N archive images."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint at --out."),
 ) -> None:
     """Train the segmenter of the sketch synthesizer S; prints held-out DICE per class."""
+    if out.exists() and not overwrite:
+        from s2m_retrieval.errors import BadInputError
+
+        raise BadInputError(f"{out} exists; choose another --out or pass --overwrite to replace it")
     import torch
     from tqdm import tqdm
 
@@ -119,11 +122,9 @@ CONFIG_JSON = typer.Option(None, "--config-json", hidden=True,
 
 
 def _setup(threads: int, device: str) -> str:
-    import torch
+    from cli.runtime import setup_torch
 
-    if threads:
-        torch.set_num_threads(threads)
-    return _device(device)
+    return setup_torch(threads, device)
 
 
 def _overrides(config_json: str | None, parts: set[str]) -> dict[str, dict]:
@@ -157,14 +158,9 @@ def _replace(config, fields: dict):
 
 def _weights(path: Path | None, name: str) -> Path:
     """The given checkpoint, else the shipped one; a missing file is a one-line error naming the option."""
-    from s2m_retrieval.checkpoint import shipped_weights
-    from s2m_retrieval.errors import CheckpointError
+    from s2m_retrieval.model_files import weights_or_shipped
 
-    path = path or shipped_weights(name)
-    if not Path(path).is_file():
-        raise CheckpointError(f"{name} weights not found at {path}; train one with `s2m train {name}` "
-                              f"and pass it with --{name}")
-    return path
+    return weights_or_shipped(path, name)
 
 
 def _load_g(path: Path | None, device: str):

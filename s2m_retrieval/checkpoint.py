@@ -69,8 +69,8 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not an s2m checkpoint ({first[:120]})") from exc
+        raise CheckpointError(f"checkpoint {path} is corrupt or not an s2m checkpoint "
+                              f"({type(exc).__name__} while reading it)") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not in format {FORMAT}")
     if kind is not None and payload.get("kind") != kind:

@@ -12,6 +12,7 @@ from index.shards import ShardStore
 from index.stamp import IndexStamp, read_stamp
 from index.store import VectorStore
 from s2m_retrieval.errors import IndexCorruptError, IndexMissingError
+from s2m_retrieval.index_sync import check_owner
 from s2m_retrieval.storage.db import Database, open_database, resolve_home
 
 
@@ -78,8 +79,14 @@ def open_index(*, name: str = "default", home=None, db_url: str | None = None, m
     if not paths.faiss_file.is_file():
         raise IndexMissingError(f"index {name!r} has no FAISS file yet (interrupted first build?); "
                                 f"rerun `s2m index build ARCHIVE --name {name}`")
-    store = VectorStore.load(paths.faiss_file, stamp.factory, mmap=True, search_defaults=stamp.search)
-    if store.dim != stamp.dim:
-        raise IndexCorruptError(f"FAISS file {paths.faiss_file} has dim {store.dim}, its stamp says {stamp.dim}; "
-                                f"rebuild: {stamp.rebuild_hint()}")
-    return IndexReader(paths, stamp, store, open_database(paths.home, db_url), ShardStore(paths.shards))
+    db = open_database(paths.home, db_url)
+    try:
+        check_owner(paths, stamp, db)
+        store = VectorStore.load(paths.faiss_file, stamp.factory, mmap=True, search_defaults=stamp.search)
+        if store.dim != stamp.dim:
+            raise IndexCorruptError(f"FAISS file {paths.faiss_file} has dim {store.dim}, its stamp says "
+                                    f"{stamp.dim}; rebuild: {stamp.rebuild_hint()}")
+    except BaseException:
+        db.dispose()
+        raise
+    return IndexReader(paths, stamp, store, db, ShardStore(paths.shards))

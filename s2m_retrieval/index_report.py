@@ -11,6 +11,7 @@ from index.shards import ShardStore
 from index.stamp import read_stamp
 from index.store import VectorStore
 from s2m_retrieval.errors import IndexCorruptError
+from s2m_retrieval.index_sync import check_owner
 from s2m_retrieval.storage import catalog
 from s2m_retrieval.storage.db import display_url, open_database, resolve_home
 
@@ -26,6 +27,7 @@ def index_info(*, name: str = "default", home=None, db_url: str | None = None) -
     stamp = read_stamp(paths.manifest)
     db = open_database(paths.home, db_url)
     try:
+        check_owner(paths, stamp, db)
         with db.session() as s:
             rows = catalog.count_vectors(s, name)
             builds = [{"id": b.id, "status": b.status, "started_at": b.started_at.isoformat(timespec="seconds"),
@@ -80,6 +82,7 @@ def verify_index(*, name: str = "default", home=None, db_url: str | None = None,
         stamp = read_stamp(paths.manifest)
         db = open_database(paths.home, db_url)
         try:
+            check_owner(paths, stamp, db)
             with db.session() as s:
                 rows = catalog.stored_vectors(s, name)
                 versions = catalog.model_versions_of(s, name)

@@ -18,7 +18,7 @@ from index.store import VectorStore
 from s2m_retrieval.errors import BadInputError, IndexCorruptError
 from s2m_retrieval.storage import catalog
 from s2m_retrieval.storage.catalog import StoredVector
-from s2m_retrieval.storage.db import Database, open_database, resolve_home
+from s2m_retrieval.storage.db import Database, display_url, open_database, resolve_home
 
 log = logging.getLogger(__name__)
 ADD_CHUNK = 8192  # vectors gathered from shards per FAISS add, to bound memory
@@ -31,6 +31,7 @@ class WriteHandle:
     paths: IndexPaths
     db: Database
     shards: ShardStore
+    database_id: str
 
 
 @contextmanager
@@ -40,9 +41,39 @@ def open_for_write(home, name: str, db_url: str | None = None) -> Iterator[Write
     with IndexLock(paths):
         db = open_database(paths.home, db_url)
         try:
-            yield WriteHandle(paths, db, ShardStore(paths.shards))
+            with db.session(write=True) as s:
+                database_id = catalog.database_id(s)
+            yield WriteHandle(paths, db, ShardStore(paths.shards), database_id)
         finally:
             db.dispose()
+
+
+def check_owner(paths: IndexPaths, stamp: IndexStamp, db: Database, database_id: str | None = None) -> str:
+    """Refuse an index built against another database (its shards are garbage to this one); returns this db's id.
+
+    Manifests made before the identity was stamped are judged by their rows: a synced or sharded index
+    whose name has no vector row in this database is someone else's.
+    """
+    with db.session() as s:
+        database_id = database_id or catalog.database_id(s)
+        rows = catalog.count_vectors(s, stamp.name)
+    if stamp.database_id:
+        foreign = stamp.database_id != database_id
+    else:
+        foreign = rows == 0 and (stamp.synced_vector_id > 0 or bool(ShardStore(paths.shards).names()))
+    if foreign:
+        raise BadInputError(f"index {stamp.name!r} under {paths.home} belongs to another database (not "
+                            f"{display_url(db.url)}); pass the --db it was built with, or --rebuild to start it "
+                            "over in this one")
+    return database_id
+
+
+def claim(handle: WriteHandle, stamp: IndexStamp) -> None:
+    """Check the index belongs to the handle's database, and stamp that identity into an older manifest."""
+    check_owner(handle.paths, stamp, handle.db, handle.database_id)
+    if stamp.database_id != handle.database_id:
+        stamp.database_id = handle.database_id
+        write_stamp(handle.paths.manifest, stamp)
 
 
 @dataclass
@@ -154,33 +185,48 @@ def resync(handle: WriteHandle, stamp: IndexStamp, store: VectorStore) -> tuple[
 
 @dataclass
 class RemoveReport:
-    """Outcome of `s2m index remove`."""
+    """Outcome of `s2m index remove`: image id -> path of what went, keys that named nothing, vectors left."""
 
-    removed: dict[str, int]
+    removed: dict[int, str]
     not_found: list[str]
     total: int
 
 
+def _resolve_keys(session, name: str, keys: Sequence[str]) -> tuple[dict[int, str], list[str]]:
+    """Images named by each key (id, path, stem or labels id); a key naming several is an error."""
+    found: dict[int, str] = {}
+    missing = []
+    for key in keys:
+        # A path may be stored as given under the archive root or with its symlinks resolved: try both.
+        matches = catalog.match_images(session, name, key, sorted({os.path.abspath(key), os.path.realpath(key)}))
+        if len(matches) > 1:
+            listed = ", ".join(f"{iid}: {path}" for iid, path in sorted(matches.items())[:5])
+            raise BadInputError(f"{key!r} names {len(matches)} images in index {name!r} ({listed}); "
+                                "give the path or the image id of the one to remove")
+        if not matches:
+            missing.append(key)
+        found.update(matches)
+    return found, missing
+
+
 def remove_entries(keys: Sequence[str], *, name: str = "default", home=None, db_url: str | None = None) -> RemoveReport:
-    """Remove images (by id or path) from an index: SQL rows, FAISS entries, unreferenced shards."""
+    """Remove images (by id, path, file stem or labels id) from an index: SQL rows, FAISS, unreferenced shards."""
     paths = index_paths(resolve_home(home), name).require()
-    # A path may be stored as given under the archive root or with its symlinks resolved: try both.
-    lookups = {k: int(k) if k.isdigit() else [os.path.abspath(k), str(Path(k).resolve())] for k in keys}
     with open_for_write(home, name, db_url) as handle:
         stamp = read_stamp(paths.manifest)
+        claim(handle, stamp)
         with handle.db.session(write=True) as s:
-            found = {k: iid for k, lookup in lookups.items()
-                     if (iid := catalog.find_image(s, name, lookup)) is not None}
-            missing = [k for k in keys if k not in found]
+            found, missing = _resolve_keys(s, name, keys)
             if not found:
-                raise BadInputError(f"none of {', '.join(keys[:5])} is in index {name!r} (give image ids or paths)")
+                raise BadInputError(f"none of {', '.join(keys[:5])} is in index {name!r} "
+                                    "(give image ids, paths, file stems or labels ids)")
             version = catalog.get_or_create_model_version(
                 s, version=stamp.model_version, name=stamp.model_name, dim=stamp.dim, metric=stamp.metric, config={})
             build_id = catalog.start_build(s, name, version.id, stamp.factory, source="remove")
-            catalog.delete_vectors(s, name, sorted(set(found.values())))
+            catalog.delete_vectors(s, name, sorted(found))
         store, _ = load_store_for_write(paths, stamp)
         resync(handle, stamp, store)
         collect_garbage(handle, name)
         with handle.db.session(write=True) as s:
-            catalog.finish_build(s, build_id, "done", n_removed=len(set(found.values())))
+            catalog.finish_build(s, build_id, "done", n_removed=len(found))
         return RemoveReport(removed=found, not_found=missing, total=store.ntotal)

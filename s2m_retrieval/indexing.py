@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -19,16 +20,18 @@ from pathlib import Path
 import numpy as np
 
 from index.factory import auto_factory
+from index.layout import IndexPaths, index_paths
 from index.stamp import IndexStamp, read_stamp, write_stamp
 from index.store import VectorStore
 from s2m_retrieval.build_reader import PlanItem, plan, prefetch, read_batches
 from s2m_retrieval.data.archive import ArchiveEntry, ReadStats, scan_archive
 from s2m_retrieval.encoding import ArchiveEncoder, check_outputs
 from s2m_retrieval.errors import ArchiveError, BadInputError, VersionMismatchError
-from s2m_retrieval.index_sync import (WriteHandle, collect_garbage, load_store_for_write, open_for_write, resync,
-                                      save_index, sync_store)
+from s2m_retrieval.index_sync import (WriteHandle, claim, collect_garbage, load_store_for_write, open_for_write,
+                                      resync, save_index, sync_store)
 from s2m_retrieval.storage import catalog
 from s2m_retrieval.storage.catalog import ImageRecord
+from s2m_retrieval.storage.db import resolve_home
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (images just done, images to do in total)
@@ -103,13 +106,15 @@ class BatchWriter:
         self.checkpoint_s = checkpoint_s
         self.last_save = time.monotonic()
         self.seq = 0
+        # Part of every shard name, so shards of builds against other databases (same build ids) never collide.
+        self.token = secrets.token_hex(3)
         self.committed = 0
         self.train_at = 0
 
     def write(self, items: Sequence[PlanItem], arrays: dict[str, np.ndarray],
               sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
         """Store one encoded batch; returns (added, replaced)."""
-        shard = f"{self.build_id:06d}-{self.seq:06d}"
+        shard = f"{self.build_id:06d}-{self.token}-{self.seq:06d}"
         self.seq += 1
         self.h.shards.write(shard, arrays)
         records = [ImageRecord(path=it.path, stem=it.entry.stem, sha256=it.sha256, width=w, height=h,
@@ -186,15 +191,44 @@ def build_index(archive: str | Path | None, encoder: ArchiveEncoder, *, home=Non
     if options.factory:
         VectorStore.create(encoder.dim, options.factory)  # a bad factory string fails before anything is written
     summary = BuildSummary(name=options.name, source=str(root) if root else "files")
+    paths = index_paths(resolve_home(home), options.name)
+    made = [p for p in (paths.root.parent, paths.root) if not p.exists()]
+    try:
+        _build(encoder, home, db_url, options, entries, root, summary, progress)
+    except BaseException:
+        if made and not paths.exists():
+            _remove_made(paths, made)
+        raise
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _remove_made(paths: IndexPaths, made: list[Path]) -> None:
+    """A first build that failed before its manifest: remove the folders it created (only empty ones)."""
+    paths.lock_file.unlink(missing_ok=True)
+    for folder in (paths.shards, *reversed(made)):
+        try:
+            folder.rmdir()
+        except OSError:  # absent, or holds something this run did not make
+            pass
+
+
+def _build(encoder: ArchiveEncoder, home, db_url: str | None, options: BuildOptions,
+           entries: Sequence[ArchiveEntry], root: Path | None, summary: BuildSummary,
+           progress: Progress | None) -> None:
     with open_for_write(home, options.name, db_url) as handle:
+        stamp = read_stamp(handle.paths.manifest) if handle.paths.exists() else None
         if options.rebuild:
             _wipe(handle, options.name)
+            stamp = None
+        elif stamp is not None:
+            claim(handle, stamp)  # before anything is deleted: another database's shards look like garbage here
         with handle.db.session() as s:
             known = {r.path: r for r in catalog.stored_vectors(s, options.name)}
-        stamp = read_stamp(handle.paths.manifest) if handle.paths.exists() else None
         if stamp is None:
             n_expected = len({os.path.abspath(e.path) for e in entries} | set(known))
             stamp = _new_stamp(options.name, encoder, options.factory or auto_factory(n_expected, encoder.dim))
+            stamp.database_id = handle.database_id
             _check_trainable(VectorStore.create(encoder.dim, stamp.factory), stamp.factory, n_expected)
             write_stamp(handle.paths.manifest, stamp)
         _check_model(handle, stamp, encoder, options.factory)
@@ -213,8 +247,6 @@ def build_index(archive: str | Path | None, encoder: ArchiveEncoder, *, home=Non
             except Exception:  # the database itself may be what failed; the next run marks this one interrupted
                 pass
             raise
-    summary.seconds = time.perf_counter() - t0
-    return summary
 
 
 def _forget_lost_shards(handle: WriteHandle, name: str) -> None:

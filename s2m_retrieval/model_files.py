@@ -51,3 +51,15 @@ def segmenter_file(models: str | os.PathLike | None) -> Path | None:
         return None
     path = Path(models) / "segmenter.pt"
     return path if path.is_file() else None
+
+
+def weights_or_shipped(path: str | os.PathLike | None, name: str) -> Path:
+    """The given checkpoint, else the shipped one; a missing file is a one-line error saying what to do."""
+    given = path is not None
+    path = Path(path) if given else shipped_weights(name)
+    if path.is_file():
+        return path
+    if given:
+        raise CheckpointError(f"{name} weights not found at {path}")
+    raise CheckpointError(f"no trained {name} is shipped yet ({path} missing); train one with "
+                          f"`{TRAIN_HINT.get(name, f's2m train {name}')}` and pass it with --{name}")

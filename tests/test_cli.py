@@ -60,3 +60,57 @@ def test_sketch_from_unreadable_image(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "not an image" in proc.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def _s2m(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_usage_errors_exit_2_without_traceback(tmp_path):
+    for args in (["sketch", "x.png"], ["data", "phantom", "--size", "abc", "--out", str(tmp_path)], ["nosuch"]):
+        proc = _s2m(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and "Error" in proc.stderr
+
+
+def test_retrieve_script_usage_error():
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.argv = ['retrieve', '--k', 'x']; "
+                           "from cli.main import retrieve_main; retrieve_main()"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_sketch_refuses_to_overwrite_its_input(phantom_archive, tmp_path):
+    import shutil
+
+    image = tmp_path / "img.png"
+    shutil.copy(phantom_archive / "images" / "ph000001.png", image)
+    before = image.read_bytes()
+    proc = _s2m("sketch", str(image), "--mask", str(phantom_archive / "masks" / "ph000001.png"), "--out", str(image))
+    assert proc.returncode == 2 and "input file" in proc.stderr
+    assert image.read_bytes() == before
+
+
+def test_unwritable_output_is_one_line(phantom_archive, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = _s2m("sketch", str(phantom_archive / "images" / "ph000001.png"), "--mask",
+                str(phantom_archive / "masks" / "ph000001.png"), "--out", str(blocker / "sub" / "s.png"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cuda_on_a_machine_without_it_is_one_line(phantom_archive, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("this machine has a CUDA GPU, so --device cuda is valid here")
+    proc = _s2m("train", "segmenter", str(phantom_archive), "--out", str(tmp_path / "s.pt"), "--steps", "1",
+                "--device", "cuda")
+    assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_generator_says_what_to_do(tmp_path):
+    proc = _s2m("generate", "--seed", "1", "--out", str(tmp_path / "g.png"), "--generator", str(tmp_path / "no.pt"))
+    assert proc.returncode != 0 and "generator weights not found" in proc.stderr

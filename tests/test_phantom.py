@@ -38,6 +38,31 @@ def test_workers_do_not_change_bytes(tmp_path):
     assert _digest(a) == _digest(b)
 
 
+def _ids(folder):
+    return [row["id"] for row in csv.DictReader((folder / "labels.csv").open())]
+
+
+def test_extend_merges_labels_and_overwrite_replaces(tmp_path):
+    out = write_phantom_archive(tmp_path / "a", n=4, size=64, seed=1)
+    write_phantom_archive(out, n=3, size=64, seed=1, start=4, extend=True)
+    assert _ids(out) == [f"ph{i:06d}" for i in range(7)]
+    assert len(list((out / "images").glob("*.png"))) == 7
+    assert _digest(out) == _digest(write_phantom_archive(tmp_path / "b", n=7, size=64, seed=1))
+    with pytest.raises(ArchiveError, match="same --seed"):
+        write_phantom_archive(out, n=2, size=64, seed=2, start=7, extend=True)
+    write_phantom_archive(out, n=2, size=64, seed=5, overwrite=True)
+    assert _ids(out) == ["ph000000", "ph000001"] and len(list((out / "masks").glob("*.png"))) == 2
+
+
+def test_overwrite_refuses_a_folder_it_did_not_write(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ArchiveError, match="not a phantom archive"):
+        write_phantom_archive(tmp_path / "mine", n=2, overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert not (tmp_path / "mine" / "images").exists()
+
+
 def test_archive_layout_matches_contract(phantom_archive):
     images = sorted((phantom_archive / "images").glob("*.png"))
     masks = sorted((phantom_archive / "masks").glob("*.png"))
@@ -118,6 +143,8 @@ def test_bad_arguments(tmp_path):
         write_phantom_archive(tmp_path / "x", n=2, size=65)
     with pytest.raises(BadInputError):
         write_phantom_archive(tmp_path / "x", n=0)
+    with pytest.raises(BadInputError):
+        write_phantom_archive(tmp_path / "x", n=2, start=-1)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("precious")
     with pytest.raises(ArchiveError):

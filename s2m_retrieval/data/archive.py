@@ -121,6 +121,10 @@ def scan_archive(root: str | os.PathLike) -> list[ArchiveEntry]:
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode one image as RGB uint8 `[H, W, 3]`: EXIF orientation, grey/RGBA/16-bit handled."""
     path = Path(path)
+    if not path.exists():
+        raise BadImageError(f"{path}: file not found")
+    if path.is_dir():
+        raise BadImageError(f"{path}: is a folder, not an image file")
     try:
         if path.stat().st_size == 0:
             raise BadImageError(f"{path}: empty file")

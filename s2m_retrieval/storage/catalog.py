@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from s2m_retrieval.storage.models import Image, IndexBuild, ModelVersion, Vector, utcnow
+from s2m_retrieval.storage.models import Image, IndexBuild, Meta, ModelVersion, Vector, utcnow
 
 # Bound on bound parameters per statement (SQLite's limit is 32766; stay far below it).
 CHUNK = 500
@@ -42,6 +43,16 @@ class StoredVector:
     shard: str
     row: int
     model_version_id: int
+
+
+def database_id(session: Session) -> str:
+    """This database's random identity (made by migration 0002; created here if someone deleted it)."""
+    value = session.scalar(select(Meta.value).where(Meta.key == "database_id"))
+    if value is None:
+        value = uuid.uuid4().hex
+        session.add(Meta(key="database_id", value=value))
+        session.flush()
+    return value
 
 
 def get_or_create_model_version(session: Session, *, version: str, name: str, dim: int, metric: str,
@@ -132,6 +143,16 @@ def find_image(session: Session, index_name: str, key: int | Sequence[str]) -> i
     cond = Image.id == key if isinstance(key, int) else Image.path.in_(list(key))
     return session.scalar(select(Image.id).join(Vector, Vector.image_id == Image.id)
                           .where(cond, Vector.index_name == index_name).limit(1))
+
+
+def match_images(session: Session, index_name: str, key: str, paths: Sequence[str]) -> dict[int, str]:
+    """Images of the index a user key names: internal id, one of `paths`, file stem or labels `id`; {id: path}."""
+    conds = [Image.path.in_(list(paths)), Image.stem == key, Image.labels["id"].as_string() == key]
+    if key.isdigit():
+        conds.append(Image.id == int(key))
+    stmt = (select(Image.id, Image.path).join(Vector, Vector.image_id == Image.id)
+            .where(or_(*conds), Vector.index_name == index_name))
+    return dict(session.execute(stmt).all())
 
 
 def start_build(session: Session, index_name: str, model_version_id: int, factory: str, source: str) -> int:

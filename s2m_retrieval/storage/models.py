@@ -32,6 +32,15 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class Meta(Base):
+    """Key/value facts about the database itself, e.g. its random `database_id`."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 class Image(Base):
     """One archive file; its id is also its FAISS id in every index."""
 

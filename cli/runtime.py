@@ -1,0 +1,24 @@
+"""Torch threads and device choice shared by the commands, checked before any work starts."""
+
+from __future__ import annotations
+
+
+def setup_torch(threads: int = 0, device: str = "auto") -> str:
+    """Set torch's CPU threads (0: keep torch's default) and resolve `device` (auto, cpu, cuda[:N])."""
+    import torch
+
+    from s2m_retrieval.errors import BadInputError
+
+    if threads < 0:
+        raise BadInputError(f"--threads must be >= 0 (0: torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BadInputError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        return device
+    raise BadInputError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
