@@ -24,8 +24,10 @@ def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str]
 
     out = Path(out)
     archive = out / "archive"
+    if out.exists() and not out.is_dir():
+        raise ArchiveError(f"--out {out} is a file; give a folder")
     if archive.exists():
-        raise ArchiveError(f"{archive} already exists; pass another --out or remove it")
+        raise ArchiveError(f"{archive} already exists (an earlier demo); pass another --out or remove it")
     t0 = time.perf_counter()
     with tqdm(total=n, unit="img", desc="phantom archive", disable=None) as bar:
         write_phantom_archive(archive, n=n, size=64, seed=seed, workers=None, progress=bar.update)
@@ -41,13 +43,34 @@ def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str]
         drawing = sketch_from_mask(mask, size=64, freehand=FreehandConfig(), seed=seed * 1000 + i)
         Image.fromarray(drawing).save(queries / f"query{i}.png")
         tiles += [image, colour_labels(mask), colour_labels(pred), drawing]
-        captions += [f"held-out {i}", f"grade {params.tonsil_grade} M{params.mallampati}", "segmenter", "sketch"]
+        captions += [f"held-out {i}", f"true: gr{params.tonsil_grade} M{params.mallampati}", "segmenter", "sketch"]
     sheet = out / "queries.png"
     contact_sheet(tiles, captions, cols=8, tile_size=96).save(sheet)
     dice = _mean_dice(held_out, predicted)
-    return (f"queries: {len(held_out)} free-hand sketches in {queries}\n"
-            f"sheet: {sheet} (image | true mask | segmenter mask | sketch)\n"
-            f"segmenter mean DICE on the held-out queries: {dice:.3f}")
+    lines = [f"queries: {len(held_out)} free-hand sketches in {queries}",
+             f"sheet: {sheet} (image | true mask with tonsil grade and Mallampati | segmenter mask | sketch)",
+             f"segmenter mean DICE on the held-out queries: {dice:.3f}"]
+    lines += _generator_samples(out, seed)
+    lines.append("retrieval (s2m retrieve) needs the Sketch2MedI encoder, refiner and inverter weights, "
+                 "which are not shipped yet; see the README")
+    return "\n".join(lines)
+
+
+def _generator_samples(out: Path, seed: int) -> list[str]:
+    """A grid of the shipped generator's samples, when it is shipped."""
+    from s2m_retrieval.checkpoint import shipped_weights
+
+    path = shipped_weights("generator")
+    if not path.is_file():
+        return ["generator: not shipped yet, no samples"]
+    from s2m_retrieval.generation_report import generate_images
+    from s2m_retrieval.networks.stylegan2 import load_generator
+    from s2m_retrieval.viz import contact_sheet
+
+    samples = generate_images(load_generator(path), 16, seed)
+    grid = out / "generator_samples.png"
+    contact_sheet(list(samples), cols=8, tile_size=96, pad=2).save(grid)
+    return [f"generator samples: {grid}"]
 
 
 def _mean_dice(held_out, predicted) -> float:

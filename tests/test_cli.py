@@ -114,3 +114,14 @@ def test_cuda_on_a_machine_without_it_is_one_line(phantom_archive, tmp_path):
 def test_missing_generator_says_what_to_do(tmp_path):
     proc = _s2m("generate", "--seed", "1", "--out", str(tmp_path / "g.png"), "--generator", str(tmp_path / "no.pt"))
     assert proc.returncode != 0 and "generator weights not found" in proc.stderr
+
+
+def test_demo_end_to_end(runner, tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--n", "60"])
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "archive" / "images").glob("*.png"))) == 60
+    assert len(list((out / "queries").glob("query*.png"))) == 6
+    assert Image.open(out / "queries.png").size[0] > 0
+    dice = float(result.stdout.split("held-out queries: ")[1].split()[0])
+    assert dice > 0.85
