@@ -33,12 +33,36 @@ def upgrade(
     typer.echo(f"{display_url(database.url)}: {before or 'empty'} -> {after}")
 
 
-@app.command("current")
-def current(home: Path = HOME, db: str = DB) -> None:
-    """Show the schema revision of the database and the newest one this version knows."""
+@app.command("downgrade")
+def downgrade(
+    revision: str = typer.Argument(..., help="Target revision, e.g. 0001, or `base` (drops every table)."),
+    home: Path = HOME,
+    db: str = DB,
+) -> None:
+    """Revert the database schema down to REVISION (data in the tables it drops is lost)."""
     from s2m_retrieval.storage import migrate
     from s2m_retrieval.storage.db import display_url, open_database
 
+    database = open_database(home, db, migrate=False)
+    try:
+        before = migrate.current_revision(database)
+        migrate.downgrade(database, revision)
+        after = migrate.current_revision(database)
+    finally:
+        database.dispose()
+    typer.echo(f"{display_url(database.url)}: {before or 'empty'} -> {after or 'empty'}")
+
+
+@app.command("current")
+def current(home: Path = HOME, db: str = DB) -> None:
+    """Show the schema revision of the database and the newest one this version knows (read-only)."""
+    from s2m_retrieval.storage import migrate
+    from s2m_retrieval.storage.db import display_url, open_database, resolve_db_url, sqlite_file
+
+    file = sqlite_file(resolve_db_url(home, db))
+    if file is not None and not file.is_file():
+        typer.echo(f"no database at {file} (nothing built yet)")
+        return
     database = open_database(home, db, migrate=False)
     try:
         rev = migrate.current_revision(database)

@@ -33,6 +33,8 @@ class IndexStamp:
     # Shapes (without the batch axis) of the arrays stored per image in the shards, e.g. {"thumbs": [16, 16, 3]}.
     arrays: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
+    # The `database_id` of the database whose rows this index's shards belong to ("" in manifests made before it).
+    database_id: str = ""
     format: str = FORMAT
     created_at: str = ""
     updated_at: str = ""

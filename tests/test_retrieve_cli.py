@@ -132,7 +132,7 @@ def test_errors_are_one_line_and_lose_nothing(setup, tmp_path, capsys, sketch_pn
         "bad.png": _args(setup, bad, home=home),
         "rebuild": ["retrieve", str(sketch_png), "--home", str(home), "--models", str(setup.other_models)],
         "refiner.pt": ["retrieve", str(sketch_png), "--home", str(home), "--models", str(models)],
-        "either a sketch image or --like": _args(setup, home=home),
+        "give a sketch image (s2m retrieve SKETCH.png) or --like": _args(setup, home=home),
         "unknown column 'grade'": _args(setup, "--like", "1", "--where", "grade>1", home=home),
     }
     for needle, args in cases.items():

@@ -13,7 +13,7 @@ from s2m_retrieval.storage.catalog import ImageRecord
 from s2m_retrieval.storage.db import open_database, resolve_db_url, resolve_home
 from s2m_retrieval.storage.models import Base, Image, Vector
 
-TABLES = {"images", "model_versions", "index_builds", "vectors"}
+TABLES = {"images", "model_versions", "index_builds", "vectors", "meta"}
 
 
 def _diffs(db) -> list:
@@ -32,6 +32,14 @@ def test_migrations_up_down_match_models(db_url):
         assert migrate.current_revision(db) == migrate.head_revision()
         assert TABLES <= set(inspect(db.engine).get_table_names())
         assert _diffs(db) == []
+        with db.session() as s:
+            identity = catalog.database_id(s)
+        assert len(identity) == 32
+        migrate.downgrade(db, "0001")
+        assert "meta" not in inspect(db.engine).get_table_names()
+        migrate.upgrade(db)
+        with db.session() as s:
+            assert catalog.database_id(s) != identity  # a fresh identity: 0002 ran again
         migrate.downgrade(db, "base")
         assert migrate.current_revision(db) is None
         assert not TABLES & set(inspect(db.engine).get_table_names())
@@ -135,9 +143,19 @@ def test_bad_url_is_one_line_error():
 def test_cli_db_current_and_upgrade(runner, tmp_path):
     from cli.main import app
 
-    result = runner.invoke(app, ["db", "current", "--home", str(tmp_path)])
-    assert result.exit_code == 0 and "revision none" in result.stdout
-    result = runner.invoke(app, ["db", "upgrade", "--home", str(tmp_path)])
+    home = tmp_path / "home"
+    result = runner.invoke(app, ["db", "current", "--home", str(home)])
+    assert result.exit_code == 0 and "no database at" in result.stdout and "nothing built yet" in result.stdout
+    assert not home.exists()  # read-only: no file, no folder
+    result = runner.invoke(app, ["db", "upgrade", "--home", str(home)])
     assert result.exit_code == 0 and f"empty -> {migrate.head_revision()}" in result.stdout
-    result = runner.invoke(app, ["db", "current", "--home", str(tmp_path)])
+    result = runner.invoke(app, ["db", "current", "--home", str(home)])
     assert "up to date" in result.stdout
+
+    for target in ("base", "0001"):
+        result = runner.invoke(app, ["db", "upgrade", target, "--home", str(home)])
+        assert isinstance(result.exception, DatabaseError) and "only goes up" in str(result.exception)
+    result = runner.invoke(app, ["db", "downgrade", "0001", "--home", str(home)])
+    assert result.exit_code == 0 and f"{migrate.head_revision()} -> 0001" in result.stdout
+    result = runner.invoke(app, ["db", "upgrade", "--home", str(home)])
+    assert result.exit_code == 0 and f"0001 -> {migrate.head_revision()}" in result.stdout

@@ -45,6 +45,19 @@ def display_url(url: str) -> str:
         return url
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other backends and in-memory databases)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # make_engine reports a malformed URL
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser()
+
+
 def busy_timeout_s() -> float:
     """SQLite busy timeout: $S2M_DB_TIMEOUT seconds, else the default."""
     raw = os.environ.get("S2M_DB_TIMEOUT")

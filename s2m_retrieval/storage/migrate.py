@@ -69,10 +69,32 @@ def _run(db: Database, fn, revision: str) -> None:
         conn.commit()
 
 
+def _is_below(revision: str, current: str | None) -> bool:
+    """Whether `revision` is older than `current` (so reaching it would undo migrations)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    if current is None:
+        return False
+    if revision == "base":
+        return True
+    scripts = ScriptDirectory.from_config(alembic_config_for_scripts())
+    try:
+        target = scripts.get_revision(revision)
+    except CommandError as exc:
+        raise DatabaseError(f"unknown schema revision {revision!r}: {exc}") from None
+    older = {s.revision for s in scripts.iterate_revisions(current, "base")} - {current}
+    return target is not None and target.revision in older
+
+
 def upgrade(db: Database, revision: str = "head") -> None:
-    """Apply migrations up to `revision`."""
+    """Apply migrations up to `revision`; one older than the database's is refused (use `downgrade`)."""
     from alembic import command
 
+    current = current_revision(db)
+    if _is_below(revision, current):
+        raise DatabaseError(f"database {display_url(db.url)} is at schema revision {current}, newer than "
+                            f"{revision!r}; upgrade only goes up (`s2m db downgrade {revision}` goes down)")
     _run(db, command.upgrade, revision)
 
 
