@@ -20,7 +20,7 @@ META_COLUMNS = 4  # label columns shown in the table (all of them are in --json)
 def retrieve(
     query: Path = typer.Argument(None, help="Sketch image: dark strokes on white (transparent PNG is fine)."),
     k: int = typer.Option(DEFAULT_K, "--k", help="Number of results."),
-    index: str = typer.Option("default", "--index", help="Index name (a folder under HOME/indexes/)."),
+    index: str = typer.Option("default", "--index", "--name", help="Index name (a folder under HOME/indexes/)."),
     steps: int = typer.Option(None, "--steps", help="Refinement steps T of H (default: H's trained T; 0 without H)."),
     candidates: int = typer.Option(DEFAULT_CANDIDATES, "--candidates",
                                    help="FAISS candidates (by weighted W+ distance) to re-rank."),
@@ -46,13 +46,17 @@ def retrieve(
 ) -> None:
     """Find the archive images most like a sketch (or, with --like, like an archive image)."""
     from s2m_retrieval.errors import BadInputError
-    from s2m_retrieval.retrieval import RetrievalEngine, check_sketch, read_sketch
+    from s2m_retrieval.metadata_filter import parse_where
+    from s2m_retrieval.retrieval import RetrievalEngine, check_options, check_sketch, read_sketch
 
     if query is None and like is None:
         raise BadInputError("give a sketch image (s2m retrieve SKETCH.png) or --like ID_OR_PATH")
     if query is not None and like is not None:
         raise BadInputError("give either a sketch image or --like ID_OR_PATH, not both")
-    sketch = check_sketch(read_sketch(query), query) if query is not None else None  # fail before loading models
+    # Everything the user typed is checked before the index and the models are opened.
+    check_options(k, candidates, alpha, max_distance, normalisation)
+    parse_where(where)
+    sketch = check_sketch(read_sketch(query), query) if query is not None else None
     from cli.runtime import setup_torch
 
     device = setup_torch(threads, device)

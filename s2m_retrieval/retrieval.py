@@ -94,6 +94,18 @@ def read_sketch(path: str | os.PathLike) -> np.ndarray:
         return as_grey_sketch(np.asarray(rgba, dtype=np.uint8))
 
 
+def check_options(k: int, n_candidates: int, alpha: float, max_distance: float | None, how: str) -> None:
+    """Reject out-of-range query options with one line, before any model or index is opened."""
+    if k < 1 or n_candidates < 1:
+        raise BadInputError(f"--k and --candidates must be >= 1, got {k} and {n_candidates}")
+    if not 0.0 <= alpha <= 1.0:
+        raise BadInputError(f"--alpha must be between 0 and 1, got {alpha}")
+    if max_distance is not None and not max_distance >= 0:
+        raise BadInputError(f"--max-distance must be >= 0, got {max_distance}")
+    if how not in NORMALISATIONS:
+        raise BadInputError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {how!r}")
+
+
 class RetrievalEngine:
     """Models + index opened once; `query_sketch` and `query_like` answer queries warm."""
 
@@ -148,7 +160,7 @@ class RetrievalEngine:
 
         from s2m_retrieval.pipeline import to_uint8
 
-        self._check(k, n_candidates, alpha, max_distance, normalisation)
+        check_options(k, n_candidates, alpha, max_distance, normalisation)
         grey = check_sketch(sketch)
         steps = self.default_steps if steps is None else int(steps)
         if steps < 0:
@@ -171,7 +183,7 @@ class RetrievalEngine:
         an image file outside the index is inverted like archive images are."""
         from s2m_retrieval.ranking import to_model_input
 
-        self._check(k, n_candidates, alpha, max_distance, normalisation)
+        check_options(k, n_candidates, alpha, max_distance, normalisation)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         image_id, path = self._find(key)
@@ -189,16 +201,6 @@ class RetrievalEngine:
         result.query = thumb
         result.provenance |= {"query": "like", "like": str(key), "like_id": image_id}
         return result
-
-    def _check(self, k: int, n_candidates: int, alpha: float, max_distance: float | None, how: str) -> None:
-        if k < 1 or n_candidates < 1:
-            raise BadInputError(f"--k and --candidates must be >= 1, got {k} and {n_candidates}")
-        if not 0.0 <= alpha <= 1.0:
-            raise BadInputError(f"--alpha must be between 0 and 1, got {alpha}")
-        if max_distance is not None and not max_distance >= 0:
-            raise BadInputError(f"--max-distance must be >= 0, got {max_distance}")
-        if how not in NORMALISATIONS:
-            raise BadInputError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {how!r}")
 
     def _find(self, key) -> tuple[int | None, str | None]:
         """(image id in the index, None) or (None, path of an image file outside the index)."""

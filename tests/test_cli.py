@@ -125,3 +125,11 @@ def test_demo_end_to_end(runner, tmp_path):
     assert Image.open(out / "queries.png").size[0] > 0
     dice = float(result.stdout.split("held-out queries: ")[1].split()[0])
     assert dice > 0.85
+
+
+def test_retrieve_checks_options_before_opening_the_index(tmp_path):
+    proc = _s2m("retrieve", "--like", "x", "--alpha", "2", "--home", str(tmp_path / "nohome"))
+    assert proc.returncode == 2 and "--alpha must be between 0 and 1" in proc.stderr
+    proc = _s2m("retrieve", "--like", "x", "--where", "tonsil_grade>>3", "--home", str(tmp_path / "nohome"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "no index" not in proc.stderr
+    assert not (tmp_path / "nohome").exists()
