@@ -126,8 +126,8 @@ class RetrievalEngine:
         """Open index `name` and load the models (a folder, a Sketch2MedI, or None for the shipped weights) and the
         perceptual metric (a backend name, a loaded PerceptualDistance, or None for the index's own backend).
 
-        The index is opened first (a missing one fails fast); then its model version and perceptual metric
-        must match the loaded models (VersionMismatchError telling to rebuild otherwise).
+        The index is opened first (a missing one fails fast), then the models; then the index's model version
+        and perceptual metric must match them (VersionMismatchError telling to rebuild otherwise).
         """
         from s2m_retrieval.engine_setup import index_encoder, load_metric, load_pipeline, stored_config
         from s2m_retrieval.index_reader import open_index
@@ -135,9 +135,11 @@ class RetrievalEngine:
 
         reader = open_index(name=name, home=home, db_url=db_url)
         try:
-            config = stored_config(reader)
             folder = None if isinstance(models, Sketch2MedI) else models
+            # Models before the stamp: "weights not shipped" is the real reason when an index was built
+            # with a test encoder, and rebuilding would not help.
             pipeline = models if isinstance(models, Sketch2MedI) else load_pipeline(models, device)
+            config = stored_config(reader)
             metric = load_metric(perceptual, reader.stamp, folder, device)
             encoder = index_encoder(pipeline, metric, config, reader.stamp, device)
         except BaseException:
