@@ -18,7 +18,7 @@ from s2m_retrieval.networks.encoders import (Encoder, EncoderConfig, LatentDiscr
 from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.perceptual import PerceptualDistance
 from s2m_retrieval.training.gan import save_image_grid
-from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, adversarial_loss, as_float,
+from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, finish_step, adversarial_loss, as_float,
                                            check_steps, default_progress, delta_loss, latent_d_step, model_version,
                                            out_path, real_w, reconstruction_loss, resolve_perceptual, restore_state,
                                            save_state, sketch_rgb, wnorm_loss)
@@ -184,10 +184,7 @@ def fit_w_encoder(kind: str, draw: DrawBatch, fixed: tuple[torch.Tensor, torch.T
         if not math.isfinite(fitted):
             raise BadInputError(f"{kind} training diverged at step {step} (loss {fitted}); lower the learning rate")
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
-        if step % tc.sample_every == 0 or step == tc.steps:
-            write_samples()
-        if step % tc.snapshot_every == 0 and step < tc.steps:
-            snapshot(final=False)
+        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot)
     return snapshot(final=True)
 
 

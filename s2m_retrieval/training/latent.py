@@ -158,3 +158,12 @@ def out_path(out_dir: str | os.PathLike) -> Path:
     path = Path(out_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def finish_step(step: int, total: int, sample_every: int, snapshot_every: int,
+                write_samples: Callable[[], None], snapshot: Callable[..., object]) -> None:
+    """The end of every loop step: sample grids on schedule and at the end, resumable snapshots between."""
+    if step % sample_every == 0 or step == total:
+        write_samples()
+    if step % snapshot_every == 0 and step < total:
+        snapshot(final=False)

@@ -17,7 +17,7 @@ from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.pix2pix import PatchDiscriminator, PatchDiscriminatorConfig, Pix2PixConfig, UNetGenerator
 from s2m_retrieval.training.encoder import sketch_batches
 from s2m_retrieval.training.gan import save_image_grid
-from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, as_float, check_steps,
+from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, finish_step, as_float, check_steps,
                                            default_progress, out_path, restore_state, save_state, sketch_rgb)
 from s2m_retrieval.training.pairs import PairSet
 
@@ -130,10 +130,7 @@ def train_pix2pix(pairs: PairSet, out_dir: str | os.PathLike, config: Pix2PixCon
             raise BadInputError(f"pix2pix training diverged at step {step} (L1 {fitted}); lower the learning rate")
         terms = {"l1": fitted, "adv": adv.item(), "d": d_loss.item()}
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
-        if step % tc.sample_every == 0 or step == tc.steps:
-            write_samples()
-        if step % tc.snapshot_every == 0 and step < tc.steps:
-            snapshot(final=False)
+        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot)
     return snapshot(final=True)
 
 

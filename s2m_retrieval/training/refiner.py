@@ -19,7 +19,7 @@ from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.perceptual import PerceptualDistance
 from s2m_retrieval.training.encoder import sketch_batches
 from s2m_retrieval.training.gan import save_image_grid
-from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, as_float, check_steps,
+from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, finish_step, as_float, check_steps,
                                            default_progress, model_version, out_path, reconstruction_loss,
                                            resolve_perceptual, restore_state, save_state, sketch_rgb)
 from s2m_retrieval.training.pairs import PairSet
@@ -122,8 +122,5 @@ def train_refiner(pairs: PairSet, G: Generator, E: Encoder, out_dir: str | os.Pa
         if not math.isfinite(fitted):
             raise BadInputError(f"refiner training diverged at step {step} (loss {fitted}); lower the learning rate")
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
-        if step % tc.sample_every == 0 or step == tc.steps:
-            write_samples()
-        if step % tc.snapshot_every == 0 and step < tc.steps:
-            snapshot(final=False)
+        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot)
     return snapshot(final=True)
