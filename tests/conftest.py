@@ -18,6 +18,25 @@ def phantom_archive(tmp_path_factory):
     return out
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test runs torch on one thread: on two shared cores, more OpenMP threads stall on tiny tensors."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def setup(tmp_path_factory, phantom_archive):
+    """Tiny random Sketch2MedI checkpoints and an index built with them over the phantom archive (once)."""
+    from retrieval_helpers import make_setup
+
+    return make_setup(tmp_path_factory.getbasetemp() / "retrieval", phantom_archive)
+
+
 @pytest.fixture
 def runner():
     """A Typer CliRunner that keeps stderr apart from stdout."""

@@ -20,14 +20,6 @@ from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
 from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter, load_latent_discriminator
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY_G = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, img_resolution=32, channel_base=128, channel_max=16)
 TINY_WIDTHS = dict(widths=(8, 16, 16, 16), head_width=8)
 

@@ -24,15 +24,6 @@ from s2m_retrieval.training.gan import (
     train_generator,
 )
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads stall badly when other jobs share the two cores; these tensors are tiny anyway.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, img_resolution=32, channel_base=128, channel_max=16)
 
 

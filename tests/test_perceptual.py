@@ -14,14 +14,6 @@ ALEXNET_FEATURE_SHAPES = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 
                           10: (256, 256, 3, 3)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def images(n=3, seed=0, size=32):
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=gen) * 2 - 1

@@ -18,14 +18,6 @@ TINY_D = dict(base_channels=8, max_channels=16)
 QUIET = dict(sample_every=10_000, snapshot_every=10_000)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pairs():
     return phantom_pairs(6, 32, seed=2, variants=1)

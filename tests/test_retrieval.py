@@ -7,8 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from retrieval_helpers import PERCEPTUAL, labels_csv, make_setup, phantom_sketch
+from retrieval_helpers import PERCEPTUAL, labels_csv, phantom_sketch
 
 from index.store import VectorStore
 from s2m_retrieval.errors import (BadImageError, BadInputError, CheckpointError, IndexCorruptError, IndexMissingError,
@@ -17,19 +16,6 @@ from s2m_retrieval.latent_space import LatentWeighting, vectors_to_w_plus, w_plu
 from s2m_retrieval.metadata_filter import Condition, LabelFilter, parse_where
 from s2m_retrieval.ranking import fuse, normalise
 from s2m_retrieval.retrieval import RetrievalEngine
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def setup(tmp_path_factory, phantom_archive):
-    return make_setup(tmp_path_factory.getbasetemp() / "retrieval", phantom_archive)
 
 
 @pytest.fixture(scope="module")

@@ -10,27 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from retrieval_helpers import labels_csv, make_setup, phantom_sketch
+from retrieval_helpers import labels_csv, phantom_sketch
 
 from cli.main import _run, app
 from s2m_retrieval.index_report import verify_index
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def setup(tmp_path_factory, phantom_archive):
-    return make_setup(tmp_path_factory.getbasetemp() / "retrieval", phantom_archive)
 
 
 @pytest.fixture(scope="module")

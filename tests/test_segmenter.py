@@ -18,15 +18,6 @@ COLOURS = np.array([[40, 30, 30], [200, 90, 90], [230, 60, 60], [160, 40, 120],
                     [150, 90, 60], [240, 150, 170], [110, 40, 40]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny nets gain nothing from 2 threads, and on a busy 2-core box OpenMP spin-waits 10-50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def toy_set(n, size=32, seed=0, noise=12.0):
     """Random ellipses of classes 5, 3, 2 painted in class colours plus noise: (images, masks)."""
     rng = np.random.default_rng(seed)

@@ -36,14 +36,6 @@ H_KW = dict(widths=(8, 16), head_width=8, rank=2)
 QUIET = dict(perceptual="random", sample_every=10_000, snapshot_every=10_000)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def G():
     torch.manual_seed(0)

@@ -26,14 +26,6 @@ E_KW = dict(widths=(8, 16, 16, 16), head_width=8)
 SEG = SegmenterConfig(base_channels=4, depth=2, img_resolution=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _save(path, kind, module, meta):
     return save_checkpoint(path, kind=kind, config=module.config, state_dict=module.state_dict(),
                            w_avg=getattr(module, "w_avg", None), meta=meta)

@@ -21,14 +21,6 @@ BASE = ["--batch", "2", "--limit", "6", "--threads", "1"]
 QUICK = BASE + ["--pairs-per-image", "1", "--perceptual", "random"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def invoke(runner, *args):
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, (result.output, result.exception)
