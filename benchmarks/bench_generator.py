@@ -6,13 +6,13 @@ import argparse
 import math
 import statistics
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
+from timing import median_ms
 
 
 class PlainConvStack(nn.Module):
@@ -43,18 +43,6 @@ class PlainConvStack(nn.Module):
             img = rgb if img is None else F.interpolate(img, scale_factor=2, mode="bilinear",
                                                         align_corners=False) + rgb
         return img
-
-
-def median_ms(fn, runs: int, warmup: int = 3) -> float:
-    """Median wall time of fn() in milliseconds after warm-up calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def bench_forward(cfg: GeneratorConfig, runs: int) -> None:

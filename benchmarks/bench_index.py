@@ -13,17 +13,7 @@ import faiss
 import numpy as np
 
 from index.store import VectorStore
-
-
-def rss_mib() -> dict[str, float]:
-    """Resident memory of this process (anonymous and file-backed) in MiB, from /proc."""
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(("RssAnon:", "RssFile:")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) / 1024
-    return out
+from timing import rss_mib
 
 
 def bench_build(n: int, dim: int, batch: int) -> None:

@@ -23,19 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import rss_mib
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def rss_mib() -> dict[str, float]:
-    """Resident memory of this process (anonymous and file-backed) in MiB, from /proc."""
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(("RssAnon:", "RssFile:")):
-                key, value = line.split(":")
-                out[key] = int(value.split()[0]) / 1024
-    return out
 
 
 def make_models(folder: Path) -> Path:

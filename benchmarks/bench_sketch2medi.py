@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -17,18 +16,7 @@ from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
 from s2m_retrieval.perceptual import load_perceptual
 from s2m_retrieval.training.encoder import encode_iterations
-
-
-def median_ms(fn, runs: int, warmup: int = 3) -> float:
-    """Median wall time of fn() in milliseconds after warm-up calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+from timing import median_ms
 
 
 def n_params(module: torch.nn.Module) -> str:

@@ -78,6 +78,31 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
     return payload
 
 
+def read_payload(path_or_payload: str | os.PathLike | dict, kind: str) -> dict:
+    """A checkpoint payload of `kind`, from a file or an already loaded dict."""
+    if isinstance(path_or_payload, dict):
+        if path_or_payload.get("kind") != kind:
+            raise CheckpointError(f"checkpoint holds a {path_or_payload.get('kind')!r}, expected a {kind!r}")
+        return path_or_payload
+    return load_checkpoint(path_or_payload, kind=kind)
+
+
+def rebuild_module(payload: dict, config_cls: type, module_cls: type):
+    """The module a payload describes: its config rebuilt, its weights loaded (CheckpointError if they don't fit)."""
+    from s2m_retrieval.errors import BadInputError
+
+    try:
+        module = module_cls(config_from_dict(config_cls, payload["config"]))
+        module.load_state_dict(payload["state_dict"])
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, BadInputError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{payload.get('kind')} checkpoint does not rebuild a {module_cls.__name__} "
+                              f"({first[:160]})") from exc
+    return module
+
+
 def version_hash(payload: dict) -> str:
     """A short stable hash of a checkpoint's config and weights (the model version stamp)."""
     h = hashlib.sha256()

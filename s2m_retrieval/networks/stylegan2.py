@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s2m_retrieval.errors import BadInputError, CheckpointError
+from s2m_retrieval.errors import BadInputError
 
 NOISE_MODES = ("random", "const", "none")
 _LRELU_GAIN = math.sqrt(2.0)
@@ -360,22 +360,10 @@ class Discriminator(nn.Module):
 
 def load_generator(path_or_payload: str | os.PathLike | dict, device: str | torch.device = "cpu") -> Generator:
     """Rebuild a Generator (eval mode) from an s2m generator checkpoint file or its loaded payload."""
-    from s2m_retrieval.checkpoint import config_from_dict, load_checkpoint
+    from s2m_retrieval.checkpoint import read_payload, rebuild_module
 
-    if isinstance(path_or_payload, dict):
-        payload = path_or_payload
-        if payload.get("kind") != "generator":
-            raise CheckpointError(f"checkpoint holds a {payload.get('kind')!r}, expected a 'generator'")
-    else:
-        payload = load_checkpoint(path_or_payload, kind="generator")
-    try:
-        G = Generator(config_from_dict(GeneratorConfig, payload["config"]))
-        G.load_state_dict(payload["state_dict"])
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, BadInputError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"generator checkpoint does not rebuild a Generator ({first[:160]})") from exc
+    payload = read_payload(path_or_payload, "generator")
+    G = rebuild_module(payload, GeneratorConfig, Generator)
     if payload.get("w_avg") is not None:
         G.w_avg.copy_(payload["w_avg"])
     return G.to(device).eval()

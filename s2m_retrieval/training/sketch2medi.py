@@ -6,8 +6,7 @@ import os
 
 import torch
 
-from s2m_retrieval.checkpoint import config_from_dict, load_checkpoint
-from s2m_retrieval.errors import BadInputError, CheckpointError
+from s2m_retrieval.checkpoint import read_payload, rebuild_module
 from s2m_retrieval.networks.encoders import Encoder, EncoderConfig, LatentDiscriminator, LatentDiscriminatorConfig
 from s2m_retrieval.networks.refiner import Refiner, RefinerConfig
 from s2m_retrieval.training.encoder import EncoderTrainConfig, train_encoder
@@ -24,25 +23,8 @@ __all__ = [
 ]
 
 
-def read_payload(path_or_payload: str | os.PathLike | dict, kind: str) -> dict:
-    """A checkpoint payload of `kind`, from a file or an already loaded dict."""
-    if isinstance(path_or_payload, dict):
-        if path_or_payload.get("kind") != kind:
-            raise CheckpointError(f"checkpoint holds a {path_or_payload.get('kind')!r}, expected a {kind!r}")
-        return path_or_payload
-    return load_checkpoint(path_or_payload, kind=kind)
-
-
 def _rebuild(path_or_payload, kind: str, config_cls, module_cls, device) -> torch.nn.Module:
-    payload = read_payload(path_or_payload, kind)
-    try:
-        module = module_cls(config_from_dict(config_cls, payload["config"]))
-        module.load_state_dict(payload["state_dict"])
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, BadInputError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{kind} checkpoint does not rebuild a {module_cls.__name__} ({first[:160]})") from exc
+    module = rebuild_module(read_payload(path_or_payload, kind), config_cls, module_cls)
     return module.to(device).eval().requires_grad_(False)
 
 
