@@ -66,6 +66,9 @@ def serve(
             app = create_app(engine, limits, token=token)
             typer.echo(f"serving index {index!r} ({engine.reader.store.ntotal} images) at {base_url(sock)}/ "
                        f"({'token required' if token else 'no token'}; Ctrl-C stops)")
-            run_server(app, sock, log_level=log_level)
+            try:
+                run_server(app, sock, log_level=log_level)
+            except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl-C
+                typer.echo("stopped")
     finally:
         sock.close()

@@ -62,7 +62,9 @@
   canvas.addEventListener("pointerdown", (e) => {
     if (e.pointerType === "mouse" && e.button !== 0) return;
     e.preventDefault();
-    canvas.setPointerCapture(e.pointerId);
+    try {
+      canvas.setPointerCapture(e.pointerId);  // keep the stroke when the pointer leaves the canvas
+    } catch (_) { /* a pointer the browser no longer tracks: draw without capture */ }
     state.current = { tool: state.tool, width: Number($("width").value), points: [point(e)] };
     state.strokes.push(state.current);
     drawStroke(state.current);
@@ -154,6 +156,7 @@
 
   // ---- filters -------------------------------------------------------------------------------------------
   const NUMBER = /^-?\d+(\.\d+)?$/;
+  const SHOWN_LABELS = 4;  // on a card; all of them in its tooltip
 
   function filterControl(name, col) {
     const row = document.createElement("div");
@@ -265,7 +268,6 @@
     li.dataset.id = hit.id;
     const button = document.createElement("button");
     button.type = "button";
-    button.title = "More like this";
     const img = document.createElement("img");
     img.src = hit.thumb;
     img.alt = `result ${hit.rank}: ${hit.file}`;
@@ -277,8 +279,9 @@
     dist.textContent = `latent ${fmt(hit.latent_distance)} · perceptual ` +
       (hit.perceptual_distance === null ? "–" : fmt(hit.perceptual_distance));
     const meta = document.createElement("dl");
-    for (const [key, value] of Object.entries(hit.labels)) {
-      if (key === "id") continue;
+    const labels = Object.entries(hit.labels).filter(([key]) => key !== "id");
+    button.title = "More like this\n" + labels.map(([key, value]) => `${key}: ${fmt(value)}`).join("\n");
+    for (const [key, value] of labels.slice(0, SHOWN_LABELS)) {
       const dt = document.createElement("dt");
       dt.textContent = key.replace(/_/g, " ");
       const dd = document.createElement("dd");
