@@ -14,7 +14,9 @@ def sketch(
     freehand: bool = typer.Option(False, "--freehand", help="Imitate a free-hand drawing (wobble, gaps, ...)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the free-hand augmentation."),
     size: int = typer.Option(64, "--size", help="Sketch size in pixels (the model resolution)."),
-    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter checkpoint (default: the shipped one)."),
+    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter checkpoint (default: the model bundle's)."),
+    model: str = typer.Option(None, "--model", help="Model bundle (name or folder) whose segmenter to use "
+                                                    "(default: the shipped phantom bundle)."),
 ) -> None:
     """Draw the outlines of the anatomy in IMAGE, the way a clinician sketches it."""
     from PIL import Image
@@ -35,9 +37,11 @@ def sketch(
             raise BadInputError(f"mask {mask} holds label {int(label.max())}; label maps use ids 0..{NUM_CLASSES - 1}")
         source = f"mask {mask}"
     else:
+        from s2m_retrieval.model_files import segmenter_file
         from s2m_retrieval.segmentation import segment_images
 
-        label = segment_images([fit_square(read_image(image), size)], checkpoint=segmenter)[0]
+        checkpoint = segmenter if segmenter is not None else segmenter_file(model)
+        label = segment_images([fit_square(read_image(image), size)], checkpoint=checkpoint)[0]
         source = "segmenter"
     drawing = sketch_from_mask(label, size=size, freehand=FreehandConfig() if freehand else None, seed=seed)
     if is_blank_sketch(drawing):
@@ -82,17 +86,19 @@ def generate(
     cols: int = typer.Option(8, "--cols", help="Samples per row."),
     truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi towards w_avg (1: none)."),
     generator: Path = typer.Option(None, "--generator", help="Generator checkpoint (default: the shipped one)."),
+    model: str = typer.Option(None, "--model", help="Model bundle (name or folder) the networks come from, unless "
+                                                    "given one by one (default: the shipped phantom bundle)."),
 ) -> None:
     """Show what the model makes of SKETCH (sketch | x̂ after E | after each H step), or a grid of G samples."""
     if sketch is not None:
-        _generate_from_sketch(sketch, out, steps, only_final, generator, encoder, refiner)
+        _generate_from_sketch(sketch, out, steps, only_final, generator, encoder, refiner, model)
         return
-    from s2m_retrieval.model_files import weights_or_shipped
+    from s2m_retrieval.model_files import bundle_or_given
     from s2m_retrieval.generation_report import generate_images
     from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.viz import contact_sheet
 
-    G = load_generator(weights_or_shipped(generator, "generator"))
+    G = load_generator(bundle_or_given(generator, model, "generator", "sampling the generator"))
     images = generate_images(G, n, seed, truncation_psi=truncation)
     tile = max(64, G.config.img_resolution)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,12 +107,12 @@ def generate(
 
 
 def _generate_from_sketch(sketch: Path, out: Path, steps: int, only_final: bool, generator: Path | None,
-                          encoder: Path | None, refiner: Path | None) -> None:
+                          encoder: Path | None, refiner: Path | None, model: str | None) -> None:
     """sketch -> E -> G, then T refinement steps of H; write the strip or the final x̂."""
     import torch
     from PIL import Image
 
-    from s2m_retrieval.model_files import weights_or_shipped
+    from s2m_retrieval.model_files import bundle_or_given
     from s2m_retrieval.errors import BadInputError, CheckpointError
     from s2m_retrieval.networks.refiner import refine
     from s2m_retrieval.pipeline import Sketch2MedI, sketch_batch, to_uint8
@@ -119,7 +125,7 @@ def _generate_from_sketch(sketch: Path, out: Path, steps: int, only_final: bool,
     paths = {"generator": generator, "encoder": encoder} | ({"refiner": refiner} if steps > 0 else {})
     for name, given in paths.items():
         try:
-            paths[name] = weights_or_shipped(given, name)
+            paths[name] = bundle_or_given(given, model, name, "generating from a sketch")
         except CheckpointError as exc:
             hint = " (or generate with --steps 0: E alone)" if name == "refiner" else ""
             raise CheckpointError(f"{exc}{hint}") from exc

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from cli.models import MODEL_HELP
+
 app = typer.Typer(help="Build and inspect the archive index (FAISS vectors + SQL metadata).", no_args_is_help=True)
 
 NAME = typer.Option("default", "--name", help="Index name (a folder under HOME/indexes/).")
@@ -17,6 +19,11 @@ JSON_OUT = typer.Option(False, "--json", help="Print machine-readable JSON.")
 # Hidden: the real inverter becomes the default once it ships; `fake` exists for tests and development.
 ENCODER = typer.Option("inverter", "--encoder", hidden=True,
                        help="Archive encoder: inverter, or fake[:dim=..,delay=..] (tests only).")
+MODEL = typer.Option(None, "--model", help=MODEL_HELP)
+FIT = typer.Option(None, "--fit", help="How non-square images become square: crop or pad (default: as the "
+                                       "bundle's training did).")
+KEEP_TAGS = typer.Option(False, "--keep-tags", help="Also store DICOM tags that identify patients, visits and staff "
+                                                    "(never stored without it).")
 
 
 class _Bar:
@@ -61,13 +68,17 @@ def build(
     db: str = DB,
     as_json: bool = JSON_OUT,
     encoder: str = ENCODER,
+    model: str = MODEL,
+    fit: str = FIT,
+    keep_tags: bool = KEEP_TAGS,
 ) -> None:
     """Index ARCHIVE: add new images, replace changed ones, skip unchanged ones; resumable after a kill."""
     from s2m_retrieval.encoding import load_encoder
     from s2m_retrieval.indexing import BuildOptions, build_index
 
-    enc = load_encoder(encoder)
-    options = BuildOptions(name=name, factory=factory, batch_size=batch, rebuild=rebuild, prune=prune)
+    enc = load_encoder(encoder, model, fit, home)
+    options = BuildOptions(name=name, factory=factory, batch_size=batch, rebuild=rebuild, prune=prune,
+                           keep_tags=keep_tags)
     bar = _Bar(f"index {name}")
     try:
         summary = build_index(archive, enc, home=home, db_url=db, options=options, progress=bar)
@@ -84,15 +95,19 @@ def add(
     db: str = DB,
     as_json: bool = JSON_OUT,
     encoder: str = ENCODER,
+    model: str = MODEL,
+    fit: str = FIT,
+    keep_tags: bool = KEEP_TAGS,
 ) -> None:
     """Add individual image files to an index."""
     from s2m_retrieval.encoding import load_encoder
     from s2m_retrieval.indexing import BuildOptions, add_files
 
-    enc = load_encoder(encoder)
+    enc = load_encoder(encoder, model, fit, home)
     bar = _Bar(f"index {name}")
     try:
-        summary = add_files(files, enc, home=home, db_url=db, options=BuildOptions(name=name), progress=bar)
+        summary = add_files(files, enc, home=home, db_url=db, options=BuildOptions(name=name, keep_tags=keep_tags),
+                            progress=bar)
     finally:
         bar.close()
     _report(summary, as_json)

@@ -10,6 +10,7 @@ from cli import data as data_cmd
 from cli import evaluate as eval_cmd
 from cli import db as db_cmd
 from cli import index as index_cmd
+from cli import models as models_cmd
 from cli import retrieve as retrieve_cmd
 from cli import serve as serve_cmd
 from cli import commands
@@ -27,6 +28,7 @@ app.add_typer(train_cmd.app, name="train")
 app.add_typer(index_cmd.app, name="index")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(models_cmd.app, name="models")
 commands.register(app)
 app.command("retrieve")(retrieve_cmd.retrieve)
 app.command("serve")(serve_cmd.serve)

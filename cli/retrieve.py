@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from cli.models import MODEL_HELP
+
 # Same values as s2m_retrieval.retrieval / .ranking (a test keeps them equal); importing those here would load
 # numpy into `s2m --help`.
 DEFAULT_K = 10
@@ -40,11 +42,10 @@ def retrieve(
                            help="Database URL (default: SQLite HOME/s2m.db)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
-    # Hidden: a folder of checkpoints instead of the shipped weights (tests use tiny random models).
-    models: Path = typer.Option(None, "--models", hidden=True, help="Folder with generator/encoder/refiner/"
-                                                                     "inverter .pt files."),
+    model: str = typer.Option(None, "--model", help=MODEL_HELP),
 ) -> None:
     """Find the archive images most like a sketch (or, with --like, like an archive image)."""
+    from s2m_retrieval.bundle import resolve_model
     from s2m_retrieval.errors import BadInputError
     from s2m_retrieval.metadata_filter import parse_where
     from s2m_retrieval.retrieval import RetrievalEngine, check_options, check_sketch, read_sketch
@@ -57,6 +58,7 @@ def retrieve(
     check_options(k, candidates, alpha, max_distance, normalisation)
     parse_where(where)
     sketch = check_sketch(read_sketch(query), query) if query is not None else None
+    models = resolve_model(model, home)
     from cli.runtime import setup_torch
 
     device = setup_torch(threads, device)

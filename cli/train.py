@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
+from cli.train_all import train_all
+
 app = typer.Typer(help="Train the networks (segmenter, generator, ...) on an archive.", no_args_is_help=True)
+app.command("all")(train_all)
 
 
 def _device(name: str) -> str:

@@ -7,7 +7,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,12 +57,15 @@ def plan(entries: Iterable[ArchiveEntry], known: dict[str, StoredVector],
     return todo, skipped
 
 
-def read_batches(items: Sequence[PlanItem], batch_size: int, resolution: int,
-                 stats: ReadStats) -> Iterator[tuple[list[PlanItem], np.ndarray, list[tuple[int, int]]]]:
+def read_batches(items: Sequence[PlanItem], batch_size: int, resolution: int, stats: ReadStats, *,
+                 policy: str = "crop",
+                 keep_tags: bool = False) -> Iterator[tuple[list[PlanItem], np.ndarray, list[tuple[int, int]]]]:
     """Reader: decoded, squared images per batch with their plan items and original (height, width)."""
     by_path = {item.entry.path: item for item in items}
-    for batch in iter_batches([i.entry for i in items], batch_size, resolution, stats=stats):
-        yield ([by_path[e.path] for e in batch.entries], batch.images,
+    for batch in iter_batches([i.entry for i in items], batch_size, resolution, policy=policy, keep_tags=keep_tags,
+                              stats=stats):
+        # The batch's entries carry what decoding found (a DICOM file's tags) into the stored labels.
+        yield ([replace(by_path[e.path], entry=e) for e in batch.entries], batch.images,
                [read_image_size(e.path) for e in batch.entries])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -58,19 +59,30 @@ def _parse_options(text: str) -> dict[str, str]:
     return options
 
 
-def load_encoder(spec: str) -> ArchiveEncoder:
+def load_encoder(spec: str, model: str | os.PathLike | None = None, fit: str | None = None,
+                 home: str | os.PathLike | None = None) -> ArchiveEncoder:
     """An encoder by spec: 'inverter[:models=DIR,perceptual=..,coarse=..,...]' (the real one) or 'fake[:...]' (tests).
 
-    Without a models folder the inverter reads the shipped weights; while generator.pt / inverter.pt are not
-    shipped that is a one-line CheckpointError.
+    The inverter reads the bundle `model` (a name or folder, see `bundle.resolve_model`; default: the shipped one,
+    which while inverter.pt is not shipped is a one-line CheckpointError) and squares archive images by `fit`
+    (default: as the bundle was trained, else crop).
     """
     name, _, opts = spec.partition(":")
     if name == "fake":
         from s2m_retrieval.fake_encoder import FakeEncoder
 
+        if model is not None or fit is not None:
+            raise BadInputError("--model and --fit apply to the inverter encoder, not the fake one")
         return FakeEncoder.from_options(_parse_options(opts))
     if name == "inverter":
+        from s2m_retrieval.bundle import resolve_model, training_fit
         from s2m_retrieval.inverter_encoder import InverterEncoder
 
-        return InverterEncoder.from_options(_parse_options(opts))
+        options = _parse_options(opts)
+        if model is not None:
+            if "models" in options:
+                raise BadInputError("give the model bundle once: --model, or models= in --encoder")
+            options["models"] = os.fspath(resolve_model(model, home))
+        options.setdefault("fit", fit or training_fit(resolve_model(options.get("models"), home)))
+        return InverterEncoder.from_options(options)
     raise BadInputError(f"unknown encoder {name!r} (inverter or fake)")

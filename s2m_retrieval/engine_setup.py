@@ -63,22 +63,28 @@ def load_metric(name: str | PerceptualDistance | None, stamp: IndexStamp, models
 
 
 def index_encoder(pipeline: Sketch2MedI, metric: PerceptualDistance, config: dict, stamp: IndexStamp,
-                  device: str = "cpu") -> InverterEncoder:
-    """The encoder that built the index, rebuilt from the loaded models; different models raise a mismatch."""
+                  device: str = "cpu", home: str | os.PathLike | None = None) -> InverterEncoder:
+    """The encoder that built the index, rebuilt from the loaded models; different models raise a mismatch that
+    names the known bundles (under `home`) holding the index's models."""
     if pipeline.inverter is None:
         raise CheckpointError("retrieval needs the archive inverter that built the index: load inverter.pt too")
     built = {k: config.get(k) for k in ("generator", "inverter")}
     loaded = {k: pipeline.versions.get(k) for k in ("generator", "inverter")}
     if built != loaded:
+        from s2m_retrieval.bundle import bundles_with
+
         def show(v):
             return " and ".join(f"{k} {v[k]}" for k in v)
-        raise VersionMismatchError(f"index {stamp.name!r} was built with {show(built)}, the loaded models are "
-                                   f"{show(loaded)}; rebuild it ({stamp.rebuild_hint()}) or load the models it "
-                                   "was built with")
+        names = bundles_with(built, home)
+        use = f"query with --model {names[0]}" if names else "load the models it was built with"
+        raise VersionMismatchError(f"index {stamp.name!r} was built with {show(built)}"
+                                   + (f" (model bundle {', '.join(repr(n) for n in names)})" if names else "")
+                                   + f", the loaded models are {show(loaded)}; {use}, or rebuild it with these "
+                                   f"models ({stamp.rebuild_hint()} --model ...)")
     encoder = InverterEncoder(pipeline.G, pipeline.inverter, metric, versions=loaded,
                               weighting=LatentWeighting.from_dict(config["weighting"]),
                               iterations=config["iterations"], optimise_steps=config["optimise_steps"],
-                              device=device)
+                              fit=config.get("fit", "crop"), device=device)
     stamp.check(model_version=encoder.version, metric=encoder.metric, dim=encoder.dim)
     if encoder.weighting != stamp.weighting:
         raise IndexCorruptError(f"index {stamp.name!r}: stamp weighting {stamp.weighting} disagrees with its model "

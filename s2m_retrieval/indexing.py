@@ -47,6 +47,7 @@ class BuildOptions:
     rebuild: bool = False
     prune: bool = False
     checkpoint_s: float = 60.0
+    keep_tags: bool = False  # store DICOM tags that identify patients (never by default)
 
 
 @dataclass
@@ -280,7 +281,10 @@ def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, 
         writer.train_at = max(1, store.training_size(len(known) + len(todo))[1] - len(known))
     if progress:
         progress(0, len(todo))
-    for items, images, sizes in prefetch(read_batches(todo, options.batch_size, encoder.resolution, stats)):
+    # The encoder owns the crop/pad policy: its vectors depend on it (encoders without one crop).
+    reading = read_batches(todo, options.batch_size, encoder.resolution, stats,
+                           policy=getattr(encoder, "fit", "crop"), keep_tags=options.keep_tags)
+    for items, images, sizes in prefetch(reading):
         arrays = check_outputs(encoder, images, encoder.encode(images))
         shapes = {k: list(v.shape[1:]) for k, v in arrays.items()}
         if not stamp.arrays:

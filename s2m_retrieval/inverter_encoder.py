@@ -33,7 +33,12 @@ class InverterEncoder:
 
     def __init__(self, G: Generator, inverter: Encoder, perceptual: PerceptualDistance, *, versions: dict[str, str],
                  weighting: LatentWeighting = DEFAULT_WEIGHTING, iterations: int | None = None,
-                 optimise_steps: int = 0, device: str | torch.device = "cpu") -> None:
+                 optimise_steps: int = 0, fit: str = "crop", device: str | torch.device = "cpu") -> None:
+        from s2m_retrieval.data.archive import FIT_POLICIES
+
+        if fit not in FIT_POLICIES:
+            raise BadInputError(f"unknown fit policy {fit!r} (crop or pad)")
+        self.fit = fit  # how archive images are squared before inversion (the build's reader applies it)
         self.device = torch.device(device)
         self.G = G.to(self.device).eval().requires_grad_(False)
         self.inverter = inverter.to(self.device).eval().requires_grad_(False)
@@ -52,8 +57,8 @@ class InverterEncoder:
     @classmethod
     def load(cls, models: str | os.PathLike | None = None, perceptual: str = DEFAULT_BACKEND,
              weighting: LatentWeighting = DEFAULT_WEIGHTING, iterations: int | None = None,
-             optimise_steps: int = 0, device: str = "cpu") -> InverterEncoder:
-        """From a models folder (None: the shipped weights); only generator.pt and inverter.pt are read."""
+             optimise_steps: int = 0, device: str = "cpu", fit: str = "crop") -> InverterEncoder:
+        """From a model bundle (name or folder; None: the shipped one); only generator.pt and inverter.pt are read."""
         from s2m_retrieval.checkpoint import load_checkpoint, version_hash
         from s2m_retrieval.model_files import model_files, segmenter_file
         from s2m_retrieval.networks.stylegan2 import load_generator
@@ -71,13 +76,14 @@ class InverterEncoder:
         metric = load_perceptual(perceptual, device, checkpoint=segmenter_file(models) if perceptual == "seg" else None)
         return cls(load_generator(payloads["generator"], device), load_inverter(payloads["inverter"], device), metric,
                    versions=versions, weighting=weighting, iterations=iterations, optimise_steps=optimise_steps,
-                   device=device)
+                   fit=fit, device=device)
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> InverterEncoder:
-        """From `--encoder inverter:models=DIR,perceptual=seg,iterations=3,optimise=0,coarse=1,medium=.5,fine=.1`."""
+        """From `--encoder inverter:models=DIR,perceptual=seg,iterations=3,optimise=0,fit=crop,coarse=1,...`."""
         options = dict(options)
-        known = {"models", "perceptual", "iterations", "optimise", "device", "coarse", "medium", "fine", "keep_zero"}
+        known = {"models", "perceptual", "iterations", "optimise", "device", "coarse", "medium", "fine", "keep_zero",
+                 "fit"}
         unknown = set(options) - known
         if unknown:
             raise BadInputError(f"inverter encoder: unknown options {sorted(unknown)} (known: {sorted(known)})")
@@ -90,7 +96,8 @@ class InverterEncoder:
         except ValueError as exc:
             raise BadInputError(f"inverter encoder: bad option value ({exc})") from None
         return cls.load(options.get("models"), options.get("perceptual", DEFAULT_BACKEND),
-                        LatentWeighting.parse(",".join(weights)), iterations, optimise, options.get("device", "cpu"))
+                        LatentWeighting.parse(",".join(weights)), iterations, optimise, options.get("device", "cpu"),
+                        options.get("fit", "crop"))
 
     @property
     def metric(self) -> str:
@@ -108,7 +115,7 @@ class InverterEncoder:
         return {"encoder": FORMAT, "generator": self.versions["generator"], "inverter": self.versions["inverter"],
                 "weighting": self.latent_weighting.to_dict(), "iterations": self.iterations,
                 "optimise_steps": self.optimise_steps, "perceptual": self.metric, "resolution": self.resolution,
-                "num_ws": self.G.num_ws, "w_dim": self.G.config.w_dim}
+                "num_ws": self.G.num_ws, "w_dim": self.G.config.w_dim, "fit": self.fit}
 
     @property
     def version(self) -> str:

@@ -1,4 +1,4 @@
-"""Where the Sketch2MedI checkpoints come from: the shipped weights folder or a models folder given by hand."""
+"""Where the Sketch2MedI checkpoints come from: a model bundle (`--model NAME_OR_PATH`), by default the shipped one."""
 
 from __future__ import annotations
 
@@ -14,43 +14,54 @@ TRAIN_HINT = {"generator": "s2m train generator", "encoder": "s2m train encoder"
               "inverter": "s2m train inverter"}
 
 
-def models_folder(models: str | os.PathLike | None) -> Path:
-    """The folder holding the checkpoints: `models`, else the package's shipped weights."""
-    if models is None:
-        return shipped_weights("generator").parent
-    folder = Path(models)
-    if not folder.is_dir():
-        raise CheckpointError(f"models folder not found: {folder}")
-    return folder
+def models_folder(models: str | os.PathLike | None, home: str | os.PathLike | None = None) -> Path:
+    """The folder holding the checkpoints: the bundle `models` names (a name or a folder), else the shipped one."""
+    from s2m_retrieval.bundle import resolve_model
+
+    return resolve_model(models, home)
 
 
 def model_files(models: str | os.PathLike | None, required: tuple[str, ...], purpose: str,
                 hint: str = "") -> dict[str, Path | None]:
     """Checkpoint paths by component (None where absent); a missing required one is a one-line CheckpointError
     naming it, what it is needed for, how to get it, and `hint` (e.g. an alternative for tests)."""
+    from s2m_retrieval.bundle import bundle_name, is_shipped
+
     folder = models_folder(models)
     files = {name: folder / f"{name}.pt" for name in MODEL_FILES}
     files = {name: path if path.is_file() else None for name, path in files.items()}
     missing = [name for name in required if files[name] is None]
     if missing:
         names = " and ".join(f"{m}.pt" for m in missing)
-        if models is None:
+        if is_shipped(folder):
             many = len(missing) > 1
             raise CheckpointError(
                 f"no trained {' and '.join(missing)} {'are' if many else 'is'} shipped yet ({names} missing in "
                 f"{folder}), so {purpose} is not possible; train {'them' if many else 'it'} "
                 f"({'; '.join(TRAIN_HINT[m] for m in missing)}) and place {'them' if many else 'it'} there"
                 + (f", {hint}" if hint else ""))
-        raise CheckpointError(f"models folder {folder} has no {names}, needed for {purpose}")
+        raise CheckpointError(f"model bundle {bundle_name(folder)!r} ({folder}) has no {names}, needed for {purpose}; "
+                              f"finish its training with `s2m train all ARCHIVE --out {folder}`")
     return files
 
 
 def segmenter_file(models: str | os.PathLike | None) -> Path | None:
-    """A models folder's own segmenter.pt for the seg perceptual metric (None: use the shipped one)."""
-    if models is None:
+    """A bundle's own segmenter.pt for the seg perceptual metric (None: use the shipped one)."""
+    from s2m_retrieval.bundle import is_shipped
+
+    folder = models_folder(models)
+    if is_shipped(folder):
         return None
-    path = Path(models) / "segmenter.pt"
+    path = folder / "segmenter.pt"
     return path if path.is_file() else None
+
+
+def bundle_or_given(path: str | os.PathLike | None, model: str | os.PathLike | None, name: str,
+                    purpose: str) -> Path:
+    """The checkpoint given by hand, else the one of bundle `model` (default: shipped); missing is one line."""
+    if path is not None:
+        return weights_or_shipped(path, name)
+    return model_files(model, (name,), purpose)[name]
 
 
 def weights_or_shipped(path: str | os.PathLike | None, name: str) -> Path:

@@ -141,7 +141,7 @@ class RetrievalEngine:
             pipeline = models if isinstance(models, Sketch2MedI) else load_pipeline(models, device)
             config = stored_config(reader)
             metric = load_metric(perceptual, reader.stamp, folder, device)
-            encoder = index_encoder(pipeline, metric, config, reader.stamp, device)
+            encoder = index_encoder(pipeline, metric, config, reader.stamp, device, home=home)
         except BaseException:
             reader.close()
             raise
@@ -195,7 +195,7 @@ class RetrievalEngine:
         else:
             from s2m_retrieval.data.archive import fit_square, read_image
 
-            thumb = np.array(fit_square(read_image(path), self.encoder.resolution))  # writable, for torch
+            thumb = np.array(fit_square(read_image(path), self.encoder.resolution, self.encoder.fit))  # writable
             vector = self.encoder.vectors(self.encoder.w_plus(thumb[None]))
         timings["encode"] = _ms(t0)
         result = self._rank(vector, to_model_input(thumb[None]), k, n_candidates, alpha, where, max_distance,

@@ -219,10 +219,10 @@ def test_fake_encoder_index_is_a_mismatch(setup, tmp_path):
 
 
 def test_unshipped_weights_are_one_clear_error(setup, tmp_path, monkeypatch):
-    import s2m_retrieval.model_files as model_files
+    import s2m_retrieval.bundle as bundle
     from s2m_retrieval.encoding import load_encoder
 
-    monkeypatch.setattr(model_files, "shipped_weights", lambda name: tmp_path / "weights" / f"{name}.pt")
+    monkeypatch.setattr(bundle, "shipped_folder", lambda: tmp_path / "weights")
     with pytest.raises(CheckpointError, match="no trained generator and encoder and inverter are shipped yet"):
         RetrievalEngine.open(home=setup.home)
     with pytest.raises(CheckpointError, match="--encoder fake"):

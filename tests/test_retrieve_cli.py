@@ -27,7 +27,7 @@ def sketch_png(tmp_path_factory):
 
 
 def _args(setup, *extra, home=None) -> list[str]:
-    return ["retrieve", *map(str, extra), "--home", str(home or setup.home), "--models", str(setup.models)]
+    return ["retrieve", *map(str, extra), "--home", str(home or setup.home), "--model", str(setup.models)]
 
 
 def _json(runner, args) -> dict:
@@ -116,8 +116,8 @@ def test_errors_are_one_line_and_lose_nothing(setup, tmp_path, capsys, sketch_pn
         "no index named 'nope'": _args(setup, sketch_png, "--index", "nope", home=home),
         "sketch": _args(setup, blank, home=home),
         "bad.png": _args(setup, bad, home=home),
-        "rebuild": ["retrieve", str(sketch_png), "--home", str(home), "--models", str(setup.other_models)],
-        "refiner.pt": ["retrieve", str(sketch_png), "--home", str(home), "--models", str(models)],
+        "rebuild": ["retrieve", str(sketch_png), "--home", str(home), "--model", str(setup.other_models)],
+        "refiner.pt": ["retrieve", str(sketch_png), "--home", str(home), "--model", str(models)],
         "give a sketch image (s2m retrieve SKETCH.png) or --like": _args(setup, home=home),
         "unknown column 'grade'": _args(setup, "--like", "1", "--where", "grade>1", home=home),
     }
@@ -139,10 +139,10 @@ def test_retrieve_console_script(setup, sketch_png):
         return subprocess.run([sys.executable, "-c", code, "retrieve", *map(str, args)], capture_output=True,
                               text=True, cwd=REPO)
 
-    ok = run(sketch_png, "--k", "2", "--json", "--home", setup.home, "--models", setup.models)
+    ok = run(sketch_png, "--k", "2", "--json", "--home", setup.home, "--model", setup.models)
     assert ok.returncode == 0, ok.stderr
     assert [h["rank"] for h in json.loads(ok.stdout)["hits"]] == [1, 2]
-    bad = run(sketch_png, "--home", setup.home, "--models", setup.other_models)
+    bad = run(sketch_png, "--home", setup.home, "--model", setup.other_models)
     assert bad.returncode == 1 and bad.stderr.startswith("error: index 'default' was built with generator")
     assert len(bad.stderr.strip().splitlines()) == 1
 

@@ -1,4 +1,4 @@
-"""Archive reader: any folder of images (+ optional masks/ and labels.csv), streamed in batches."""
+"""Archive reader: any folder of images or DICOM files (+ optional masks/ and labels.csv), streamed in batches."""
 
 from __future__ import annotations
 
@@ -8,18 +8,20 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from s2m_retrieval.errors import ArchiveError, BadImageError
+from s2m_retrieval.data.dicom import DICOM_EXTENSIONS, dicom_labels, dicom_size, is_dicom_path, read_dicom
+from s2m_retrieval.errors import ArchiveError, BadImageError, BadInputError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 64_000_000
+FIT_POLICIES = ("crop", "pad")  # how a non-square image becomes square: centre crop, or black bars
 # Folders of an archive that hold derived files rather than archive images.
 RESERVED_DIRS = ("masks", "sketches")
 
@@ -93,7 +95,7 @@ def _parse_value(text: str | None):
 
 
 def scan_archive(root: str | os.PathLike) -> list[ArchiveEntry]:
-    """All image files under `root` (recursive, sorted), joined with masks/ and labels.csv by stem."""
+    """All image and DICOM files under `root` (recursive, sorted), joined with masks/ and labels.csv by stem."""
     root = Path(root)
     if not root.is_dir():
         raise ArchiveError(f"archive folder not found: {root}")
@@ -108,9 +110,12 @@ def scan_archive(root: str | os.PathLike) -> list[ArchiveEntry]:
         else:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
-            if not name.lower().endswith(IMAGE_EXTENSIONS) or name.startswith("."):
+            if name.startswith("."):
                 continue
             path = Path(dirpath) / name
+            if not name.lower().endswith(IMAGE_EXTENSIONS + DICOM_EXTENSIONS) and not (
+                    "." not in name and is_dicom_path(path)):
+                continue
             stem = path.stem
             entries.append(ArchiveEntry(path=path, stem=stem, rel=str(path.relative_to(root)),
                                         mask_path=masks.get(stem), labels=labels.get(stem, {})))
@@ -119,12 +124,14 @@ def scan_archive(root: str | os.PathLike) -> list[ArchiveEntry]:
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode one image as RGB uint8 `[H, W, 3]`: EXIF orientation, grey/RGBA/16-bit handled."""
+    """Decode one image as RGB uint8 `[H, W, 3]`: EXIF orientation, grey/RGBA/16-bit, DICOM handled."""
     path = Path(path)
     if not path.exists():
         raise BadImageError(f"{path}: file not found")
     if path.is_dir():
         raise BadImageError(f"{path}: is a folder, not an image file")
+    if is_dicom_path(path):
+        return read_dicom(path, max_pixels)[0]
     try:
         if path.stat().st_size == 0:
             raise BadImageError(f"{path}: empty file")
@@ -182,14 +189,14 @@ def fit_square(image: np.ndarray, size: int, policy: str = "crop", nearest: bool
         s = min(h, w)
         top, left = (h - s) // 2, (w - s) // 2
         image = image[top:top + s, left:left + s]
-    elif policy == "pad":
+    elif policy == "pad":  # black bars: nothing of the image is lost, the anatomy shrinks
         s = max(h, w)
         padded = np.zeros((s, s) + image.shape[2:], image.dtype)
         top, left = (s - h) // 2, (s - w) // 2
         padded[top:top + h, left:left + w] = image
         image = padded
     else:
-        raise ValueError(f"unknown fit policy {policy!r} (crop or pad)")
+        raise BadInputError(f"unknown fit policy {policy!r} (crop or pad)")
     if image.shape[0] == size:
         return np.ascontiguousarray(image)
     resample = Image.NEAREST if nearest else Image.BICUBIC
@@ -199,14 +206,23 @@ def fit_square(image: np.ndarray, size: int, policy: str = "crop", nearest: bool
 
 
 def iter_batches(entries: Iterable[ArchiveEntry], batch_size: int, size: int, *, with_masks: bool = False,
-                 policy: str = "crop", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 policy: str = "crop", max_pixels: int = DEFAULT_MAX_PIXELS, keep_tags: bool = False,
                  stats: ReadStats | None = None) -> Iterator[Batch]:
-    """Stream decoded, squared images in batches; bad files are skipped and counted in `stats`."""
+    """Stream decoded, squared images in batches; bad files are skipped and counted in `stats`.
+
+    A DICOM entry comes back with its tags among its labels (labels.csv wins on a clash); tags that
+    identify a patient only with `keep_tags` (see `dicom_labels`).
+    """
     stats = stats if stats is not None else ReadStats()
     buf_e, buf_i, buf_m = [], [], []
     for entry in entries:
         try:
-            image = fit_square(read_image(entry.path, max_pixels), size, policy)
+            if is_dicom_path(entry.path):
+                pixels, ds = read_dicom(entry.path, max_pixels)
+                entry = replace(entry, labels={**dicom_labels(ds, keep_tags), **entry.labels})
+            else:
+                pixels = read_image(entry.path, max_pixels)
+            image = fit_square(pixels, size, policy)
             mask = None
             if with_masks:
                 if entry.mask_path is None:
@@ -234,6 +250,8 @@ def iter_batches(entries: Iterable[ArchiveEntry], batch_size: int, size: int, *,
 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image after EXIF orientation, without decoding its pixels."""
+    if is_dicom_path(path):
+        return dicom_size(path)
     with Image.open(path) as img:
         w, h = img.size
         orientation = img.getexif().get(0x0112, 1)
@@ -247,7 +265,7 @@ def load_archive_arrays(root: str | os.PathLike, size: int, *, with_masks: bool 
     if limit is not None:
         entries = entries[:limit]
     if not entries:
-        raise ArchiveError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise ArchiveError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS + DICOM_EXTENSIONS)})")
     images, masks, kept = [], [], []
     for batch in iter_batches(entries, 256, size, with_masks=with_masks, policy=policy, stats=stats):
         images.append(batch.images)

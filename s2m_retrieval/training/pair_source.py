@@ -67,22 +67,23 @@ def _archive_stamp(root: Path, limit: int | None) -> str:
 
 
 def _cache_key(source: PhantomSource | Path, size: int, variants: int, limit: int | None,
-               segmenter: str | os.PathLike | None) -> str:
+               segmenter: str | os.PathLike | None, policy: str) -> str:
     if isinstance(source, PhantomSource):
         what = {"phantom": [source.n, source.seed]}
     else:
         what = {"archive": str(source.resolve()), "stamp": _archive_stamp(source, limit), "limit": limit,
-                "segmenter": None if segmenter is None else os.fspath(segmenter)}
+                "segmenter": None if segmenter is None else os.fspath(segmenter), "fit": policy}
     return json.dumps({**what, "size": size, "variants": variants}, sort_keys=True)
 
 
 def source_pairs(spec: str | os.PathLike, size: int, *, variants: int = DEFAULT_VARIANTS, limit: int | None = None,
                  segmenter: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> PairSet:
-    """(sketch, image) pairs at `size` from a source spec; drawn once and kept in the `cache` file when given."""
+                 progress: Callable[[int, int], None] | None = None, policy: str = "crop") -> PairSet:
+    """(sketch, image) pairs at `size` from a source spec (archive images squared by `policy`: crop or pad);
+    drawn once and kept in the `cache` file when given."""
     # Drawing costs ~40 ms per sketch: thousands of images take minutes, which a resumed run should not repeat.
     source = parse_source(spec)
-    key = _cache_key(source, size, variants, limit, segmenter)
+    key = _cache_key(source, size, variants, limit, segmenter, policy)
     cache = None if cache is None else Path(cache)
     if cache is not None and cache.is_file():
         try:
@@ -96,7 +97,8 @@ def source_pairs(spec: str | os.PathLike, size: int, *, variants: int = DEFAULT_
         pairs = phantom_pairs(min(source.n, limit or source.n), size, seed=source.seed, variants=variants,
                               progress=progress)
     else:
-        pairs = archive_pairs(source, size, variants=variants, limit=limit, segmenter=segmenter, progress=progress)
+        pairs = archive_pairs(source, size, variants=variants, limit=limit, segmenter=segmenter, progress=progress,
+                              policy=policy)
     if cache is not None:
         from s2m_retrieval.training.state import atomic_save
 
@@ -106,7 +108,7 @@ def source_pairs(spec: str | os.PathLike, size: int, *, variants: int = DEFAULT_
     return pairs
 
 
-def source_images(spec: str | os.PathLike, size: int, *, limit: int | None = None) -> torch.Tensor:
+def source_images(spec: str | os.PathLike, size: int, *, limit: int | None = None, policy: str = "crop") -> torch.Tensor:
     """The source's images alone, uint8 [N, 3, size, size] (the inverter needs no sketches)."""
     source = parse_source(spec)
     if isinstance(source, PhantomSource):
@@ -119,5 +121,5 @@ def source_images(spec: str | os.PathLike, size: int, *, limit: int | None = Non
         return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     from s2m_retrieval.data.archive import load_archive_arrays
 
-    images, _, _ = load_archive_arrays(source, size, limit=limit)
+    images, _, _ = load_archive_arrays(source, size, limit=limit, policy=policy)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()

@@ -95,14 +95,15 @@ def phantom_pairs(n: int, size: int = 64, *, seed: int = 0, start: int = 0, vari
 def archive_pairs(root: str | os.PathLike, size: int = 64, *, variants: int = DEFAULT_VARIANTS,
                   freehand: FreehandConfig = TRAIN_FREEHAND, seed: int = 0, limit: int | None = None,
                   segmenter: str | os.PathLike | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> PairSet:
-    """Pairs from an archive folder: its masks/ when every image has one, else the segmenter's label maps."""
+                  progress: Callable[[int, int], None] | None = None, policy: str = "crop") -> PairSet:
+    """Pairs from an archive folder (squared by `policy`): its masks/ when every image has one, else the
+    segmenter's label maps."""
     from s2m_retrieval.data.archive import load_archive_arrays, scan_archive
     from s2m_retrieval.segmentation import segment_images
 
     entries = scan_archive(root)[:limit]
     with_masks = bool(entries) and all(e.mask_path is not None for e in entries)
-    images, masks, _ = load_archive_arrays(root, size, with_masks=with_masks, limit=limit)
+    images, masks, _ = load_archive_arrays(root, size, with_masks=with_masks, limit=limit, policy=policy)
     source = "archive masks"
     if masks is None:
         masks, source = segment_images(images, segmenter), "segmenter"

@@ -1,0 +1,134 @@
+"""DICOM archives: pixels as RGB, tags that identify patients never stored without --keep-tags, clear errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, VLPhotographicImageStorage
+
+from cli.main import app
+from s2m_retrieval.data.archive import ReadStats, iter_batches, read_image, read_image_size, scan_archive
+from s2m_retrieval.errors import BadImageError
+
+PATIENT = {"PatientName": "Doe^Jane", "PatientID": "MRN-448812", "PatientBirthDate": "19700101",
+           "StudyDate": "20240301", "InstitutionName": "Saint Example Hospital", "AccessionNumber": "ACC991"}
+
+
+def write_dicom(path, pixels: np.ndarray, photometric: str, *, frames: int = 1, sop=VLPhotographicImageStorage,
+                with_pixels: bool = True, **tags) -> None:
+    """A Part 10 file made the way a camera or a secondary-capture export would: uncompressed, one SOP instance."""
+    uid = f"1.2.826.0.1.3680043.8.498.{zlib.crc32(str(path).encode())}"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop, uid
+    ds.Modality = "XC"
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    if with_pixels:
+        ds.Rows, ds.Columns = (pixels.shape[1:] if frames > 1 else pixels.shape)[:2]
+        ds.SamplesPerPixel = 3 if photometric in ("RGB", "YBR_FULL") else 1
+        ds.PhotometricInterpretation = photometric
+        if ds.SamplesPerPixel == 3:
+            ds.PlanarConfiguration = 0
+        bits = pixels.dtype.itemsize * 8
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture
+def dicom_archive(tmp_path):
+    """An archive of DICOM files beside a PNG: a colour photograph with patient tags, a 16-bit grey image with a
+    window, an extension-less export, a multi-frame file and a structured report without pixels."""
+    from PIL import Image
+
+    root = tmp_path / "dicom_archive"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    write_dicom(root / "photo.dcm", colour, "RGB", **PATIENT, BodyPartExamined="THROAT")
+    grey = (np.arange(48 * 32, dtype=np.uint16).reshape(48, 32) * 20)
+    write_dicom(root / "grey.dcm", grey, "MONOCHROME2", sop=SecondaryCaptureImageStorage,
+                WindowCenter=10000, WindowWidth=20000, PatientName="Roe^Richard")
+    write_dicom(root / "IM000017", colour[::-1].copy(), "RGB", PatientID="MRN-1")
+    write_dicom(root / "cine.dcm", np.stack([colour] * 3), "RGB", frames=3)
+    write_dicom(root / "report.dcm", colour, "RGB", with_pixels=False, sop="1.2.840.10008.5.1.4.1.1.88.11")
+    Image.fromarray(colour).save(root / "plain.png")
+    (root / "notes").write_text("not an image, no extension")
+    return root, colour, grey
+
+
+def test_dicom_pixels_come_back_as_rgb(dicom_archive):
+    root, colour, grey = dicom_archive
+    assert np.array_equal(read_image(root / "photo.dcm"), colour)
+    assert read_image_size(root / "photo.dcm") == (40, 56)
+    out = read_image(root / "grey.dcm")
+    assert out.shape == (48, 32, 3) and (out[..., 0] == out[..., 2]).all()
+    expected = np.clip(grey.astype(float) / 20000, 0, 1) * 255 + 0.5  # window 0..20000
+    assert np.abs(out[..., 0].astype(int) - expected.astype(np.uint8).astype(int)).max() <= 1
+    assert np.array_equal(read_image(root / "IM000017"), colour[::-1])
+
+
+def test_dicom_without_a_single_2d_image_is_a_clear_error(dicom_archive):
+    root, _, _ = dicom_archive
+    with pytest.raises(BadImageError, match="holds 3 frames, not a single 2D image"):
+        read_image(root / "cine.dcm")
+    with pytest.raises(BadImageError, match="without pixel data.*not an image"):
+        read_image(root / "report.dcm")
+
+
+def test_scan_and_labels_keep_patient_tags_out_unless_asked(dicom_archive):
+    root, _, _ = dicom_archive
+    entries = scan_archive(root)
+    assert [e.rel for e in entries] == ["IM000017", "cine.dcm", "grey.dcm", "photo.dcm", "plain.png", "report.dcm"]
+    stats = ReadStats()
+    kept = [e for b in iter_batches(entries, 8, 32, stats=stats) for e in b.entries]
+    assert {e.rel for e in kept} == {"IM000017", "grey.dcm", "photo.dcm", "plain.png"}
+    assert stats.n_bad == 2 and any("3 frames" in reason for _, reason in stats.bad_files)
+    photo = next(e for e in kept if e.rel == "photo.dcm")
+    assert photo.labels["Modality"] == "XC" and photo.labels["BodyPartExamined"] == "THROAT"
+    assert photo.labels["SOPClassUID"] == "VL Photographic Image Storage"
+    assert not set(PATIENT) & set(photo.labels)
+    with_tags = [e for b in iter_batches(entries, 8, 32, keep_tags=True) for e in b.entries]
+    photo = next(e for e in with_tags if e.rel == "photo.dcm")
+    assert {k: photo.labels[k] for k in PATIENT} == PATIENT
+
+
+def _db_rows(home):
+    con = sqlite3.connect(home / "s2m.db")
+    try:
+        return {path.rsplit("/", 1)[-1]: json.loads(labels) for path, labels in
+                con.execute("select path, labels from images")}
+    finally:
+        con.close()
+
+
+def test_index_build_never_stores_patient_tags_without_keep_tags(dicom_archive, runner, tmp_path):
+    root, _, _ = dicom_archive
+    home = tmp_path / "home"
+    result = runner.invoke(app, ["index", "build", str(root), "--home", str(home), "--encoder", "fake:dim=8"])
+    assert result.exit_code == 0, result.output
+    assert "bad 2" in result.stdout and "cine.dcm: DICOM holds 3 frames, not a single 2D image" in result.stdout
+    rows = _db_rows(home)
+    assert set(rows) == {"IM000017", "grey.dcm", "photo.dcm", "plain.png"}
+    assert rows["photo.dcm"]["Modality"] == "XC" and not set(PATIENT) & set(rows["photo.dcm"])
+    raw = (home / "s2m.db").read_bytes()
+    assert b"Doe^Jane" not in raw and b"MRN-448812" not in raw and b"Roe^Richard" not in raw
+
+    keep = tmp_path / "home_keep"
+    result = runner.invoke(app, ["index", "build", str(root), "--home", str(keep), "--encoder", "fake:dim=8",
+                                 "--keep-tags"])
+    assert result.exit_code == 0, result.output
+    rows = _db_rows(keep)
+    assert rows["photo.dcm"]["PatientName"] == "Doe^Jane" and rows["IM000017"]["PatientID"] == "MRN-1"
