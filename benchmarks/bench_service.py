@@ -1,0 +1,195 @@
+"""Benchmark: `s2m serve` under 20 concurrent clients on loopback for a bounded time; errors, p50/p95, requests/s.
+
+The server is a real `s2m serve` process (its own interpreter, as deployed) over the tiny random models of the
+tests and an index of a seeded phantom archive built with them: the figures measure the service (HTTP, upload
+decoding, the query thread pool, E + H + FAISS + re-rank at the tiny size), not the quality of trained weights.
+Each client is a thread with one keep-alive connection sending a mix of requests: sketch queries (PNG sketches
+of 256 px, base64 in JSON, as the page sends them), "more like this" queries and thumbnails. Exit code 1 when any
+request failed. Run: `python benchmarks/bench_service.py [--clients 20] [--seconds 25]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_setup(folder: Path, n: int) -> tuple[Path, Path]:
+    """Tiny random models and an index of an n-image phantom archive built with them: (home, models)."""
+    from s2m_retrieval.data.phantom_archive import write_phantom_archive
+    from s2m_retrieval.encoding import load_encoder
+    from s2m_retrieval.indexing import BuildOptions, build_index
+    from s2m_retrieval.random_models import write_random_models
+
+    models, home, archive = folder / "models", folder / "home", folder / "archive"
+    write_random_models(models, seed=0)
+    write_phantom_archive(archive, n=n, size=64, seed=3)
+    build_index(archive, load_encoder(f"inverter:models={models},perceptual=random"), home=home,
+                options=BuildOptions(batch_size=32))
+    return home, models
+
+
+def sketch_bodies(count: int, size: int = 256) -> list[bytes]:
+    """JSON bodies of sketch queries: free-hand phantom sketches as base64 PNG, k=10, thumbnails included."""
+    from PIL import Image
+
+    from s2m_retrieval.data.phantom import make_phantom
+    from s2m_retrieval.data.sketch import FreehandConfig, sketch_from_mask
+
+    bodies = []
+    for i in range(count):
+        sketch = sketch_from_mask(make_phantom(11, i, 64)[1], size, freehand=FreehandConfig(), seed=i)
+        buf = io.BytesIO()
+        Image.fromarray(sketch).save(buf, format="PNG")
+        bodies.append(json.dumps({"sketch": base64.b64encode(buf.getvalue()).decode(), "k": 10,
+                                  "include_images": True}).encode())
+    return bodies
+
+
+def start_server(home: Path, models: Path, concurrency: int, threads: int) -> tuple[subprocess.Popen, str]:
+    """`s2m serve` on a free loopback port; returns the process and its base URL once it answers."""
+    code = "import sys; from cli.main import main; sys.argv = ['s2m'] + sys.argv[1:]; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--home", str(home), "--models", str(models),
+                             "--port", "0", "--concurrency", str(concurrency), "--threads", str(threads),
+                             "--log-level", "warning"], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": str(threads)})
+    line = proc.stdout.readline()
+    found = re.search(r"at (http://127\.0\.0\.1:(\d+))/", line)
+    if not found:
+        proc.kill()
+        raise SystemExit(f"the server did not start: {line!r}")
+    return proc, found.group(1)
+
+
+class Client(threading.Thread):
+    """One keep-alive connection sending requests of the mix until the deadline; records (kind, ms, ok)."""
+
+    def __init__(self, port: int, deadline: float, mix: list[str], bodies: list[bytes], ids: list[int],
+                 seed: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.deadline, self.mix, self.bodies, self.ids = port, deadline, mix, bodies, ids
+        self.rng = random.Random(seed)
+        self.records: list[tuple[str, float, bool]] = []
+        self.failures: list[str] = []
+
+    def request(self, conn: http.client.HTTPConnection, kind: str) -> tuple[int, bytes]:
+        if kind == "sketch":
+            conn.request("POST", "/v1/retrieve", body=self.rng.choice(self.bodies),
+                         headers={"Content-Type": "application/json"})
+        elif kind == "like":
+            body = json.dumps({"like": self.rng.choice(self.ids), "k": 10}).encode()
+            conn.request("POST", "/v1/retrieve", body=body, headers={"Content-Type": "application/json"})
+        else:
+            conn.request("GET", f"/v1/images/{self.rng.choice(self.ids)}")
+        response = conn.getresponse()
+        return response.status, response.read()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        while time.monotonic() < self.deadline:
+            kind = self.rng.choice(self.mix)
+            t0 = time.perf_counter()
+            try:
+                status, body = self.request(conn, kind)
+                ok = status == 200 and (kind == "image" or bool(json.loads(body)["hits"]))
+                if not ok:
+                    self.failures.append(f"{kind}: HTTP {status} {body[:120]!r}")
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+                ok = False
+                self.failures.append(f"{kind}: {type(exc).__name__} {exc}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            self.records.append((kind, (time.perf_counter() - t0) * 1e3, ok))
+        conn.close()
+
+
+def served_requests(port: int) -> int:
+    """The server's own count of /v1 requests (its Prometheus counter), to check against the clients'."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("s2m_http_requests_total{") and 'route="/v1/' in line))
+
+
+def summary(records: list[tuple[str, float, bool]], seconds: float) -> dict:
+    """Count, errors, requests/s, p50/p95/max latency (ms)."""
+    ms = [r[1] for r in records]
+    return {"requests": len(records), "errors": sum(not r[2] for r in records),
+            "req_per_s": round(len(records) / seconds, 1),
+            "p50_ms": round(statistics.median(ms), 1) if ms else None,
+            "p95_ms": round(float(np.percentile(ms, 95)), 1) if ms else None,
+            "max_ms": round(max(ms), 1) if ms else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=25.0)
+    ap.add_argument("--images", type=int, default=200, help="Phantom archive size of the index.")
+    ap.add_argument("--mix", default="sketch=8,like=1,image=1", help="Request kinds and their weights.")
+    ap.add_argument("--concurrency", type=int, default=2, help="Server: queries computing at once.")
+    ap.add_argument("--threads", type=int, default=1, help="Server: torch threads.")
+    args = ap.parse_args()
+    mix = [kind for part in args.mix.split(",") for kind in [part.split("=")[0]] * int(part.split("=")[1])]
+    if not mix or set(mix) - {"sketch", "like", "image"}:
+        raise SystemExit(f"--mix takes sketch, like and image weights, got {args.mix!r}")
+
+    with tempfile.TemporaryDirectory(prefix="s2m-bench-service-") as tmp:
+        t0 = time.perf_counter()
+        home, models = make_setup(Path(tmp), args.images)
+        bodies = sketch_bodies(32)
+        print(f"setup: {args.images}-image index, tiny random models ({time.perf_counter() - t0:.1f} s)")
+        proc, base = start_server(home, models, args.concurrency, args.threads)
+        try:
+            port = int(base.rsplit(":", 1)[1])
+            ids = list(range(1, args.images + 1))
+            Client(port, time.monotonic() + 3, ["sketch", "like"], bodies, ids, seed=-1).run()  # warm-up
+            before = served_requests(port)
+            deadline = time.monotonic() + args.seconds
+            t_start = time.monotonic()
+            clients = [Client(port, deadline, mix, bodies, ids, seed=i) for i in range(args.clients)]
+            for c in clients:
+                c.start()
+            for c in clients:
+                c.join()
+            elapsed = time.monotonic() - t_start
+            served = served_requests(port) - before
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    records = [r for c in clients for r in c.records]
+    failures = [f for c in clients for f in c.failures]
+    report = {"clients": args.clients, "seconds": round(elapsed, 1), "images": args.images, "mix": args.mix,
+              "server": {"concurrency": args.concurrency, "threads": args.threads, "cpus": os.cpu_count()},
+              "all": summary(records, elapsed),
+              "by_kind": {k: summary([r for r in records if r[0] == k], elapsed) for k in sorted(set(mix))},
+              "server_counted_requests": served}
+    print(json.dumps(report, indent=2))
+    for failure in failures[:10]:
+        print("failure:", failure)
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
