@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from retrieval_helpers import phantom_sketch
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("S2M_CHROMIUM", "/usr/bin/chromium")
@@ -75,8 +77,9 @@ POINTER = """([kind, x0, y0, x1, y1]) => { const c = document.getElementById('ca
   ev('pointerdown', 0); for (let i = 1; i <= 10; i++) ev('pointermove', i / 10); ev('pointerup', 1); }"""
 
 
-def test_draw_search_filter_and_more_like_this(browser, base_url):
+def test_draw_search_filter_and_more_like_this(browser, base_url, tmp_path):
     page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.set_default_timeout(20_000)
     foreign, errors = [], []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
 
@@ -107,6 +110,12 @@ def test_draw_search_filter_and_more_like_this(browser, base_url):
     page.evaluate(POINTER, ["touch", 0.75, 0.55, 0.65, 0.7])
     assert mouse_ink < pen_ink < page.evaluate(INK)
     page.click("#undo")
+    assert page.evaluate(INK) == pen_ink
+    page.click("#eraser")
+    _stroke(page, box, [(0.2, 0.55), (0.4, 0.75)])  # across the pen stroke
+    assert page.evaluate(INK) < pen_ink
+    page.click("#undo")
+    page.click("#pen")
     assert page.evaluate(INK) == pen_ink
 
     with page.expect_response("**/v1/retrieve") as answer:
@@ -142,6 +151,18 @@ def test_draw_search_filter_and_more_like_this(browser, base_url):
     page.wait_for_selector(f"#status:has-text('like image {image_id}')")
     assert page.locator("#grid li.card").first.get_attribute("data-id") == str(image_id)
     assert page.inner_text("#query-caption") == f"query: image {image_id}"
+
+    page.click("#clear")
+    assert page.evaluate(INK) == 0
+    sketch = tmp_path / "sketch.png"
+    Image.fromarray(phantom_sketch(size=128)).save(sketch)
+    page.set_input_files("#upload", str(sketch))
+    page.wait_for_selector("#status:has-text('Loaded sketch.png')")
+    assert page.evaluate(INK) > 100
+    page.select_option("select[data-column='tonsil_grade']", "")
+    with page.expect_response("**/v1/retrieve") as answer:
+        page.click("#search")
+    assert answer.value.status == 200 and len(answer.value.json()["hits"]) == 12
 
     assert foreign == [] and errors == []
     page.close()

@@ -69,6 +69,14 @@ class Busy(S2MError):
     """Every query slot and queue place is taken (HTTP 503, retry later)."""
 
 
+class _HTTPError(S2MError):
+    """A protocol-level refusal with its own status code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 STATUS = ((UploadTooLarge, 413), (UnsupportedImage, 415), (ImageNotFound, 404), (OptionError, 422),
           (BadInputError, 400), (Busy, 503), (DatabaseLockedError, 503), (IndexBusyError, 503), (S2MError, 500))
 
@@ -158,8 +166,7 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
         """Size, model and metric versions of the served index, its label columns, the service's limits."""
         return archive_view.index_stats(engine) | {"label_columns": columns, "limits": asdict(limits)}
 
-    @v1.post("/retrieve", response_model=RetrieveOut, response_model_exclude_none=False,
-             openapi_extra=_request_body(RetrieveOptions, "A sketch query (sketch) or \"more like this\" (like)."))
+    @v1.post("/retrieve", response_model=RetrieveOut, openapi_extra=_request_body(RetrieveOptions, "A sketch query (sketch) or \"more like this\" (like)."))
     async def retrieve(request: Request) -> dict:
         """Top-k archive images for a sketch (PNG/JPEG upload or base64 JSON) or for an indexed image (like)."""
         fields, data = await _read_body(request, limits)
@@ -179,8 +186,8 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
         else:
             if opts.steps is not None:
                 raise BadInputError("steps apply to sketch queries; a like query uses the image's stored vector")
-            archive_view.image_meta(engine, opts.like)  # 404 for an id outside the index
             def work():
+                archive_view.image_meta(engine, opts.like)  # 404 for an id outside the index
                 return engine.query_like(opts.like, **query)
         result = await runner.run(work)
         metrics.observe_stages(result.timings_ms)
@@ -280,14 +287,6 @@ async def _read_body(request: Request, limits: ServiceLimits) -> tuple[dict, byt
         return fields, data
     raise UnsupportedImage(f"content type {kind or 'none'} is not accepted: send multipart/form-data with a file "
                            "part 'sketch', or application/json with a base64 'sketch'")
-
-
-class _HTTPError(S2MError):
-    """A protocol-level refusal with its own status code."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _data_url(array) -> str:
