@@ -66,7 +66,7 @@ def sketch_bodies(count: int, size: int = 256) -> list[bytes]:
 def start_server(home: Path, models: Path, concurrency: int, threads: int) -> tuple[subprocess.Popen, str]:
     """`s2m serve` on a free loopback port; returns the process and its base URL once it answers."""
     code = "import sys; from cli.main import main; sys.argv = ['s2m'] + sys.argv[1:]; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--home", str(home), "--models", str(models),
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--home", str(home), "--model", str(models),
                              "--port", "0", "--concurrency", str(concurrency), "--threads", str(threads),
                              "--log-level", "warning"], cwd=REPO, stdout=subprocess.PIPE, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": str(threads)})

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from cli.models import MODEL_HELP
+
 DEFAULT_PORT = 8000
 
 
@@ -27,9 +29,7 @@ def serve(
     db: str = typer.Option(None, "--db", envvar="S2M_DB_URL", help="Database URL (default: SQLite HOME/s2m.db)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
-    # Hidden: a folder of checkpoints instead of the shipped weights (tests use tiny random models).
-    models: Path = typer.Option(None, "--models", hidden=True, help="Folder with generator/encoder/refiner/"
-                                                                     "inverter .pt files."),
+    model: str = typer.Option(None, "--model", help=MODEL_HELP),
 ) -> None:
     """Serve the retrieval API (/v1, OpenAPI at /openapi.json), /metrics and the sketch page at /."""
     from s2m_retrieval.errors import BadInputError, S2MError
@@ -44,9 +44,11 @@ def serve(
         raise BadInputError(f"--log-level must be debug, info, warning or error, got {log_level!r}")
     if max_upload_kb < 1 or max_pixels < 1:
         raise BadInputError(f"--max-upload-kb and --max-pixels must be >= 1, got {max_upload_kb} and {max_pixels}")
+    from s2m_retrieval.bundle import resolve_model
     from s2m_retrieval.service.server import check_bind
 
     check_bind(host, token, no_auth)
+    models = resolve_model(model, home)
     from s2m_retrieval.service import ServiceLimits
 
     limits = ServiceLimits(max_upload_bytes=max_upload_kb * 1024, max_pixels=max_pixels, concurrency=concurrency)

@@ -29,7 +29,7 @@ def _error(capsys, args) -> tuple[int, str]:
 
 
 def test_serve_errors_are_one_line(capsys, setup, tmp_path):
-    base = ["serve", "--home", str(setup.home), "--models", str(setup.models), "--port", "0"]
+    base = ["serve", "--home", str(setup.home), "--model", str(setup.models), "--port", "0"]
     taken = socket.create_server(("127.0.0.1", 0))
     try:
         cases = {
@@ -52,7 +52,7 @@ def test_serve_errors_are_one_line(capsys, setup, tmp_path):
 
 def test_serve_process_answers_then_stops_on_ctrl_c(setup):
     code = "import sys; from cli.main import main; sys.argv = ['s2m'] + sys.argv[1:]; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--home", str(setup.home), "--models",
+    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--home", str(setup.home), "--model",
                              str(setup.models), "--port", "0", "--threads", "1", "--log-level", "warning"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
