@@ -127,3 +127,5 @@ def test_bad_options_are_one_line_errors(phantom_archive, tmp_path):
                                           "--threads", "1", *extra])
         assert result.exception is not None and message in str(result.exception), (extra, result.output)
     assert not (tmp_path / "x").exists()
+    inside = CliRunner().invoke(app, ["train", "all", str(phantom_archive), "--out", str(phantom_archive / "m")])
+    assert "is inside the archive" in str(inside.exception) and not (phantom_archive / "m").exists()

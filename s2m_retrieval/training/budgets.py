@@ -25,31 +25,34 @@ class Budget:
         return self.steps["generator"] * BATCH["generator"] / 1000
 
 
-# small: a usable first bundle overnight on 2 CPU cores (the shipped G had 3,250 steps, 104 kimg);
-# medium and large: a GPU's day and a few days (pSp / e4e / HyperStyle train for 10^5+ steps at 256 px).
+# small: a first bundle in a few CPU hours at 64 px (its generator sees 96 kimg, about the shipped one's 104);
+# medium: a long night on a CPU or an hour on a GPU; large: GPU territory (pSp / e4e / HyperStyle train for
+# 10^5+ steps at 256 px).
 BUDGETS = {
-    "small": Budget("small", {"segmenter": 600, "generator": 1500, "encoder": 2000, "refiner": 1000,
-                              "inverter": 2000}),
-    "medium": Budget("medium", {"segmenter": 1500, "generator": 6000, "encoder": 10000, "refiner": 5000,
-                                "inverter": 10000}),
-    "large": Budget("large", {"segmenter": 3000, "generator": 30000, "encoder": 50000, "refiner": 25000,
-                              "inverter": 50000}),
+    "small": Budget("small", {"segmenter": 600, "generator": 3000, "encoder": 4000, "refiner": 2000,
+                              "inverter": 3000}),
+    "medium": Budget("medium", {"segmenter": 1500, "generator": 10000, "encoder": 20000, "refiner": 10000,
+                                "inverter": 20000}),
+    "large": Budget("large", {"segmenter": 3000, "generator": 50000, "encoder": 100000, "refiner": 50000,
+                              "inverter": 100000}),
 }
 
-# Seconds per optimizer step at 64 px with the batches above, measured with
-# `python benchmarks/train_all_budget.py` (see the README's budget table): 2 shared CPU cores under `nice`, next to
-# other training jobs, so upper bounds for an idle machine of this kind.
-CPU_SECONDS_PER_STEP_64 = {"segmenter": 0.0, "generator": 0.0, "encoder": 0.0, "refiner": 0.0, "inverter": 0.0}
-# Sketches drawn per second while making training pairs (4 free-hand variants per image), same machine.
-CPU_SKETCHES_PER_S = 0.0
-# One GPU: an estimate, not a measurement (no GPU was available): these small networks at 64 px are bound by
-# kernel launches, not arithmetic; ~15x faster than the CPU figures is assumed for every stage.
-GPU_SPEEDUP_ESTIMATE = 15.0
+# CPU seconds per optimizer step at 64 px with the default networks and the batches above, one torch thread:
+# the slowest of three runs of `python benchmarks/bench_train_all.py` (process CPU time, on a 2-core machine
+# shared with two training jobs, which still inflated E, H and the inverter by up to 1.7x between runs; the
+# fastest run: 0.18, 0.58, 0.25, 0.48, 0.84). So these are upper bounds; wall time on an idle machine of this
+# kind is about the same with one thread, a little less with two.
+CPU_SECONDS_PER_STEP_64 = {"segmenter": 0.21, "generator": 0.59, "encoder": 0.42, "refiner": 0.66, "inverter": 1.25}
+# Free-hand sketches drawn per CPU second while making the training pairs (same runs: 87 to 137).
+CPU_SKETCHES_PER_S = 87.0
+# One GPU: an estimate, not a measurement (no GPU was at hand): networks this small at 64 px are bound by kernel
+# launches more than by arithmetic, so ~10x the one-thread CPU speed is assumed; sketches are drawn on the CPU.
+GPU_SPEEDUP_ESTIMATE = 10.0
 
 
-def estimate_seconds(budget: Budget, n_images: int, variants: int = 4, gpu: bool = False) -> dict:
-    """Seconds per stage (and 'pairs' for sketch drawing) of `s2m train all` at 64 px from the figures above."""
+def estimate_seconds(steps: dict, n_images: int, variants: int = 4, gpu: bool = False) -> dict:
+    """Seconds per stage (and 'pairs' for drawing the sketches) of `s2m train all` at 64 px from the figures above."""
     speed = GPU_SPEEDUP_ESTIMATE if gpu else 1.0
-    out = {stage: budget.steps[stage] * CPU_SECONDS_PER_STEP_64[stage] / speed for stage in STAGES}
-    out["pairs"] = n_images * variants / CPU_SKETCHES_PER_S  # drawn on the CPU either way
+    out = {stage: steps[stage] * CPU_SECONDS_PER_STEP_64[stage] / speed for stage in STAGES}
+    out["pairs"] = n_images * variants / CPU_SKETCHES_PER_S
     return out

@@ -11,24 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from s2m_retrieval.errors import ArchiveError, BadInputError, CheckpointError
-from s2m_retrieval.training.budgets import BATCH, BUDGETS, GENERATOR_CHANNELS, RESOLUTIONS, STAGES
+from s2m_retrieval.training.budgets import BATCH, BUDGETS, RESOLUTIONS, STAGES
+from s2m_retrieval.training.stages import RUNS, STAGE_RUNNERS, Progress, StageRun, stage_metric
 
-RUNS = "train"
 PLAN = "plan.json"
-PAIRS = "pairs.pt"
 # Config parts --config-json may override (tests use tiny networks), besides "steps" and "batch" per stage.
 CONFIG_PARTS = ("segmenter", "generator", "encoder", "discriminator", "refiner", "inverter")
-
-# progress(stage, step, total_steps, loss): after every optimizer step of a stage.
-Progress = Callable[[str, int, int, float], None]
-
 
 @dataclass(frozen=True)
 class TrainAllOptions:
@@ -73,211 +66,6 @@ class TrainAllOptions:
     def part(self, name: str) -> dict:
         """Config field overrides of one network."""
         return {k: tuple(v) if isinstance(v, list) else v for k, v in self.overrides.get(name, {}).items()}
-
-
-@dataclass
-class _Run:
-    """One `train all` invocation: options, bundle folder, device, where to report."""
-
-    options: TrainAllOptions
-    out: Path
-    device: str
-    echo: Callable[[str], None]
-    progress: Progress | None
-    n_train: int = 0
-    has_masks: bool = False
-
-    def run_dir(self, stage: str) -> Path:
-        return self.out / RUNS / stage
-
-    def done(self, network: str) -> bool:
-        return (self.out / f"{network}.pt").is_file()
-
-    def report(self, stage: str) -> Callable:
-        progress = self.progress
-
-        def report(p) -> None:  # a GAN or a latent-loop TrainProgress
-            if progress is not None:
-                progress(stage, p.step, p.total_steps, p.loss_g if hasattr(p, "loss_g") else p.loss)
-        return report
-
-
-def _place(src: Path, dst: Path) -> None:
-    """Copy a finished network into the bundle atomically: its presence marks the stage as done."""
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _latest_sample(run_dir: Path, out: Path, stage: str) -> None:
-    grids = sorted((run_dir / "samples").glob(f"{'fakes' if stage == 'generator' else stage}*.png"))
-    if grids:
-        (out / "samples").mkdir(exist_ok=True)
-        _place(grids[-1], out / "samples" / f"{stage}.png")
-
-
-def _segmenter_grid(model, images, path: Path) -> None:
-    """Sample sheet of the segmenter: images over the sketches drawn from its label maps."""
-    import numpy as np
-    import torch
-
-    from s2m_retrieval.data.sketch import sketch_from_mask
-    from s2m_retrieval.training.gan import save_image_grid
-    from s2m_retrieval.training.segmenter import segment
-
-    shown = images[:8]
-    size = shown.shape[1]
-    sketches = np.stack([sketch_from_mask(m, size) for m in segment(model, shown)])
-    tiles = torch.cat([torch.from_numpy(shown).permute(0, 3, 1, 2),
-                       torch.from_numpy(sketches)[:, None].expand(-1, 3, -1, -1)]).float() / 127.5 - 1
-    save_image_grid(tiles, path, len(shown))
-
-
-def _segmenter_stage(run: _Run) -> None:
-    from s2m_retrieval.checkpoint import load_checkpoint
-    from s2m_retrieval.data.archive import ReadStats, load_archive_arrays
-    from s2m_retrieval.networks.segmenter import SegmenterConfig
-    from s2m_retrieval.segmentation import segmenter_path
-    from s2m_retrieval.training.segmenter import SegTrainConfig, load_segmenter, train_segmenter
-
-    o, dst = run.options, run.out / "segmenter.pt"
-    if not run.has_masks:
-        src = Path(segmenter_path(o.segmenter))
-        load_checkpoint(src, kind="segmenter")
-        which = "the given" if o.segmenter else "the shipped phantom"
-        hint = "" if o.segmenter else "; for another anatomy give a segmenter trained on it with --segmenter"
-        run.echo(f"segmenter: skipped, the archive has no masks/; {which} segmenter {src} draws the training "
-                 f"sketches{hint}")
-        _place(src, dst)
-        return
-    stats = ReadStats()
-    images, masks, _ = load_archive_arrays(o.archive, o.res, with_masks=True, limit=run.n_train, policy=o.fit,
-                                           stats=stats)
-    run.echo(f"segmenter: {len(images)} images with masks" + (f" ({stats.n_bad} skipped)" if stats.n_bad else ""))
-    cfg = dataclasses.replace(SegmenterConfig(img_resolution=o.res), **o.part("segmenter"))
-    run_dir = run.run_dir("segmenter")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    steps = o.steps("segmenter")
-
-    def progress(step: int, total: int, loss: float) -> None:
-        if run.progress is not None:
-            run.progress("segmenter", step, total, loss)
-
-    metrics = train_segmenter(images, masks, SegTrainConfig(steps=steps, batch=o.batch("segmenter"), seed=o.seed),
-                              cfg, out_path=run_dir / "segmenter.pt", device=run.device, progress=progress)
-    _segmenter_grid(load_segmenter(run_dir / "segmenter.pt"), images, run_dir / "samples" / "segmenter.png")
-    run.echo(f"segmenter: held-out mean DICE {metrics['mean_dice']:.3f} on {metrics['n_val']} images")
-    _latest_sample(run_dir, run.out, "segmenter")
-    _place(run_dir / "segmenter.pt", dst)
-
-
-def _generator_stage(run: _Run) -> None:
-    import torch
-
-    from s2m_retrieval.data.archive import load_archive_arrays
-    from s2m_retrieval.networks.stylegan2 import GeneratorConfig
-    from s2m_retrieval.training.gan import GanTrainConfig, train_generator
-
-    o = run.options
-    images, _, _ = load_archive_arrays(o.archive, o.res, limit=run.n_train, policy=o.fit)
-    base, cap = GENERATOR_CHANNELS[o.res]
-    g_cfg = dataclasses.replace(GeneratorConfig(img_resolution=o.res, channel_base=base, channel_max=cap),
-                                **o.part("generator"))
-    batch = o.batch("generator")
-    every = o.snapshot_every
-    tc = GanTrainConfig(batch=batch, total_kimg=o.steps("generator") * batch / 1000, seed=o.seed,
-                        snapshot_every=every, sample_every=max(every, 500))
-    data = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    path = train_generator(data, run.run_dir("generator"), g_config=g_cfg, train_config=tc, device=run.device,
-                           resume=True, progress=run.report("generator"))
-    _latest_sample(run.run_dir("generator"), run.out, "generator")
-    _place(path, run.out / "generator.pt")
-
-
-def _metric(run: _Run):
-    from s2m_retrieval.perceptual import load_perceptual
-
-    name = run.options.perceptual
-    return load_perceptual(name, run.device, checkpoint=run.out / "segmenter.pt" if name == "seg" else None)
-
-
-def _pairs(run: _Run):
-    from s2m_retrieval.training.pair_source import source_pairs
-
-    o = run.options
-    return source_pairs(o.archive, o.res, variants=o.pairs_per_image, limit=run.n_train,
-                        segmenter=run.out / "segmenter.pt", cache=run.out / RUNS / PAIRS, policy=o.fit)
-
-
-def _encoder_stage(run: _Run) -> None:
-    from s2m_retrieval.networks.encoders import LatentDiscriminatorConfig, encoder_config_for
-    from s2m_retrieval.networks.stylegan2 import load_generator
-    from s2m_retrieval.training.encoder import DISCRIMINATOR_FILE, EncoderTrainConfig, train_encoder
-
-    o = run.options
-    G = load_generator(run.out / "generator.pt", run.device).requires_grad_(False)
-    enc_cfg = encoder_config_for(G.config, in_channels=1, **o.part("encoder"))
-    d_cfg = dataclasses.replace(LatentDiscriminatorConfig(w_dim=G.config.w_dim), **o.part("discriminator"))
-    tc = EncoderTrainConfig(steps=o.steps("encoder"), batch=o.batch("encoder"), seed=o.seed, perceptual=o.perceptual,
-                            snapshot_every=o.snapshot_every, sample_every=max(o.snapshot_every, 500))
-    run_dir = run.run_dir("encoder")
-    path = train_encoder(_pairs(run), G, run_dir, enc_cfg, d_cfg, tc, _metric(run), run.device, resume=True,
-                         progress=run.report("encoder"))
-    _latest_sample(run_dir, run.out, "encoder")
-    _place(run_dir / DISCRIMINATOR_FILE, run.out / "latent_discriminator.pt")
-    _place(path, run.out / "encoder.pt")
-
-
-def _refiner_stage(run: _Run) -> None:
-    from s2m_retrieval.networks.refiner import refiner_config_for
-    from s2m_retrieval.networks.stylegan2 import load_generator
-    from s2m_retrieval.training.refiner import RefinerTrainConfig, train_refiner
-    from s2m_retrieval.training.sketch2medi import load_encoder
-
-    o = run.options
-    G = load_generator(run.out / "generator.pt", run.device).requires_grad_(False)
-    E = load_encoder(run.out / "encoder.pt", run.device)
-    cfg = refiner_config_for(G, **o.part("refiner"))
-    tc = RefinerTrainConfig(steps=o.steps("refiner"), batch=o.batch("refiner"), seed=o.seed, perceptual=o.perceptual,
-                            snapshot_every=o.snapshot_every, sample_every=max(o.snapshot_every, 500))
-    run_dir = run.run_dir("refiner")
-    path = train_refiner(_pairs(run), G, E, run_dir, cfg, tc, _metric(run), run.device, resume=True,
-                         progress=run.report("refiner"))
-    _latest_sample(run_dir, run.out, "refiner")
-    _place(path, run.out / "refiner.pt")
-
-
-def _inverter_stage(run: _Run) -> None:
-    from s2m_retrieval.networks.encoders import LatentDiscriminatorConfig, encoder_config_for
-    from s2m_retrieval.networks.stylegan2 import load_generator
-    from s2m_retrieval.training.encoder import EncoderTrainConfig
-    from s2m_retrieval.training.inverter import train_inverter
-    from s2m_retrieval.training.pair_source import source_images
-
-    o = run.options
-    G = load_generator(run.out / "generator.pt", run.device).requires_grad_(False)
-    channels = G.config.img_channels
-    enc_cfg = encoder_config_for(G.config, in_channels=channels, extra_channels=channels, **o.part("inverter"))
-    d_cfg = dataclasses.replace(LatentDiscriminatorConfig(w_dim=G.config.w_dim), **o.part("discriminator"))
-    tc = EncoderTrainConfig(steps=o.steps("inverter"), batch=o.batch("inverter"), seed=o.seed, iterations=3,
-                            perceptual=o.perceptual, snapshot_every=o.snapshot_every,
-                            sample_every=max(o.snapshot_every, 500))
-    images = source_images(o.archive, o.res, limit=run.n_train, policy=o.fit)
-    run_dir = run.run_dir("inverter")
-    path = train_inverter(images, G, run_dir, enc_cfg, d_cfg, tc, _metric(run), run.device, resume=True,
-                          progress=run.report("inverter"))
-    _latest_sample(run_dir, run.out, "inverter")
-    _place(path, run.out / "inverter.pt")
-
-
-STAGE_RUNNERS = {"segmenter": _segmenter_stage, "generator": _generator_stage, "encoder": _encoder_stage,
-                 "refiner": _refiner_stage, "inverter": _inverter_stage}
 
 
 def archive_fingerprint(entries) -> str:
@@ -343,6 +131,8 @@ def train_all(options: TrainAllOptions, out: str | os.PathLike, device: str = "c
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"--out {out} is a file, not a folder")
+    if out.resolve().is_relative_to(o.archive):  # its sample grids would become archive images
+        raise BadInputError(f"--out {out} is inside the archive {o.archive}; put the bundle elsewhere")
     entries = scan_archive(o.archive)
     n = len(entries)
     n_held = o.held_out if o.held_out is not None else min(200, max(2, round(0.05 * n)))
@@ -355,9 +145,17 @@ def train_all(options: TrainAllOptions, out: str | os.PathLike, device: str = "c
     plan = _plan(o, n, n_held, has_masks, fingerprint)
     out.mkdir(parents=True, exist_ok=True)
     _check_plan(out, plan)
-    run = _Run(o, out, device, echo, progress, n_train=n - n_held, has_masks=has_masks)
+    run = StageRun(o, out, device, echo, progress, n_train=n - n_held, has_masks=has_masks)
     echo(f"training a model bundle in {out} on {n - n_held} of {n} images from {o.archive} "
          f"({n_held} held out for the metrics), {o.res} px, budget {o.budget}")
+    if o.res == 64:
+        from s2m_retrieval.training.budgets import estimate_seconds
+
+        steps = {s: o.steps(s) for s in STAGES}
+        cpu = sum(estimate_seconds(steps, n - n_held, o.pairs_per_image).values()) / 3600
+        gpu = sum(estimate_seconds(steps, n - n_held, o.pairs_per_image, gpu=True).values()) / 3600
+        echo(f"expected time from scratch: ~{cpu:.1f} h on one CPU thread (measured per-step figures), "
+             f"~{gpu:.1f} h on one GPU (an estimate)")
     for index, stage in enumerate(STAGES, start=1):
         if run.done(stage):
             echo(f"[{index}/{len(STAGES)}] {stage}: done earlier, kept")
@@ -377,13 +175,13 @@ def train_all(options: TrainAllOptions, out: str | os.PathLike, device: str = "c
     return write_manifest(out, manifest)
 
 
-def _measure(run: _Run, held_entries) -> dict:
+def _measure(run: StageRun, held_entries) -> dict:
     from s2m_retrieval.bundle_metrics import bundle_metrics, held_out_archive
     from s2m_retrieval.data.archive import load_archive_arrays
     from s2m_retrieval.training.segmenter import load_segmenter
 
     o = run.options
-    segmenter = load_segmenter(run.out / "segmenter.pt", run.device)
+    segmenter = load_segmenter(run.out / "segmenter.pt")  # on the CPU: the feature code reads CPU batches
     reference, _, _ = load_archive_arrays(o.archive, o.res, limit=min(run.n_train, len(held_entries)), policy=o.fit)
     held = held_out_archive(held_entries, reference, o.res, o.fit, segmenter, seed=o.seed)
-    return bundle_metrics(run.out, held, _metric(run), segmenter, run.device, seed=o.seed)
+    return bundle_metrics(run.out, held, stage_metric(run), segmenter, run.device, seed=o.seed)
