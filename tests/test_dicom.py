@@ -132,3 +132,34 @@ def test_index_build_never_stores_patient_tags_without_keep_tags(dicom_archive, 
     assert result.exit_code == 0, result.output
     rows = _db_rows(keep)
     assert rows["photo.dcm"]["PatientName"] == "Doe^Jane" and rows["IM000017"]["PatientID"] == "MRN-1"
+
+
+def test_camera_jpeg_inside_dicom_decodes_to_rgb(tmp_path):
+    """A visible-light photograph stored as baseline JPEG (YBR_FULL_422), the way cameras' DICOM exports do."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    image = np.zeros((40, 56, 3), np.uint8)
+    image[:20], image[20:] = (200, 30, 40), (20, 180, 60)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=95)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = VLPhotographicImageStorage, "1.2.826.0.1.9"
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = VLPhotographicImageStorage, "1.2.826.0.1.9", "XC"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PlanarConfiguration = 40, 56, 3, 0
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "camera.dcm", enforce_file_format=True)
+    out = read_image(tmp_path / "camera.dcm")
+    assert out.shape == (40, 56, 3)
+    # away from the colour edge (JPEG subsamples chroma), the colours come back as RGB, not YCbCr
+    assert np.abs(out[2:16].astype(int) - image[2:16]).max() <= 6
+    assert np.abs(out[24:].astype(int) - image[24:]).max() <= 6

@@ -101,21 +101,58 @@ def test_killed_mid_stage_and_resumed_to_the_same_manifest(bundle, phantom_archi
     assert (out / MANIFEST).read_text() == (reference / MANIFEST).read_text()
 
 
-def test_an_archive_without_masks_uses_the_given_or_shipped_segmenter(phantom_archive, tmp_path):
-    archive = tmp_path / "no_masks"
-    shutil.copytree(phantom_archive / "images", archive / "images")
-    for extra in list((archive / "images").iterdir())[8:]:
-        extra.unlink()
+def hospital_archive(phantom_archive, root):
+    """Phantoms as a hospital keeps them, without masks: grey JPEG, a camera JPEG stored rotated with an EXIF
+    orientation, non-square images of other sizes, a DICOM photograph with patient tags, plain PNGs."""
+    import numpy as np
+    from PIL import Image
+    from test_dicom import PATIENT, write_dicom
+
+    (root / "2024").mkdir(parents=True)
+    for i, path in enumerate(sorted((phantom_archive / "images").iterdir())[:8]):
+        image = Image.open(path).convert("RGB")
+        if i == 0:
+            image.convert("L").save(root / "grey.jpg", quality=90)
+        elif i == 1:
+            exif = Image.Exif()
+            exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+            image.rotate(90, expand=True).save(root / "2024" / "camera.jpg", exif=exif, quality=92)
+        elif i == 2:
+            image.resize((96, 64)).save(root / "wide.png")
+        elif i == 3:
+            image.resize((48, 80)).save(root / "tall.png")
+        elif i == 4:
+            write_dicom(root / "photo.dcm", np.asarray(image), "RGB", **PATIENT)
+        else:
+            image.save(root / f"{path.stem}.png")
+    return root
+
+
+def test_a_hospital_archive_without_masks_trains_and_indexes(phantom_archive, tmp_path):
+    from s2m_retrieval.encoding import load_encoder
+
+    archive = hospital_archive(phantom_archive, tmp_path / "hospital")
     ones = {"steps": {s: 1 for s in TINY["steps"]}, "batch": TINY["batch"]}
-    result = CliRunner().invoke(app, ["train", "all", str(archive), "--out", str(tmp_path / "b"), *ARGS[:-1],
-                                      json.dumps({**TINY, **ones}), "--held-out", "2"])
+    out = tmp_path / "b"
+    result = CliRunner().invoke(app, ["train", "all", str(archive), "--out", str(out), *ARGS[:-1],
+                                      json.dumps({**TINY, **ones}), "--held-out", "2", "--fit", "pad"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert "segmenter: skipped, the archive has no masks/; the shipped phantom segmenter" in result.stdout
-    manifest = read_manifest(tmp_path / "b")
+    manifest = read_manifest(out)
     shipped = read_manifest(shipped_folder())["networks"]["segmenter"]["version"]
     assert manifest["networks"]["segmenter"]["version"] == shipped
-    assert manifest["training"]["segmenter"] == f"shipped {shipped}" and manifest["archive"]["masks"] == "none"
+    assert manifest["training"]["segmenter"] == f"shipped {shipped}"
+    assert (manifest["archive"]["masks"], manifest["archive"]["fit"], manifest["archive"]["n_images"]) == \
+        ("none", "pad", 8)
     assert manifest["metrics"]["held_out"]["masks"] == "segmenter"
+
+    assert load_encoder("inverter:perceptual=random", out).fit == "pad"  # index builds square as training did
+    home = tmp_path / "home"
+    built = CliRunner().invoke(app, ["index", "build", str(archive), "--home", str(home), "--model", str(out),
+                                     "--encoder", "inverter:perceptual=random", "--json"])
+    assert built.exit_code == 0, (built.output, built.exception)
+    summary = json.loads(built.stdout)
+    assert summary["added"] == 8 and summary["bad"] == []
 
 
 def test_bad_options_are_one_line_errors(phantom_archive, tmp_path):
