@@ -57,11 +57,18 @@ def demo(
     out: Path = typer.Option(Path("s2m-demo"), "--out", help="Folder for everything the demo makes."),
     n: int = typer.Option(2000, "--n", help="Archive size."),
     seed: int = typer.Option(0, "--seed", help="Seed of the archive and the sketches."),
+    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
+    # Hidden: a folder of checkpoints and a perceptual backend instead of the shipped ones (tests: tiny models).
+    models: Path = typer.Option(None, "--models", hidden=True),
+    perceptual: str = typer.Option(None, "--perceptual", hidden=True),
 ) -> None:
-    """Run the main job end to end on the embedded defaults (offline, shipped weights only)."""
+    """Run the main job end to end on the embedded defaults (offline, shipped weights only): phantom archive,
+    index, held-out free-hand sketches, retrieval, contact sheets."""
+    from cli.runtime import setup_torch
     from s2m_retrieval.demo import run_demo
 
-    summary = run_demo(out, n=n, seed=seed, echo=typer.echo)
+    setup_torch(threads, "cpu")
+    summary = run_demo(out, n=n, seed=seed, echo=typer.echo, models=models, perceptual=perceptual)
     typer.echo(summary)
 
 

@@ -1,4 +1,5 @@
-"""`s2m eval ...`: measure generation quality (and, later, retrieval precision)."""
+"""`s2m eval ...`: retrieval precision of a query manifest (`s2m eval MANIFEST`), query manifests, and the
+generation quality of the models."""
 
 from __future__ import annotations
 
@@ -6,8 +7,98 @@ import json
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(help="Evaluate the models and the retrieval.", no_args_is_help=True)
+
+class _ManifestDefault(TyperGroup):
+    """`s2m eval MANIFEST ...` is `s2m eval retrieval MANIFEST ...`: a first word that names no command is a
+    manifest."""
+
+    def parse_args(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["retrieval", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=_ManifestDefault, no_args_is_help=True,
+                  help="Evaluate retrieval (s2m eval MANIFEST --index NAME) and the models.")
+
+
+@app.command("make-queries")
+def make_queries(
+    archive: Path = typer.Argument(..., help="Archive folder to draw query sketches of (its masks/, else the "
+                                             "segmenter's label maps)."),
+    out: Path = typer.Option(..., "--out", help="Folder for manifest.csv and sketches/."),
+    n: int = typer.Option(200, "--n", help="Number of queries."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the pick and of the free-hand strokes."),
+    style: str = typer.Option("unseen", "--style", help="Sketch style: unseen (never seen in training: rounder "
+                                                        "outlines, big canvas, thick pen) or train."),
+    in_index: bool = typer.Option(True, "--in-index/--held-out",
+                                  help="Targets are in the index (instance metrics), or held out (target_id "
+                                       "left empty: category metrics only)."),
+    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter for archives without masks."),
+) -> None:
+    """Draw free-hand query sketches of archive images into a manifest (sketch,target_id,<labels>)."""
+    from tqdm import tqdm
+
+    from s2m_retrieval.evaluation.manifest import make_queries as make
+
+    with tqdm(total=n, unit="sketch", desc="queries", disable=None, leave=False) as bar:
+        path = make(archive, out, n, seed, style=style, in_index=in_index, segmenter=segmenter,
+                    progress=bar.update)
+    typer.echo(f"{n} queries ({style} style) of {archive}: {path}")
+
+
+@app.command("retrieval")
+def retrieval(
+    manifest: Path = typer.Argument(..., help="Query manifest CSV (sketch,target_id[,label columns]) or its folder."),
+    index: str = typer.Option("default", "--index", "--name", help="Index name (a folder under HOME/indexes/)."),
+    out: Path = typer.Option(..., "--out", help="Report folder: metrics.json, report.md, PNG plots."),
+    k: str = typer.Option("1,5,10", "--k", help="Cut-offs, comma-separated."),
+    relevance: str = typer.Option("", "--relevance", help="Label columns for category relevance, e.g. "
+                                                          "tonsil_grade,mallampati (all must match)."),
+    method: str = typer.Option("sketch2medi", "--method",
+                               help="Methods, comma-separated: sketch2medi, edge, pix2pix, embedding."),
+    steps: str = typer.Option("", "--steps", help="Sketch2MedI refinement steps T to ablate, e.g. 0,1,2,3,4,5 "
+                                                  "(the default T always runs)."),
+    candidates: str = typer.Option("100", "--candidates", help="Re-ranked candidate counts to ablate, e.g. "
+                                                               "20,50,100 (the largest is the FAISS top-N)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Fused score weight of the latent distance."),
+    limit: int = typer.Option(None, "--limit", help="Only the first N queries."),
+    pix2pix: Path = typer.Option(None, "--pix2pix", help="pix2pix checkpoint (default: the shipped one)."),
+    embedding: Path = typer.Option(None, "--embedding", help="Embedding baseline checkpoint (default: shipped)."),
+    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter of the edge baseline (default: shipped)."),
+    home: Path = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (default ~/.s2m)."),
+    db: str = typer.Option(None, "--db", envvar="S2M_DB_URL", help="Database URL (default: SQLite HOME/s2m.db)."),
+    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    # Hidden: a folder of checkpoints and a perceptual backend instead of the shipped ones (tests: tiny models).
+    models: Path = typer.Option(None, "--models", hidden=True),
+    perceptual: str = typer.Option(None, "--perceptual", hidden=True),
+) -> None:
+    """Retrieval precision of every query of MANIFEST against index NAME, for each method, in one run."""
+    from tqdm import tqdm
+
+    from cli.runtime import setup_torch
+    from s2m_retrieval.evaluation.evaluate import EvalOptions, evaluate, parse_ints, write_path
+    from s2m_retrieval.evaluation.manifest import read_manifest
+    from s2m_retrieval.evaluation.report import markdown_table
+    from s2m_retrieval.retrieval import RetrievalEngine
+
+    options = EvalOptions(methods=tuple(x.strip() for x in method.split(",") if x.strip()),
+                          ks=parse_ints(k, "--k"), relevance=tuple(x.strip() for x in relevance.split(",") if x.strip()),
+                          steps=parse_ints(steps, "--steps"), candidates=parse_ints(candidates, "--candidates"),
+                          alpha=alpha, limit=limit)
+    out = write_path(out)
+    n = len(read_manifest(manifest, options.relevance)[:limit])  # a bad manifest fails before models load
+    dev = setup_torch(threads, device)
+    with RetrievalEngine.open(index, home=home, db_url=db, models=models, perceptual=perceptual,
+                              device=dev) as engine:
+        with tqdm(total=n, unit="query", desc="eval", disable=None, leave=False) as bar:
+            report, paths = evaluate(manifest, engine, options, out, pix2pix=pix2pix, embedding=embedding,
+                                     segmenter=segmenter, device=dev, progress=bar.update)
+    typer.echo(markdown_table(report), nl=False)
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 @app.command("generation")

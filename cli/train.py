@@ -389,3 +389,37 @@ def pix2pix(
     report, last = _progress("train pix2pix", out, tc.steps, fresh)
     path = train_pix2pix(pairs, out, cfg, d_cfg, tc, dev, resume=not fresh, progress=report)
     _done("pix2pix", path, out, last)
+
+
+@app.command("embedding")
+def embedding(
+    archive: str = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, pairs.pt, embedding.pt."),
+    res: int = typer.Option(64, "--res", help="Resolution: the generator's, to compare with E on the same pairs."),
+    steps: int = typer.Option(3000, "--steps", help=STEPS_HELP),
+    batch: int = typer.Option(64, "--batch", help="Batch size (the other pairs of a batch are the negatives)."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (cosine decay to 0)."),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    pairs_per_image: int = PAIRS_PER_IMAGE,
+    pairs_cache: Path = PAIRS_CACHE,
+    limit: int = LIMIT,
+    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter for archives without masks."),
+    snapshot_every: int = SNAPSHOT_EVERY,
+    threads: int = THREADS,
+    device: str = DEVICE,
+    fresh: bool = FRESH,
+    config_json: str = CONFIG_JSON,
+) -> None:
+    """Train the learned sketch-image embedding baseline (two CNN towers, InfoNCE) on the same pairs as E."""
+    from s2m_retrieval.networks.embedding import EmbeddingConfig
+    from s2m_retrieval.training.embedding import EmbeddingTrainConfig, train_embedding
+
+    dev = _setup(threads, device)
+    parts = _overrides(config_json, {"embedding", "train"})
+    cfg = _replace(EmbeddingConfig(img_resolution=res), parts.get("embedding", {}))
+    tc = _replace(EmbeddingTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, snapshot_every=snapshot_every,
+                                       sample_every=snapshot_every), parts.get("train", {}))
+    pairs = _pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache)
+    report, last = _progress("train embedding", out, tc.steps, fresh)
+    path = train_embedding(pairs, out, cfg, tc, dev, resume=not fresh, progress=report)
+    _done("embedding", path, out, last)

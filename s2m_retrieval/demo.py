@@ -12,8 +12,18 @@ from PIL import Image
 from s2m_retrieval.errors import ArchiveError
 
 
-def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str], None] = print) -> str:
-    """Make a phantom archive, free-hand sketches of held-out phantoms and contact sheets under `out`."""
+# Queries: phantoms past the archive's last index, so none of them is stored in it.
+N_QUERIES = 6
+SHOW_K = 5
+
+
+def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str], None] = print,
+             models: str | Path | None = None, perceptual: str | None = None) -> str:
+    """Make a phantom archive, index it, sketch held-out phantoms and retrieve them; everything under `out`.
+
+    `models` is a folder of checkpoints instead of the shipped weights and `perceptual` a metric backend
+    instead of the default one (tests use tiny random models).
+    """
     from tqdm import tqdm
 
     from s2m_retrieval.data.phantom import make_phantom
@@ -37,7 +47,7 @@ def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str]
     queries = out / "queries"
     queries.mkdir(parents=True, exist_ok=True)
     tiles, captions = [], []
-    held_out = [make_phantom(seed, n + i, 64) for i in range(6)]
+    held_out = [make_phantom(seed, n + i, 64) for i in range(N_QUERIES)]
     predicted = segment_images([img for img, _, _ in held_out])
     for i, ((image, mask, params), pred) in enumerate(zip(held_out, predicted)):
         drawing = sketch_from_mask(mask, size=64, freehand=FreehandConfig(), seed=seed * 1000 + i)
@@ -50,19 +60,70 @@ def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str]
     lines = [f"queries: {len(held_out)} free-hand sketches in {queries}",
              f"sheet: {sheet} (image | true mask with tonsil grade and Mallampati | segmenter mask | sketch)",
              f"segmenter mean DICE on the held-out queries: {dice:.3f}"]
-    lines += _generator_samples(out, seed)
-    lines.append("retrieval (s2m retrieve) needs the Sketch2MedI encoder, refiner and inverter weights, "
-                 "which are not shipped yet; see the README")
+    lines += _generator_samples(out, seed, models)
+    lines += _retrieve(out, archive, queries, held_out, models, perceptual, echo)
     return "\n".join(lines)
 
 
-def _generator_samples(out: Path, seed: int) -> list[str]:
-    """A grid of the shipped generator's samples, when it is shipped."""
-    from s2m_retrieval.checkpoint import shipped_weights
+def _retrieve(out: Path, archive: Path, queries: Path, held_out, models, perceptual, echo) -> list[str]:
+    """Index the archive with the inverter, retrieve every query sketch, write one contact sheet per query."""
+    from tqdm import tqdm
 
-    path = shipped_weights("generator")
-    if not path.is_file():
-        return ["generator: not shipped yet, no samples"]
+    from s2m_retrieval.encoding import load_encoder
+    from s2m_retrieval.indexing import BuildOptions, build_index
+    from s2m_retrieval.retrieval import RetrievalEngine, read_sketch
+    from s2m_retrieval.result_view import result_table, write_result_sheet
+
+    options = ",".join(f"{k}={v}" for k, v in (("models", models), ("perceptual", perceptual)) if v is not None)
+    encoder = load_encoder("inverter" + (f":{options}" if options else ""))
+    home = out / "home"
+    with tqdm(unit="img", desc="index demo", disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done)
+
+        summary = build_index(archive, encoder, home=home, options=BuildOptions(name="demo"), progress=progress)
+    echo(f"index: {summary.added} images in {home} at {summary.images_per_s:.1f} images/s")
+    del encoder
+    results = out / "results"
+    results.mkdir(exist_ok=True)
+    lines = [f"index 'demo': {summary.added} images ({home}; query it with "
+             f"`s2m retrieve SKETCH.png --home {home} --index demo`)"]
+    matches = []
+    with RetrievalEngine.open("demo", home=home, models=models, perceptual=perceptual) as engine:
+        for i, (_, _, params) in enumerate(held_out):
+            result = engine.query_sketch(read_sketch(queries / f"query{i}.png"), k=SHOW_K)
+            sheet = results / f"query{i}.png"
+            write_result_sheet(result, sheet)
+            grades = [h.labels.get("tonsil_grade") for h in result.hits]
+            scores = [h.labels.get("mallampati") for h in result.hits]
+            matches.append(np.mean([g == params.tonsil_grade for g in grades]))
+            lines.append(f"query{i} (true tonsil grade {params.tonsil_grade}, Mallampati {params.mallampati}): "
+                         f"top-{SHOW_K} ids {[h.id for h in result.hits]}, grades {grades}, Mallampati {scores}, "
+                         f"{result.timings_ms['total']:.0f} ms")
+            if i == 0:
+                first = result_table(result)
+    lines.append(f"share of top-{SHOW_K} results with the query's tonsil grade: {np.mean(matches):.2f} "
+                 f"(chance for this archive: {_chance(archive, [p.tonsil_grade for _, _, p in held_out]):.2f})")
+    lines += ["query0 in full:"] + [f"  {line}" for line in first]
+    lines.append(f"sheets: {results}/query*.png (query | x_hat | top-{SHOW_K} with scores)")
+    return lines
+
+
+def _chance(archive: Path, grades: list[int]) -> float:
+    """Expected share of same-grade results when the top-k were drawn at random from the archive."""
+    import csv
+
+    with (archive / "labels.csv").open(newline="", encoding="utf-8") as fh:
+        archive_grades = np.array([int(row["tonsil_grade"]) for row in csv.DictReader(fh)])
+    return float(np.mean([(archive_grades == g).mean() for g in grades]))
+
+
+def _generator_samples(out: Path, seed: int, models) -> list[str]:
+    """A grid of the generator's samples."""
+    from s2m_retrieval.model_files import model_files
+
+    path = model_files(models, ("generator",), "the demo")["generator"]
     from s2m_retrieval.generation_report import generate_images
     from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.viz import contact_sheet

@@ -123,18 +123,22 @@ class RetrievalEngine:
     @classmethod
     def open(cls, name: str = "default", home=None, db_url: str | None = None, models=None,
              perceptual=None, device: str = "cpu") -> RetrievalEngine:
-        """Open index `name` and load the models (a folder, a Sketch2MedI, or None for the shipped weights) and the
-        perceptual metric (a backend name, a loaded PerceptualDistance, or None for the index's own backend).
+        """Open index `name` and load the models (a model bundle's name or folder, see `bundle.resolve_model`, with
+        names under `home`; a Sketch2MedI; or None for the shipped bundle) and the perceptual metric (a backend
+        name, a loaded PerceptualDistance, or None for the index's own backend).
 
         The index is opened first (a missing one fails fast), then the models; then the index's model version
         and perceptual metric must match them (VersionMismatchError telling to rebuild otherwise).
         """
+        from s2m_retrieval.bundle import resolve_model
         from s2m_retrieval.engine_setup import index_encoder, load_metric, load_pipeline, stored_config
         from s2m_retrieval.index_reader import open_index
         from s2m_retrieval.pipeline import Sketch2MedI
 
         reader = open_index(name=name, home=home, db_url=db_url)
         try:
+            if not isinstance(models, Sketch2MedI):
+                models = resolve_model(models, home)  # bundle names are looked up under this home
             folder = None if isinstance(models, Sketch2MedI) else models
             # Models before the stamp: "weights not shipped" is the real reason when an index was built
             # with a test encoder, and rebuilding would not help.
@@ -203,6 +207,14 @@ class RetrievalEngine:
         result.query = thumb
         result.provenance |= {"query": "like", "like": str(key), "like_id": image_id}
         return result
+
+    def candidates(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The unfiltered first stage: top-n (W+ distances, image ids, stored thumbs [n, R, R, 3]) for a vector."""
+        latent, ids = self._search(vector, n, None)
+        rows = self._locations(ids.tolist()) if len(ids) else {}
+        keep = np.array([int(i) in rows for i in ids], dtype=bool)
+        latent, ids = latent[keep], ids[keep]
+        return latent, ids, self._thumbs(ids, rows)
 
     def _find(self, key) -> tuple[int | None, str | None]:
         """(image id in the index, None) or (None, path of an image file outside the index)."""

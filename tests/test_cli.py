@@ -116,15 +116,23 @@ def test_missing_generator_says_what_to_do(tmp_path):
     assert proc.returncode != 0 and "generator weights not found" in proc.stderr
 
 
-def test_demo_end_to_end(runner, tmp_path):
+def test_demo_end_to_end(runner, tmp_path, setup):
+    # Tiny random Sketch2MedI models stand in for the shipped ones (test_shipped_models runs the real weights).
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--n", "60"])
+    result = runner.invoke(app, ["demo", "--out", str(out), "--n", "60", "--models", str(setup.models),
+                                 "--perceptual", "random"])
     assert result.exit_code == 0, result.output
     assert len(list((out / "archive" / "images").glob("*.png"))) == 60
     assert len(list((out / "queries").glob("query*.png"))) == 6
     assert Image.open(out / "queries.png").size[0] > 0
     dice = float(result.stdout.split("held-out queries: ")[1].split()[0])
     assert dice > 0.85
+    assert "index 'demo': 60 images" in result.stdout
+    assert len(list((out / "results").glob("query*.png"))) == 6
+    assert result.stdout.count("top-5 ids") == 6
+    assert "rank  id  path" in result.stdout
+    share = float(result.stdout.split("query's tonsil grade: ")[1].split()[0])
+    assert 0.0 <= share <= 1.0
 
 
 def test_retrieve_checks_options_before_opening_the_index(tmp_path):

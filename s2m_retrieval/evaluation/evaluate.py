@@ -1,0 +1,134 @@
+"""`s2m eval MANIFEST`: open the index, build the requested methods, answer every query, write the report."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from s2m_retrieval.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to measure: methods, cut-offs, relevance columns and the Sketch2MedI ablations."""
+
+    methods: tuple[str, ...] = ("sketch2medi",)
+    ks: tuple[int, ...] = (1, 5, 10)
+    relevance: tuple[str, ...] = ()
+    steps: tuple[int, ...] = ()           # refinement steps T to ablate (the engine's default T always runs)
+    candidates: tuple[int, ...] = (100,)  # re-ranked candidate counts; the largest is the FAISS top-N
+    alpha: float = 0.5
+    limit: int | None = None              # first N queries only
+
+    def __post_init__(self) -> None:
+        from s2m_retrieval.evaluation.methods import METHODS
+
+        unknown = [x for x in self.methods if x not in METHODS]
+        if unknown or not self.methods:
+            raise BadInputError(f"unknown --method {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
+        if not self.ks or min(self.ks) < 1:
+            raise BadInputError(f"--k needs cut-offs >= 1, got {','.join(map(str, self.ks)) or 'none'}")
+        if min(self.steps, default=0) < 0 or not self.candidates or min(self.candidates) < 1:
+            raise BadInputError("--steps must be >= 0 and --candidates >= 1")
+        if max(self.candidates) < max(self.ks):
+            raise BadInputError(f"--candidates {max(self.candidates)} is below the largest --k {max(self.ks)}")
+        if not 0 <= self.alpha <= 1:
+            raise BadInputError(f"--alpha must be between 0 and 1, got {self.alpha}")
+
+
+def parse_ints(text: str, flag: str) -> tuple[int, ...]:
+    """'1,5,10' -> (1, 5, 10); a bad list is a one-line error naming the flag."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise BadInputError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def build_methods(engine, view, options: EvalOptions, *, pix2pix: str | os.PathLike | None,
+                  embedding: str | os.PathLike | None, segmenter: str | os.PathLike | None, device: str = "cpu"):
+    """The requested methods over the index's images; baselines load their checkpoints (default: shipped)."""
+    from s2m_retrieval.evaluation import methods as mt
+    from s2m_retrieval.model_files import weights_or_shipped
+
+    n = max(options.candidates)
+    built = []
+    for name in options.methods:
+        if name == "sketch2medi":
+            built.append(mt.Sketch2MediMethod(engine, view, options.steps, options.candidates, options.alpha))
+        elif name == "edge":
+            built.append(mt.EdgeMethod(view, n, segmenter))
+        elif name == "pix2pix":
+            from s2m_retrieval.training.pix2pix import load_pix2pix
+
+            built.append(mt.Pix2PixMethod(view, load_pix2pix(weights_or_shipped(pix2pix, "pix2pix"), device),
+                                          engine.metric, n))
+        else:
+            from s2m_retrieval.training.embedding import load_embedding
+
+            built.append(mt.EmbeddingMethod(view, load_embedding(weights_or_shipped(embedding, "embedding"), device),
+                                            n))
+    return built
+
+
+def evaluate(manifest: str | os.PathLike, engine, options: EvalOptions, out: str | os.PathLike, *,
+             pix2pix=None, embedding=None, segmenter=None, device: str = "cpu",
+             progress: Callable[[int], None] | None = None) -> tuple[dict, dict[str, Path]]:
+    """Run the evaluation; return the report dict and the written files."""
+    from s2m_retrieval.evaluation import report as rp
+    from s2m_retrieval.evaluation.archive_view import read_archive_view
+    from s2m_retrieval.evaluation.manifest import read_manifest
+    from s2m_retrieval.evaluation.runner import check_targets, precision_curve, run_methods, variant_metrics
+
+    queries = read_manifest(manifest, options.relevance)[:options.limit]
+    view = read_archive_view(engine)
+    name = engine.reader.stamp.name
+    if not len(view):
+        raise BadInputError(f"index {name!r} is empty; build it first")
+    check_targets(queries, view, name)
+    methods = build_methods(engine, view, options, pix2pix=pix2pix, embedding=embedding, segmenter=segmenter,
+                            device=device)
+    answers = run_methods(queries, methods, progress)
+    timed = {m.timed for m in methods}
+    variants = {v: {"method": answers.method_of[v], "timed": v in timed,
+                    **variant_metrics(lists, queries, view, options.ks, options.relevance)}
+                for v, lists in _ordered(answers.lists, timed).items()}
+    latency = {name: {"p50": _ms(secs, 50), "p95": _ms(secs, 95)} for name, secs in answers.seconds.items()}
+    stamp = engine.reader.stamp
+    report = {"manifest": str(manifest), "index": name, "index_size": len(view), "factory": stamp.factory,
+              "perceptual": engine.metric.version, "models": dict(engine.pipeline.versions),
+              "n_queries": len(queries), "ks": list(options.ks), "relevance": list(options.relevance),
+              "variants": variants, "latency_ms": latency,
+              "faiss_recall": _faiss_recall(methods)}
+    curves = ({v: precision_curve(answers.lists[v], queries, view, options.relevance, max(options.ks))
+               for v in sorted(timed, key=list(variants).index)} if options.relevance else {})
+    examples = rp.example_sheet(answers, view, sorted(timed, key=list(variants).index))
+    return report, rp.write_report(report, curves, examples, out)
+
+
+def _ordered(lists: dict, timed: set[str]) -> dict:
+    """The timed (main) variant of each method first, then the ablations."""
+    return {v: lists[v] for v in sorted(lists, key=lambda v: (v not in timed, list(lists).index(v)))}
+
+
+def _ms(seconds: Sequence[float], q: float) -> float:
+    from s2m_retrieval.evaluation.metrics import percentile_ms
+
+    return percentile_ms([s * 1e3 for s in seconds], q)
+
+
+def _faiss_recall(methods) -> dict | None:
+    for method in methods:
+        recall = getattr(method, "faiss_recall", None)
+        if recall is not None:
+            return recall
+    return None
+
+
+def write_path(out: str | os.PathLike) -> Path:
+    """The report folder; an existing file there is an error."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise BadInputError(f"--out {path} is a file; give a folder")
+    return path

@@ -1,0 +1,150 @@
+"""Query manifests: `sketch,target_id[,label columns]` CSV files, made from an archive or written by hand.
+
+`sketch` is a path relative to the manifest's folder (or absolute); `target_id` is the file stem of the target
+image in the indexed archive (empty for a query whose target is not indexed: category-level metrics only).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from s2m_retrieval.errors import ArchiveError, BadInputError
+
+REQUIRED = ("sketch", "target_id")
+MANIFEST_NAME = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One manifest row: the sketch file, the target's archive id (None when not indexed) and its labels."""
+
+    sketch: Path
+    target_id: str | None
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueryStyle:
+    """How make-queries draws a sketch from a label mask: contour simplification, canvas size, stroke width, and
+    the free-hand augmentation strength (a multiple of FreehandConfig's defaults)."""
+
+    smooth: int
+    tolerance: float
+    canvas: int
+    width_factor: float
+    freehand: float
+
+
+# "unseen" differs from the training sketches in every knob E never saw varied: rounder, simpler outlines (drawn
+# from memory), a 4x larger canvas as a browser canvas gives, thicker pen; its free-hand strength sits between
+# the defaults and training's 2x. "train" is the training distribution itself (an optimistic reference).
+QUERY_STYLES = {
+    "unseen": QueryStyle(smooth=5, tolerance=1.0, canvas=256, width_factor=1.6, freehand=1.5),
+    "train": QueryStyle(smooth=2, tolerance=0.4, canvas=0, width_factor=1.0, freehand=2.0),
+}
+
+
+def draw_query(mask: np.ndarray, style: QueryStyle, seed: int) -> np.ndarray:
+    """A free-hand sketch uint8 [S, S] of a label mask in `style` (S: the style's canvas, else the mask's side)."""
+    from s2m_retrieval.data.sketch import FreehandConfig, default_stroke_width, mask_contours, render_sketch
+
+    size = style.canvas or mask.shape[0]
+    strokes = mask_contours(mask, smooth=style.smooth, tolerance=style.tolerance)
+    freehand = FreehandConfig().scaled(style.freehand) if style.freehand > 0 else None
+    return render_sketch(strokes, size, stroke_width=default_stroke_width(size) * style.width_factor,
+                         freehand=freehand, rng=seed)
+
+
+def make_queries(archive: str | os.PathLike, out: str | os.PathLike, n: int, seed: int = 0, *,
+                 style: str = "unseen", in_index: bool = True, segmenter: str | os.PathLike | None = None,
+                 progress=None) -> Path:
+    """Draw `n` free-hand sketches of archive images picked at random (seeded) and write OUT/manifest.csv.
+
+    Masks come from the archive's masks/ when it has them, else from the segmenter
+    (a checkpoint; default the shipped one). With `in_index` the target
+    ids name the images (they are expected in the index); without, the targets are held out and left empty.
+    """
+    from PIL import Image
+
+    from s2m_retrieval.data.archive import read_image, read_mask, scan_archive
+
+    if style not in QUERY_STYLES:
+        raise BadInputError(f"unknown sketch style {style!r}; choose one of {', '.join(QUERY_STYLES)}")
+    if n < 1:
+        raise BadInputError(f"--n must be >= 1, got {n}")
+    entries = scan_archive(archive)
+    if len(entries) < n:
+        raise ArchiveError(f"{archive} has {len(entries)} images; --n {n} needs at least that many")
+    out = Path(out)
+    manifest = out / MANIFEST_NAME
+    if manifest.exists():
+        raise BadInputError(f"{manifest} already exists; give another --out or remove it")
+    picked = sorted(np.random.default_rng(seed).choice(len(entries), size=n, replace=False).tolist())
+    chosen = [entries[i] for i in picked]
+    columns: list[str] = []
+    for e in chosen:
+        columns += [c for c in e.labels if c not in columns and c not in ("id", "file")]
+    (out / "sketches").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for j, entry in enumerate(chosen):
+        if entry.mask_path is not None:
+            mask = read_mask(entry.mask_path)
+        else:
+            from s2m_retrieval.segmentation import segment_images
+
+            mask = segment_images([read_image(entry.path)], segmenter)[0]
+        # A seed per (run seed, query) so one query's sketch never depends on which others were drawn.
+        sketch = draw_query(mask, QUERY_STYLES[style], seed=seed * 1_000_003 + picked[j])
+        name = f"sketches/{entry.stem}.png"
+        Image.fromarray(sketch).save(out / name)
+        rows.append({"sketch": name, "target_id": entry.stem if in_index else "",
+                     **{c: entry.labels.get(c, "") for c in columns}})
+        if progress:
+            progress(1)
+    tmp = manifest.with_name(f".{manifest.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[*REQUIRED, *columns], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, manifest)
+    return manifest
+
+
+def read_manifest(path: str | os.PathLike, relevance: tuple[str, ...] = ()) -> list[Query]:
+    """The manifest's queries; a missing column, an unreadable or missing sketch file, or an empty manifest is a
+    one-line BadInputError naming the file (and line)."""
+    from s2m_retrieval.data.archive import _parse_value
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise BadInputError(f"query manifest not found: {path}")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        missing = [c for c in (*REQUIRED, *relevance) if c not in columns]
+        if missing:
+            raise BadInputError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(columns) or 'none'}; "
+                                f"a manifest is sketch,target_id[,label columns])")
+        queries = []
+        for line, row in enumerate(reader, start=2):
+            if not row.get("sketch"):
+                raise BadInputError(f"{path} line {line}: empty sketch path")
+            sketch = Path(row["sketch"])
+            sketch = sketch if sketch.is_absolute() else path.parent / sketch
+            if not sketch.is_file():
+                raise BadInputError(f"{path} line {line}: sketch file not found: {sketch}")
+            for c in relevance:
+                if row.get(c) in (None, ""):
+                    raise BadInputError(f"{path} line {line}: no value in relevance column {c!r}")
+            labels = {k: _parse_value(v) for k, v in row.items() if k not in REQUIRED and v not in (None, "")}
+            queries.append(Query(sketch=sketch, target_id=(row["target_id"] or "").strip() or None, labels=labels))
+    if not queries:
+        raise BadInputError(f"{path}: the manifest has no queries")
+    return queries

@@ -1,0 +1,210 @@
+"""The retrieval methods the evaluation compares, each answering a sketch with ranked archive ids.
+
+A method's `rank(sketch)` returns {variant name: archive ids, best first} so that one pass can serve several
+ablations (Sketch2MedI: latent only / perceptual only / fused, refinement steps T, re-ranked candidates), and
+`timed` names the variant whose cost the method's latency measures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from s2m_retrieval.evaluation.archive_view import ArchiveView
+from s2m_retrieval.pipeline import image_batch, sketch_batch
+
+METHODS = ("sketch2medi", "edge", "pix2pix", "embedding")
+FEATURE_BATCH = 64
+
+
+@dataclass
+class Ranked:
+    """One query's answer: ranked archive ids per variant, and the seconds spent on the timed variant."""
+
+    lists: dict[str, list[str]]
+    seconds: float
+
+
+@dataclass
+class Sketch2MediMethod:
+    """The engine's own path: E (+ H for T steps) -> FAISS candidates by W+ distance -> perceptual re-rank.
+
+    Variants: `fused` (the engine's default score), `latent` (W+ distance alone), `perceptual` (re-rank by
+    perceptual distance alone), each at every T in `steps`, and `fused` with fewer re-ranked candidates.
+    """
+
+    engine: object
+    view: ArchiveView
+    steps: tuple[int, ...]
+    candidates: tuple[int, ...] = (100,)
+    alpha: float = 0.5
+    normalisation: str = "minmax"
+    name: str = "sketch2medi"
+    recall_k: int = 10
+    default_steps: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.default_steps = self.engine.default_steps
+        self.steps = tuple(sorted(set(self.steps) | {self.default_steps}))
+        self.candidates = tuple(sorted(set(self.candidates)))
+        self._exact = None
+        self._overlaps: list[float] = []
+        if not self.engine.reader.stamp.factory.startswith("Flat"):
+            # An approximate index (IVF, HNSW, PQ...): compare its first stage with exact search on the stored
+            # vectors, so the report separates index error from model error.
+            import faiss
+
+            vectors = self.engine.reader.arrays("vectors", self.view.image_ids).astype(np.float32)
+            self._exact = faiss.IndexFlatL2(vectors.shape[1])
+            self._exact.add(vectors)
+
+    @property
+    def faiss_recall(self) -> dict | None:
+        """Mean share of the exact top-k (default T's query vectors) that the index returned; None when exact."""
+        if self._exact is None or not self._overlaps:
+            return None
+        return {"k": self.recall_k, "value": float(np.mean(self._overlaps))}
+
+    @property
+    def timed(self) -> str:
+        return self.variant("fused", self.default_steps, max(self.candidates))
+
+    def variant(self, how: str, steps: int, n: int) -> str:
+        return f"{how} T={steps} N={n}"
+
+    def rank(self, sketch: np.ndarray) -> Ranked:
+        from s2m_retrieval.ranking import fuse, perceptual_distances
+
+        n_max = max(self.candidates)
+        lists: dict[str, list[str]] = {}
+        seconds = 0.0
+        for steps in self.steps:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                w_plus, _, x_hat = self.engine.pipeline.generate(sketch, steps=steps)
+            vector = self.engine.encoder.vectors(w_plus)
+            latent, ids, thumbs = self.engine.candidates(vector, n_max)
+            perceptual = perceptual_distances(self.engine.metric, x_hat, thumbs)
+            fused = fuse(latent, perceptual, self.alpha, self.normalisation)
+            order = np.lexsort((latent, fused))
+            if steps == self.default_steps:
+                seconds = time.perf_counter() - t0
+                if self._exact is not None:
+                    _, exact = self._exact.search(np.ascontiguousarray(vector, np.float32), self.recall_k)
+                    truth = set(self.view.image_ids[exact[0][exact[0] >= 0]].tolist())
+                    self._overlaps.append(len(truth & set(ids[:self.recall_k].tolist())) / max(len(truth), 1))
+            stems = self.view.stems_of(ids)
+            lists[self.variant("latent", steps, n_max)] = stems
+            lists[self.variant("perceptual", steps, n_max)] = [stems[i] for i in np.lexsort((latent, perceptual))]
+            lists[self.variant("fused", steps, n_max)] = [stems[i] for i in order]
+            for n in self.candidates[:-1]:
+                sub = fuse(latent[:n], perceptual[:n], self.alpha, self.normalisation)
+                lists[self.variant("fused", steps, n)] = [stems[i] for i in np.lexsort((latent[:n], sub))]
+        return Ranked(lists, seconds)
+
+
+def _top(scores: np.ndarray, view: ArchiveView, n: int) -> list[str]:
+    """Archive ids of the n lowest scores (ties: archive order)."""
+    order = np.argsort(scores, kind="stable")[:n]
+    return [view.archive_ids[i] for i in order]
+
+
+@dataclass
+class EdgeMethod:
+    """Edge matching: the segmenter's region outlines of every archive thumb against the sketch's strokes, by
+    symmetric chamfer distance (distance transforms, truncated so one stray stroke cannot dominate)."""
+
+    view: ArchiveView
+    n: int = 100
+    segmenter: object = None
+    name: str = "edge"
+    timed: str = "edge"
+
+    def __post_init__(self) -> None:
+        from scipy.ndimage import distance_transform_edt
+
+        from s2m_retrieval.data.sketch import mask_contours, render_sketch
+        from s2m_retrieval.segmentation import segment_images
+
+        r = self.view.resolution
+        self.cap = r / 8.0
+        masks = np.concatenate([segment_images(self.view.thumbs[i:i + 256], self.segmenter)
+                                for i in range(0, len(self.view), 256)])
+        edges = np.stack([render_sketch(mask_contours(m), r) < 128 for m in masks])   # [N, R, R] bool
+        self.edges = edges.reshape(len(edges), -1).astype(np.float32)
+        self.edge_counts = np.maximum(self.edges.sum(axis=1), 1.0)
+        self.edge_dt = np.stack([np.minimum(distance_transform_edt(~e), self.cap) for e in edges])
+        self.edge_dt = self.edge_dt.reshape(len(edges), -1).astype(np.float32)
+
+    def rank(self, sketch: np.ndarray) -> Ranked:
+        from scipy.ndimage import distance_transform_edt
+
+        t0 = time.perf_counter()
+        ink = (sketch_batch(sketch, self.view.resolution)[0, 0] < 0).numpy()               # [R, R] bool
+        ink_flat = ink.reshape(-1).astype(np.float32)
+        sketch_dt = np.minimum(distance_transform_edt(~ink), self.cap).reshape(-1).astype(np.float32)
+        # mean distance from the sketch's ink to the nearest archive edge, and from each edge back to the ink
+        score = self.edge_dt @ ink_flat / max(ink_flat.sum(), 1.0) + self.edges @ sketch_dt / self.edge_counts
+        top = _top(score, self.view, self.n)
+        return Ranked({self.timed: top}, time.perf_counter() - t0)
+
+
+@dataclass
+class Pix2PixMethod:
+    """pix2pix translates the sketch into an image, then every archive thumb is ranked by perceptual distance
+    to it (the archive's features are computed once)."""
+
+    view: ArchiveView
+    net: torch.nn.Module
+    metric: object
+    n: int = 100
+    name: str = "pix2pix"
+    timed: str = "pix2pix"
+
+    def __post_init__(self) -> None:
+        with torch.inference_mode():
+            parts = [self.metric.features(image_batch(self.view.thumbs[i:i + FEATURE_BATCH], self.view.resolution))
+                     for i in range(0, len(self.view), FEATURE_BATCH)]
+        self.features = [torch.cat(layer) for layer in zip(*parts)]
+
+    def rank(self, sketch: np.ndarray) -> Ranked:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            fake = self.net(sketch_batch(sketch, self.net.config.img_resolution))
+            fq = self.metric.features(image_batch(_to_uint8(fake), self.view.resolution))
+            scores = torch.cat([self.metric.distance_from_features(fq, [f[i:i + FEATURE_BATCH] for f in self.features])
+                                for i in range(0, len(self.view), FEATURE_BATCH)]).numpy()
+        return Ranked({self.timed: _top(scores, self.view, self.n)}, time.perf_counter() - t0)
+
+
+@dataclass
+class EmbeddingMethod:
+    """The learned sketch-image embedding: archive thumbs and the sketch in one space, ranked by cosine."""
+
+    view: ArchiveView
+    net: torch.nn.Module
+    n: int = 100
+    name: str = "embedding"
+    timed: str = "embedding"
+
+    def __post_init__(self) -> None:
+        res = self.net.config.img_resolution
+        with torch.inference_mode():
+            self.archive = torch.cat([self.net.image(image_batch(self.view.thumbs[i:i + FEATURE_BATCH], res))
+                                      for i in range(0, len(self.view), FEATURE_BATCH)])
+
+    def rank(self, sketch: np.ndarray) -> Ranked:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            q = self.net.sketch(sketch_batch(sketch, self.net.config.img_resolution))
+            scores = -(self.archive @ q[0]).numpy()
+        return Ranked({self.timed: _top(scores, self.view, self.n)}, time.perf_counter() - t0)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    from s2m_retrieval.pipeline import to_uint8
+
+    return to_uint8(images)

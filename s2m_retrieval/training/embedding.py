@@ -1,0 +1,116 @@
+"""Training of the learned embedding baseline on the same (sketch, image) pairs as E: symmetric InfoNCE."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
+from s2m_retrieval.errors import BadInputError
+from s2m_retrieval.networks.embedding import EmbeddingConfig, SketchImageEmbedding
+from s2m_retrieval.training.encoder import sketch_batches
+from s2m_retrieval.training.latent import (STATE_FILE, TrainProgress, check_steps, default_progress, finish_step,
+                                           out_path, restore_state, save_state)
+from s2m_retrieval.training.pairs import PairSet
+
+EMBEDDING_FILE = "embedding.pt"
+KIND = "embedding"
+
+
+@dataclass(frozen=True)
+class EmbeddingTrainConfig:
+    """Hyper-parameters: every other pair in a batch is a negative, so batches are larger than E's."""
+
+    steps: int = 3000
+    batch: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    xflip: bool = True               # same augmentation as E's pairs: the comparison stays fair
+    seed: int = 0
+    snapshot_every: int = 500
+    sample_every: int = 500
+
+    def __post_init__(self) -> None:
+        check_steps(self.steps, self.batch, self.snapshot_every, self.sample_every)
+        if self.batch < 2:
+            raise BadInputError("the embedding needs batches of at least 2 pairs (the others are the negatives)")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise BadInputError("the embedding needs lr > 0 and weight_decay >= 0")
+
+
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over a [N, N] logit matrix whose diagonal holds the matching pairs."""
+    target = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: EmbeddingConfig | None = None,
+                    train_config: EmbeddingTrainConfig = EmbeddingTrainConfig(), device: str | torch.device = "cpu",
+                    resume: bool = True, progress: Callable[[TrainProgress], None] | None = None) -> Path:
+    """Train both towers on (sketch, image) pairs; return embedding.pt's path (latest.pt resumes)."""
+    tc = train_config
+    cfg = config or EmbeddingConfig(img_resolution=pairs.resolution)
+    if cfg.img_resolution != pairs.resolution:
+        raise BadInputError(f"pairs are {pairs.resolution} px, the embedding config {cfg.img_resolution} px")
+    device = torch.device(device)
+    out_dir = out_path(out_dir)
+    torch.manual_seed(tc.seed)
+    data_gen = torch.Generator().manual_seed(tc.seed)
+    net = SketchImageEmbedding(cfg).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    networks, optimizers, configs = {"embedding": net}, {"embedding": opt}, {"embedding": cfg}
+    state_path = out_dir / STATE_FILE
+    step = 0
+    if resume and state_path.exists():
+        step = restore_state(state_path, KIND, networks, optimizers, configs, data_gen, device)
+    report = progress or default_progress("train embedding", tc.steps, step)
+    draw = sketch_batches(pairs, tc.batch, tc.xflip)
+    meta = {"seed": tc.seed, "train_config": config_to_dict(tc), "data": {**pairs.info, "num_pairs": len(pairs)}}
+    # Cosine decay: the loss of a contrastive model keeps falling with the rate, the ranking settles late.
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, tc.steps)
+                                                                                     / tc.steps)))
+    for _ in range(step):
+        schedule.step()
+
+    def snapshot(final: bool) -> Path:
+        save_state(state_path, KIND, step, networks, optimizers, configs, data_gen, device)
+        if not final:
+            return state_path
+        return save_checkpoint(out_dir / EMBEDDING_FILE, kind=KIND, config=cfg, state_dict=net.state_dict(),
+                               meta={**meta, "step": step})
+
+    net.train()
+    while step < tc.steps:
+        t0 = time.perf_counter()
+        sketch, image = (t.to(device) for t in draw(data_gen))
+        logits = net(sketch, image)
+        loss = contrastive_loss(logits)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+        with torch.no_grad():
+            net.log_scale.clamp_(0.0, math.log(100.0))  # CLIP's cap: a runaway temperature stalls training
+        step += 1
+        fitted = loss.item()
+        if not math.isfinite(fitted):
+            raise BadInputError(f"embedding training diverged at step {step} (loss {fitted}); lower the learning rate")
+        accuracy = (logits.argmax(dim=1) == torch.arange(len(logits), device=device)).float().mean().item()
+        report(TrainProgress(step, tc.steps, fitted, {"batch_acc": accuracy}, time.perf_counter() - t0))
+        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, lambda: None, snapshot)
+    return snapshot(final=True)
+
+
+def load_embedding(path_or_payload: str | os.PathLike | dict, device: str | torch.device = "cpu"
+                   ) -> SketchImageEmbedding:
+    """The embedding towers (eval mode, frozen) from a kind="embedding" checkpoint."""
+    from s2m_retrieval.training.sketch2medi import _rebuild
+
+    return _rebuild(path_or_payload, KIND, EmbeddingConfig, SketchImageEmbedding, device)
