@@ -50,6 +50,8 @@ def resolve_model(spec: str | os.PathLike | None, home: str | os.PathLike | None
     if spec is None or os.fspath(spec) == SHIPPED_NAME:
         return shipped_folder()
     text = os.fspath(spec)
+    if text and is_shipped(text):  # the shipped folder itself (it names its own missing networks)
+        return shipped_folder()
     if not text:
         raise BadInputError("--model is empty: give a bundle name (see `s2m models list`) or a folder")
     named = bundles_home(home) / text

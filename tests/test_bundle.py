@@ -119,3 +119,15 @@ def test_index_build_with_a_named_bundle(home, runner, setup, tmp_path):
     twice = runner.invoke(app, ["index", "build", str(setup.archive), "--home", str(home), "--model", "beta",
                                 "--encoder", f"inverter:models={home / 'models' / 'beta'}"])
     assert isinstance(twice.exception, BadInputError) and "give the model bundle once" in str(twice.exception)
+
+
+def test_engine_finds_bundle_names_under_its_home(home, monkeypatch, tmp_path):
+    from retrieval_helpers import phantom_sketch as sketch
+
+    from s2m_retrieval.retrieval import RetrievalEngine
+
+    monkeypatch.setenv("S2M_HOME", str(tmp_path / "elsewhere"))  # the home given to open() wins
+    with RetrievalEngine.open(home=home, models="alpha") as engine:
+        assert len(engine.query_sketch(sketch(), k=2).hits) == 2
+    with pytest.raises(VersionMismatchError, match="query with --model alpha"):
+        RetrievalEngine.open(home=home, models="beta")
