@@ -208,11 +208,16 @@ def _progress(desc: str, out: Path, total: int, fresh: bool):
         typer.echo(f"resuming {out / STATE_FILE} at step {start} of {total}")
     bar = tqdm(total=total, initial=min(start, total), unit="step", desc=desc, disable=None, dynamic_ncols=True)
     last = {}
+    # Without a terminal (a log file, a batch job) the bar is off: a plain line every 5% shows progress instead.
+    log_every = max(1, total // 20) if bar.disable else 0
 
     def report(p) -> None:
         bar.update(p.step - bar.n)
         bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
         last.update(step=p.step, loss=p.loss, sec=p.sec_per_step)
+        if log_every and (p.step % log_every == 0 or p.step >= p.total_steps):
+            typer.echo(f"{desc}: step {p.step}/{p.total_steps} loss {p.loss:.4f} ({p.sec_per_step:.2f} s/step)",
+                       err=True)
         if p.step >= p.total_steps:
             bar.close()
 

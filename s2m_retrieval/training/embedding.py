@@ -73,11 +73,6 @@ def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: Embeddin
     report = progress or default_progress("train embedding", tc.steps, step)
     draw = sketch_batches(pairs, tc.batch, tc.xflip)
     meta = {"seed": tc.seed, "train_config": config_to_dict(tc), "data": {**pairs.info, "num_pairs": len(pairs)}}
-    # Cosine decay: the loss of a contrastive model keeps falling with the rate, the ranking settles late.
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, tc.steps)
-                                                                                     / tc.steps)))
-    for _ in range(step):
-        schedule.step()
 
     def snapshot(final: bool) -> Path:
         save_state(state_path, KIND, step, networks, optimizers, configs, data_gen, device)
@@ -90,12 +85,14 @@ def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: Embeddin
     while step < tc.steps:
         t0 = time.perf_counter()
         sketch, image = (t.to(device) for t in draw(data_gen))
+        # Cosine decay to 0, a function of the step alone so a resumed run continues the same schedule.
+        for group in opt.param_groups:
+            group["lr"] = tc.lr * 0.5 * (1 + math.cos(math.pi * step / tc.steps))
         logits = net(sketch, image)
         loss = contrastive_loss(logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        schedule.step()
         with torch.no_grad():
             net.log_scale.clamp_(0.0, math.log(100.0))  # CLIP's cap: a runaway temperature stalls training
         step += 1
