@@ -48,13 +48,14 @@ def load_metric(name: str | PerceptualDistance | None, stamp: IndexStamp, models
     """The perceptual metric `name` (a backend, or one already loaded), by default the backend the index was
     built for; another version than the index's raises."""
     from s2m_retrieval.model_files import segmenter_file
-    from s2m_retrieval.perceptual import load_perceptual
+    from s2m_retrieval.perceptual import SEG_BACKENDS, load_perceptual
 
     if isinstance(name, PerceptualDistance):
         metric = name
     else:
         backend = name or stamp.metric.split(":")[0]
-        metric = load_perceptual(backend, device, checkpoint=segmenter_file(models) if backend == "seg" else None)
+        metric = load_perceptual(backend, device,
+                                 checkpoint=segmenter_file(models) if backend in SEG_BACKENDS else None)
     if metric.version != stamp.metric:
         raise VersionMismatchError(f"index {stamp.name!r} was built for perceptual metric {stamp.metric}, the "
                                    f"metric in use is {metric.version}; rebuild it ({stamp.rebuild_hint()}) or "

@@ -13,7 +13,7 @@ from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.latent_space import DEFAULT_WEIGHTING, LatentWeighting, w_plus_to_vectors
 from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.stylegan2 import Generator
-from s2m_retrieval.perceptual import DEFAULT_BACKEND, PerceptualDistance
+from s2m_retrieval.perceptual import DEFAULT_BACKEND, SEG_BACKENDS, PerceptualDistance
 
 FORMAT = "inverter/1"
 
@@ -22,7 +22,8 @@ class InverterEncoder:
     """ArchiveEncoder over G + the inverter: vectors are weighted W+ codes, thumbs the images at G's resolution.
 
     Thumbs (uint8, 12 KiB at 64 px) are what the perceptual re-rank reads at query time, so it never decodes
-    archive files; perceptual features themselves are too big to store per image (~464 KiB for seg at 64 px).
+    archive files; full perceptual features are too big to store per image (~464 KiB for seg at 64 px), but a
+    cacheable metric's compact ones ("seg-pool8", 22 KiB) are stored as "features" and re-ranked from directly.
     `version` hashes what the stored arrays depend on: G and inverter weights, the inversion settings, the
     weighting, and the perceptual metric (used by optimisation steps, and the metric the re-rank is for).
     The sketch encoder E and the refiner H are not in it: they can be retrained against the same G without
@@ -40,7 +41,8 @@ class InverterEncoder:
             raise BadInputError(f"unknown fit policy {fit!r} (crop or pad)")
         self.fit = fit  # how archive images are squared before inversion (the build's reader applies it)
         self.device = torch.device(device)
-        self.G = G.to(self.device).eval().requires_grad_(False)
+        # channels_last: G's batched forward (build batches) is ~3x faster on CPU in that layout, same numbers.
+        self.G = G.to(self.device, memory_format=torch.channels_last).eval().requires_grad_(False)
         self.inverter = inverter.to(self.device).eval().requires_grad_(False)
         self.perceptual = perceptual.to(self.device)
         self.latent_weighting = weighting
@@ -73,7 +75,7 @@ class InverterEncoder:
         if trained_on is not None and trained_on != versions["generator"]:
             raise CheckpointError(f"the inverter was trained against generator {trained_on}, not the loaded "
                                   f"{versions['generator']}; load matching checkpoints or retrain the inverter")
-        metric = load_perceptual(perceptual, device, checkpoint=segmenter_file(models) if perceptual == "seg" else None)
+        metric = load_perceptual(perceptual, device, checkpoint=segmenter_file(models) if perceptual in SEG_BACKENDS else None)
         return cls(load_generator(payloads["generator"], device), load_inverter(payloads["inverter"], device), metric,
                    versions=versions, weighting=weighting, iterations=iterations, optimise_steps=optimise_steps,
                    fit=fit, device=device)
@@ -141,8 +143,15 @@ class InverterEncoder:
         return w_plus_to_vectors(w_plus, self.w_avg, self.latent_weighting)
 
     def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """[B, R, R, 3] uint8 -> {"vectors": [B, dim] float32, "thumbs": [B, R, R, 3] uint8}."""
+        """[B, R, R, 3] uint8 -> {"vectors": [B, dim] float32, "thumbs": [B, R, R, 3] uint8, and for a cacheable
+        metric "features": [B, D] fp16, the re-rank's features of each image}."""
+        from s2m_retrieval.ranking import to_model_input
+
         r = self.resolution
         if images.ndim != 4 or images.shape[1:] != (r, r, 3) or images.dtype != np.uint8:
             raise ValueError(f"inverter encoder expects uint8 [B, {r}, {r}, 3], got {images.dtype} {images.shape}")
-        return {"vectors": self.vectors(self.w_plus(images)), "thumbs": np.ascontiguousarray(images)}
+        out = {"vectors": self.vectors(self.w_plus(images)), "thumbs": np.ascontiguousarray(images)}
+        if self.perceptual.cacheable:
+            with torch.inference_mode():
+                out["features"] = self.perceptual.pack(self.perceptual.features(to_model_input(images).to(self.device)))
+        return out

@@ -16,10 +16,10 @@ import numpy as np
 NORMALISATIONS = ("minmax", "rank")
 DEFAULT_NORMALISATION = "minmax"
 DEFAULT_ALPHA = 0.5
-# Candidates per perceptual forward pass. Features are recomputed from the stored uint8 thumbs on every query:
-# cached seg features would cut the re-rank of 100 from ~300 to ~30-70 ms but take 464 KiB/image (44 GiB per
-# 100k images) against 12 KiB for a thumb. Batches of 10-50 run ~25% faster than one batch of 100 (feature
-# maps stay in cache; seg, 64 px, 1 thread, benchmarks/bench_retrieval.py).
+# Candidates per perceptual forward pass when features are recomputed from the stored uint8 thumbs (metrics
+# without a cache, e.g. seg: its features take 464 KiB/image, 44 GiB per 100k images, against 12 KiB for a
+# thumb). Batches of 10-50 run ~25% faster than one batch of 100 (feature maps stay in cache; seg, 64 px,
+# 1 thread, benchmarks/bench_retrieval.py). Cacheable metrics (seg-pool8) read stored features instead.
 RERANK_CHUNK = 25
 
 
@@ -72,3 +72,13 @@ def perceptual_distances(metric, query, thumbs: np.ndarray, chunk: int = RERANK_
             d = metric.distance_from_features(fq, metric.features(batch))
             out[start:start + len(batch)] = d.float().cpu().numpy()
     return out
+
+
+def cached_perceptual_distances(metric, query, stored: np.ndarray, shapes: list[tuple[int, int, int]]) -> np.ndarray:
+    """Distances [N] between one query image (tensor [1, 3, R, R] in [-1, 1]) and candidates' stored features
+    [N, D] (a cacheable metric's `pack` rows, per-layer `shapes`): only the query's features are computed."""
+    import torch
+
+    with torch.inference_mode():
+        fq = metric.features(query.to(next(metric.parameters()).device))
+        return metric.distance_from_features(fq, metric.unpack(stored, shapes)).float().cpu().numpy()

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from s2m_retrieval.data.sketch import is_blank_sketch
-from s2m_retrieval.errors import BadImageError, BadInputError
-from s2m_retrieval.ranking import DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS, fuse, perceptual_distances
+from s2m_retrieval.errors import BadImageError, BadInputError, IndexCorruptError
+from s2m_retrieval.ranking import (DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS, cached_perceptual_distances,
+                                   fuse, perceptual_distances)
 
 log = logging.getLogger(__name__)
 DEFAULT_K = 10
@@ -119,6 +120,8 @@ class RetrievalEngine:
         self.encoder = encoder      # InverterEncoder: the index's weighting and inversion settings
         self.labels = LabelFilter(reader.db, reader.stamp.name)
         self.rows = ShardRowReader(reader.shards)
+        # A cacheable metric re-ranks from the "features" stored at build time, never from the thumbs.
+        self.feature_shapes = _feature_shapes(metric, encoder.resolution, reader.stamp) if metric.cacheable else None
 
     @classmethod
     def open(cls, name: str = "default", home=None, db_url: str | None = None, models=None,
@@ -291,15 +294,21 @@ class RetrievalEngine:
             keep = np.array([int(i) in rows for i in ids], dtype=bool)
             latent, ids = latent[keep], ids[keep]
         rerank = alpha < 1 and len(ids) > 0
-        # Without a re-rank only the k shown thumbs are read.
-        thumbs = self._thumbs(ids, rows) if rerank else None
+        cached = rerank and self.feature_shapes is not None
+        # Only the k shown thumbs are read, unless the re-rank recomputes features from all candidates' thumbs.
+        thumbs = self._thumbs(ids, rows) if rerank and not cached else None
+        stored = self.rows.rows("features", [(rows[int(i)][0], rows[int(i)][3]) for i in ids]) if cached else None
         timings["fetch"] = _ms(t0)
         t0 = time.perf_counter()
-        perceptual = perceptual_distances(self.metric, query_image, thumbs) if rerank else None
+        perceptual = None
+        if cached:
+            perceptual = cached_perceptual_distances(self.metric, query_image, stored, self.feature_shapes)
+        elif rerank:
+            perceptual = perceptual_distances(self.metric, query_image, thumbs)
         timings["rerank"] = _ms(t0)
         scores = fuse(latent, perceptual, alpha, how)
         order = np.lexsort((latent, scores))[:k]  # ties in score go to the latent-closer candidate
-        thumbs = thumbs[order] if rerank else self._thumbs(ids[order], rows)
+        thumbs = thumbs[order] if thumbs is not None else self._thumbs(ids[order], rows)
         hits = [Hit(rank=r + 1, id=int(ids[i]), path=rows[int(ids[i])][1], latent_distance=float(latent[i]),
                     perceptual_distance=None if perceptual is None else float(perceptual[i]),
                     score=float(scores[i]), labels=rows[int(ids[i])][2]) for r, i in enumerate(order)]
@@ -324,6 +333,21 @@ class RetrievalEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _feature_shapes(metric, resolution: int, stamp) -> list[tuple[int, int, int]]:
+    """Per-layer [C, H, W] of a cacheable metric's features at `resolution`; the index must store them."""
+    import torch
+
+    with torch.inference_mode():
+        shapes = [tuple(f.shape[1:]) for f in metric.features(torch.zeros(1, 3, resolution, resolution,
+                                                                         device=next(metric.parameters()).device))]
+    want = [sum(c * h * w for c, h, w in shapes)]
+    if stamp.arrays and stamp.arrays.get("features") != want:  # no arrays yet: an index with no images
+        raise IndexCorruptError(f"index {stamp.name!r} is stamped for metric {metric.version} but stores no "
+                                f"features of shape {want} (it has {stamp.arrays.get('features')}); rebuild it: "
+                                f"{stamp.rebuild_hint()}")
+    return shapes
 
 
 def _ms(t0: float) -> float:

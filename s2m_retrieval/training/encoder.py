@@ -75,9 +75,10 @@ def average_image(G: Generator, w_avg: torch.Tensor) -> torch.Tensor:
         return G(w_avg.view(1, 1, -1).expand(1, G.num_ws, -1), noise_mode="const")
 
 
-def encode_iterations(E: Encoder, G: Generator, x: torch.Tensor, iterations: int,
-                      active: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """ReStyle loop without gradients: [(w_plus, G(w_plus))] per iteration, starting from w_avg and G(w_avg)."""
+def encode_iterations(E: Encoder, G: Generator, x: torch.Tensor, iterations: int, active: int | None = None,
+                      final_image: bool = True) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """ReStyle loop without gradients: [(w_plus, G(w_plus))] per iteration, starting from w_avg and G(w_avg);
+    without `final_image` the last G(w_plus) (a third of an archive inversion's time) is None, not computed."""
     if iterations > 1 and not E.config.extra_channels:
         raise BadInputError("more than one encoder iteration needs an encoder with extra_channels (ReStyle input)")
     out = []
@@ -85,9 +86,9 @@ def encode_iterations(E: Encoder, G: Generator, x: torch.Tensor, iterations: int
         w, recon = None, None
         if E.config.extra_channels:
             recon = average_image(G, E.w_avg).expand(x.shape[0], -1, -1, -1)
-        for _ in range(iterations):
+        for i in range(iterations):
             w = E(x, recon, w_start=w, active_deltas=active)
-            x_hat = G(w, noise_mode="const")
+            x_hat = G(w, noise_mode="const") if final_image or i < iterations - 1 else None
             out.append((w, x_hat))
             recon = x_hat if E.config.extra_channels else None
     return out

@@ -64,7 +64,7 @@ def invert(inverter: Encoder, G: Generator, images: torch.Tensor, iterations: in
                             f"got {list(images.shape)}")
     if iterations is None:
         iterations = 3 if inverter.config.extra_channels else 1
-    w_plus = encode_iterations(inverter, G, images, iterations)[-1][0]
+    w_plus = encode_iterations(inverter, G, images, iterations, final_image=False)[-1][0]
     if optimise_steps <= 0:
         return w_plus
     w = w_plus.clone().requires_grad_(True)
