@@ -58,8 +58,9 @@ def demo(
     n: int = typer.Option(2000, "--n", help="Archive size."),
     seed: int = typer.Option(0, "--seed", help="Seed of the archive and the sketches."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
-    # Hidden: a folder of checkpoints and a perceptual backend instead of the shipped ones (tests: tiny models).
-    models: Path = typer.Option(None, "--models", hidden=True),
+    model: str = typer.Option(None, "--model", help="Model bundle (name or folder; default: the shipped phantom "
+                                                    "bundle)."),
+    # Hidden: a perceptual backend instead of the bundle's default (tests with random models use "random").
     perceptual: str = typer.Option(None, "--perceptual", hidden=True),
 ) -> None:
     """Run the main job end to end on the embedded defaults (offline, shipped weights only): phantom archive,
@@ -67,8 +68,10 @@ def demo(
     from cli.runtime import setup_torch
     from s2m_retrieval.demo import run_demo
 
+    from s2m_retrieval.bundle import resolve_model
+
     setup_torch(threads, "cpu")
-    summary = run_demo(out, n=n, seed=seed, echo=typer.echo, models=models, perceptual=perceptual)
+    summary = run_demo(out, n=n, seed=seed, echo=typer.echo, models=resolve_model(model), perceptual=perceptual)
     typer.echo(summary)
 
 

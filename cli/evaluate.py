@@ -72,9 +72,9 @@ def retrieval(
     db: str = typer.Option(None, "--db", envvar="S2M_DB_URL", help="Database URL (default: SQLite HOME/s2m.db)."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    # Hidden: a folder of checkpoints and a perceptual backend instead of the shipped ones (tests: tiny models).
-    models: Path = typer.Option(None, "--models", hidden=True),
-    perceptual: str = typer.Option(None, "--perceptual", hidden=True),
+    model: str = typer.Option(None, "--model", help="Model bundle (name or folder) the index was built with "
+                                                    "(default: the shipped phantom bundle)."),
+    perceptual: str = typer.Option(None, "--perceptual", help="Perceptual metric (default: the one of the index)."),
 ) -> None:
     """Retrieval precision of every query of MANIFEST against index NAME, for each method, in one run."""
     from tqdm import tqdm
@@ -82,6 +82,7 @@ def retrieval(
     from cli.runtime import setup_torch
     from s2m_retrieval.evaluation.evaluate import EvalOptions, evaluate, parse_ints, write_path
     from s2m_retrieval.evaluation.manifest import read_manifest
+    from s2m_retrieval.bundle import resolve_model
     from s2m_retrieval.evaluation.report import markdown_table
     from s2m_retrieval.retrieval import RetrievalEngine
 
@@ -91,6 +92,7 @@ def retrieval(
                           alpha=alpha, limit=limit)
     out = write_path(out)
     n = len(read_manifest(manifest, options.relevance)[:limit])  # a bad manifest fails before models load
+    models = resolve_model(model, home)
     dev = setup_torch(threads, device)
     with RetrievalEngine.open(index, home=home, db_url=db, models=models, perceptual=perceptual,
                               device=dev) as engine:

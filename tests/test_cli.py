@@ -119,7 +119,7 @@ def test_missing_generator_says_what_to_do(tmp_path):
 def test_demo_end_to_end(runner, tmp_path, setup):
     # Tiny random Sketch2MedI models stand in for the shipped ones (test_shipped_models runs the real weights).
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--n", "60", "--models", str(setup.models),
+    result = runner.invoke(app, ["demo", "--out", str(out), "--n", "60", "--model", str(setup.models),
                                  "--perceptual", "random"])
     assert result.exit_code == 0, result.output
     assert len(list((out / "archive" / "images").glob("*.png"))) == 60

@@ -141,7 +141,7 @@ def test_eval_end_to_end_through_the_cli(runner, setup, tmp_path):
     assert result.exit_code == 0, result.output
     report = tmp_path / "report"
     result = runner.invoke(app, ["eval", str(queries / "manifest.csv"), "--home", str(setup.home), "--out",
-                                 str(report), "--models", str(setup.models), "--perceptual", "random",
+                                 str(report), "--model", str(setup.models), "--perceptual", "random",
                                  "--method", "sketch2medi,edge,pix2pix,embedding", "--pix2pix", str(pix2pix),
                                  "--embedding", str(embedding), "--relevance", "tonsil_grade", "--k", "1,5",
                                  "--steps", "0,1", "--candidates", "5,10"])
@@ -168,7 +168,7 @@ def _s2m(*args):
 def test_eval_refuses_targets_outside_the_index(setup, tmp_path):
     Image.fromarray(np.full((32, 32), 255, np.uint8)).save(tmp_path / "s.png")
     manifest = _write_manifest(tmp_path / "m.csv", [["s.png", "not_an_archive_image", 1]])
-    proc = _s2m("eval", manifest, "--home", setup.home, "--out", tmp_path / "r", "--models", setup.models,
+    proc = _s2m("eval", manifest, "--home", setup.home, "--out", tmp_path / "r", "--model", setup.models,
                 "--perceptual", "random", "--threads", "1")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "not in index 'default'" in proc.stderr and not (tmp_path / "r").exists()
