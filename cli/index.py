@@ -61,7 +61,8 @@ def build(
     factory: str = typer.Option(None, "--factory",
                                 help="FAISS factory, e.g. Flat, IVF256,Flat, HNSW32, PCA256,Flat, IVF1024,PQ32 "
                                      "(default: the index's own, or chosen by archive size)."),
-    batch: int = typer.Option(64, "--batch", help="Images per batch (per shard file and SQL transaction)."),
+    batch: int = typer.Option(64, "--batch", "--batch-size",
+                              help="Images per batch (per encoder call, shard file and SQL transaction)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Forget the index's vectors and encode everything again."),
     prune: bool = typer.Option(False, "--prune", help="Remove entries whose files are gone from the archive."),
     home: Path = HOME,
@@ -71,17 +72,37 @@ def build(
     model: str = MODEL,
     fit: str = FIT,
     keep_tags: bool = KEEP_TAGS,
+    engine: str = typer.Option("local", "--engine", help="Where images are decoded and encoded: local (this "
+                                                         "process) or ray (a Ray cluster; needs the [ray] extra)."),
+    address: str = typer.Option(None, "--address", help="Ray cluster: auto (the one this node belongs to) or "
+                                                        "ray://HOST:10001 (default: start Ray on this machine)."),
+    num_actors: int = typer.Option(None, "--num-actors", help="Ray encoder actors, each loading the models once "
+                                                              "(default: one per GPU, else CPUs - 1)."),
+    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", help="GPUs each Ray actor takes (0: CPU only)."),
 ) -> None:
     """Index ARCHIVE: add new images, replace changed ones, skip unchanged ones; resumable after a kill."""
+    from contextlib import nullcontext
+
     from s2m_retrieval.encoding import load_encoder
+    from s2m_retrieval.errors import BadInputError
     from s2m_retrieval.indexing import BuildOptions, build_index
 
+    ray = None
+    if engine == "ray":
+        from s2m_retrieval.ray_engine import RayOptions, ray_engine
+
+        ray = ray_engine(encoder, model, fit, home, RayOptions(address, num_actors, gpus_per_actor))
+    elif engine != "local":
+        raise BadInputError(f"unknown --engine {engine!r} (local or ray)")
+    elif address is not None or num_actors is not None or gpus_per_actor:
+        raise BadInputError("--address, --num-actors and --gpus-per-actor apply to --engine ray")
     enc = load_encoder(encoder, model, fit, home)
     options = BuildOptions(name=name, factory=factory, batch_size=batch, rebuild=rebuild, prune=prune,
                            keep_tags=keep_tags)
     bar = _Bar(f"index {name}")
     try:
-        summary = build_index(archive, enc, home=home, db_url=db, options=options, progress=bar)
+        with ray or nullcontext():
+            summary = build_index(archive, enc, home=home, db_url=db, options=options, progress=bar, engine=ray)
     finally:
         bar.close()
     _report(summary, as_json)

@@ -5,8 +5,11 @@ Automatic choice (`auto_factory`), by the number of vectors expected at the firs
   so ~2 ms at 20k), no training, supports removal.
 - 20,000 to 999,999: "IVF{nlist},Flat" with nlist = the power of two nearest 4*sqrt(n), clamped to
   [256, 4096] — exact distances within the probed lists, removal supported, trained on a sample.
-- 1,000,000 and more: "IVF{nlist},PQ{m}" (nlist up to 16384, m = 64/32/16/8, the largest dividing dim) —
-  compressed codes (m bytes per vector) so RAM stays bounded.
+- 1,000,000 and more: "OPQ{m}_{d},IVF{nlist},PQ{m}" (d = min(dim, 256), m = 64/32/16/8 the largest dividing d,
+  nlist up to 16384): an OPQ rotation (and reduction to d dims), then m-byte PQ codes, so RAM stays bounded
+  (~80 bytes per vector with its id). PQ distances are approximate: searches take `refine` x k candidates and
+  re-rank them with the exact vectors kept in the shards (`index/refine.py`); benchmarks/bench_large_index.py
+  measures memory and recall@10 against exact search at 1M vectors.
 HNSW ("HNSW32") is the fastest to query but cannot remove vectors (a removal rebuilds the graph from the
 shards), so it is offered by flag, not chosen automatically.
 """
@@ -34,6 +37,8 @@ IVF_FLAT_MAX = 1_000_000
 # Upper bound on the training sample (k-means cost grows with it; FAISS subsamples beyond 256 per centroid).
 MAX_TRAIN = 200_000
 DEFAULT_EF_SEARCH = 64
+OPQ_DIM = 256  # dims kept by the OPQ rotation of large indexes (the weighted W+ puts most variance in few)
+DEFAULT_REFINE = 10  # candidates per wanted result re-ranked exactly on PQ indexes
 
 
 def _pow2_near(x: float) -> int:
@@ -47,8 +52,9 @@ def auto_factory(n: int, dim: int) -> str:
     if n < IVF_FLAT_MAX:
         return f"IVF{min(max(_pow2_near(4 * math.sqrt(n)), 256), 4096)},Flat"
     nlist = min(max(_pow2_near(4 * math.sqrt(n)), 1024), 16384)
-    m = next((m for m in (64, 32, 16, 8) if dim % m == 0), None)
-    return f"IVF{nlist},PQ{m}" if m else f"IVF{nlist},Flat"
+    d = min(dim, OPQ_DIM)
+    m = next((m for m in (64, 32, 16, 8) if d % m == 0), None)
+    return f"OPQ{m}_{d},IVF{nlist},PQ{m}" if m else f"IVF{nlist},Flat"
 
 
 def make_index(dim: int, factory: str, metric: str = "L2") -> faiss.Index:
@@ -114,6 +120,17 @@ def core_index(index: faiss.Index) -> faiss.Index:
             return core
 
 
+def _has_opq(index: faiss.Index) -> bool:
+    top = faiss.downcast_index(index)
+    while isinstance(top, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexPreTransform)):
+        if isinstance(top, faiss.IndexPreTransform) and any(
+                isinstance(faiss.downcast_VectorTransform(top.chain.at(i)), faiss.OPQMatrix)
+                for i in range(top.chain.size())):
+            return True
+        top = faiss.downcast_index(top.index)
+    return False
+
+
 def ivf_nlist(index: faiss.Index) -> int | None:
     """Number of inverted lists of an IVF index, else None."""
     core = core_index(index)
@@ -129,17 +146,28 @@ def training_size(index: faiss.Index, available: int) -> tuple[int, int]:
     pq = getattr(core, "pq", None)
     if pq is not None:
         need = max(need, pq.ksub)
+    if _has_opq(index):
+        need = max(need, 256)  # OPQ trains its rotation with 8-bit codes, whatever the codes the index stores
     return need, min(available, max(40 * need, 1000), MAX_TRAIN)
 
 
+def is_compressed(index: faiss.Index) -> bool:
+    """Whether the index stores lossy codes (PQ, scalar quantizer), so its distances are approximate."""
+    return isinstance(core_index(index), (faiss.IndexIVFPQ, faiss.IndexPQ, faiss.IndexIVFScalarQuantizer,
+                                          faiss.IndexScalarQuantizer))
+
+
 def default_search(index: faiss.Index) -> dict:
-    """Default search knobs stored in the stamp: nprobe for IVF, efSearch for HNSW."""
+    """Default search knobs stored in the stamp: nprobe for IVF, efSearch for HNSW, refine for lossy codes."""
     core = core_index(index)
+    if isinstance(core, faiss.IndexIVF) and is_compressed(index):
+        # Scanning PQ codes is cheap, and W+ codes are not well clustered: probe more lists than for IVF-Flat.
+        return {"nprobe": min(core.nlist, max(16, core.nlist // 8)), "refine": DEFAULT_REFINE}
     if isinstance(core, faiss.IndexIVF):
         return {"nprobe": min(core.nlist, max(16, core.nlist // 16))}
     if isinstance(core, faiss.IndexHNSW):
         return {"efSearch": DEFAULT_EF_SEARCH}
-    return {}
+    return {"refine": DEFAULT_REFINE} if is_compressed(index) else {}
 
 
 def search_parameters(index: faiss.Index, k: int, sel=None, n_allowed: int | None = None,

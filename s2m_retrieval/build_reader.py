@@ -6,7 +6,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,14 +38,18 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def plan(entries: Iterable[ArchiveEntry], known: dict[str, StoredVector],
-         stats: ReadStats) -> tuple[list[PlanItem], int]:
-    """Split entries into work (new or changed files) and a count of unchanged ones skipped."""
+def plan(entries: Iterable[ArchiveEntry], known: dict[str, StoredVector], stats: ReadStats,
+         hashes: Mapping[str, str] | None = None) -> tuple[list[PlanItem], int]:
+    """Split entries into work (new or changed files) and a count of unchanged ones skipped.
+
+    `hashes` holds sha256s already computed elsewhere (a Ray engine), by absolute path; the others are hashed here.
+    """
     todo, skipped = [], 0
+    hashes = hashes or {}
     for entry in entries:
         path = os.path.abspath(entry.path)  # scan_archive joins the resolved root: no symlink walk per file
         try:
-            sha = file_sha256(path)
+            sha = hashes.get(path) or file_sha256(path)
         except OSError as exc:
             stats.record_bad(entry.path, f"unreadable ({exc.strerror or exc})")
             continue

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from index.layout import IndexPaths, index_paths
+from index.refine import rerank_exact
+from index.row_reader import ShardRowReader
 from index.shards import ShardStore
 from index.stamp import IndexStamp, read_stamp
 from index.store import VectorStore
 from s2m_retrieval.errors import IndexCorruptError, IndexMissingError
 from s2m_retrieval.index_sync import check_owner
 from s2m_retrieval.storage.db import Database, open_database, resolve_home
+
+SQL_CHUNK = 500  # ids per IN (...) lookup
 
 
 @dataclass
@@ -25,28 +29,51 @@ class IndexReader:
     store: VectorStore
     db: Database
     shards: ShardStore
+    _rows: ShardRowReader | None = field(default=None, repr=False)
 
-    def search(self, queries: np.ndarray, k: int, *, allow: np.ndarray | None = None,
+    def search(self, queries: np.ndarray, k: int, *, allow: np.ndarray | None = None, refine: int | None = None,
                **knobs) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (distances, image ids) per query; `allow` restricts to those image ids."""
-        return self.store.search(queries, k, allow=allow, **knobs)
+        """Top-k (distances, image ids) per query; `allow` restricts to those image ids.
 
-    def arrays(self, key: str, image_ids: Sequence[int]) -> np.ndarray:
-        """Stored per-image arrays (e.g. "thumbs", "vectors") for these ids, in order."""
+        On a compressed (PQ) index `refine` x k candidates are re-ranked with the exact stored vectors
+        (default: the stamp's `refine`; 1 or 0 returns the PQ order and distances).
+        """
+        factor = self.store.search_defaults.get("refine", 0) if refine is None else refine
+        if factor <= 1:
+            return self.store.search(queries, k, allow=allow, **knobs)
+        _, candidates = self.store.search(queries, k * factor, allow=allow, **knobs)
+        return rerank_exact(queries, candidates, self._vectors, k)
+
+    def _vectors(self, image_ids: np.ndarray) -> np.ndarray:
+        """Stored float vectors of these ids, one pread per row (no shard file is mapped whole)."""
+        if self._rows is None:
+            self._rows = ShardRowReader(self.shards)
+        where = self._locations(image_ids)
+        return self._rows.rows("vectors", [where[int(i)] for i in image_ids])
+
+    def _locations(self, image_ids) -> dict[int, tuple[str, int]]:
+        """image id -> (shard, row); an id without a row is an IndexCorruptError."""
         from sqlalchemy import select
 
         from s2m_retrieval.storage.models import Vector
 
         ids = [int(i) for i in image_ids]
+        where = {}
         with self.db.session() as s:
-            found = s.execute(select(Vector.image_id, Vector.shard, Vector.row).where(
-                Vector.index_name == self.stamp.name, Vector.image_id.in_(ids)))
-            where = {iid: (shard, row) for iid, shard, row in found}
+            for start in range(0, len(ids), SQL_CHUNK):
+                found = s.execute(select(Vector.image_id, Vector.shard, Vector.row).where(
+                    Vector.index_name == self.stamp.name, Vector.image_id.in_(ids[start:start + SQL_CHUNK])))
+                where.update((iid, (shard, row)) for iid, shard, row in found)
         absent = [i for i in ids if i not in where]
         if absent:
             raise IndexCorruptError(f"index {self.stamp.name!r} has no stored row for image ids {absent[:5]}; "
                                     "run `s2m index verify`")
-        return self.shards.gather(key, [where[i] for i in ids])
+        return where
+
+    def arrays(self, key: str, image_ids: Sequence[int]) -> np.ndarray:
+        """Stored per-image arrays (e.g. "thumbs", "vectors") for these ids, in order."""
+        where = self._locations(image_ids)
+        return self.shards.gather(key, [where[int(i)] for i in image_ids])
 
     def images(self, image_ids: Sequence[int]) -> dict[int, dict]:
         """Metadata rows (path, size, labels) of these image ids."""

@@ -13,9 +13,10 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -93,6 +94,36 @@ class BuildSummary:
         if self.missing and not self.removed:
             out.append("  files missing on disk are still indexed; pass --prune to remove them")
         return out
+
+
+class BuildEngine(Protocol):
+    """Where the mapper runs (hashing, decoding, encoding); the writer always runs in the calling process."""
+
+    def hashes(self, entries: Sequence[ArchiveEntry]) -> dict[str, str]:
+        """sha256 by absolute path of the files it could hash; `plan` hashes the rest itself."""
+        ...
+
+    def encoded_batches(self, encoder: ArchiveEncoder, todo: Sequence[PlanItem], batch_size: int, stats: ReadStats,
+                        *, policy: str, keep_tags: bool) -> Iterator[tuple[list[PlanItem], dict[str, np.ndarray],
+                                                                        list[tuple[int, int]]]]:
+        """(items, checked encoder arrays, original sizes) per batch of good images, in plan order."""
+        ...
+
+
+class LocalEngine:
+    """The default engine: hashing here, decoding in a reader thread, encoding in this process; needs no Ray."""
+
+    def hashes(self, entries: Sequence[ArchiveEntry]) -> dict[str, str]:
+        """None computed ahead: `plan` hashes each file as it goes."""
+        return {}
+
+    def encoded_batches(self, encoder: ArchiveEncoder, todo: Sequence[PlanItem], batch_size: int, stats: ReadStats,
+                        *, policy: str, keep_tags: bool) -> Iterator[tuple[list[PlanItem], dict[str, np.ndarray],
+                                                                        list[tuple[int, int]]]]:
+        """Decode one batch ahead of the encoder."""
+        reading = read_batches(todo, batch_size, encoder.resolution, stats, policy=policy, keep_tags=keep_tags)
+        for items, images, sizes in prefetch(reading):
+            yield items, check_outputs(encoder, images, encoder.encode(images)), sizes
 
 
 class BatchWriter:
@@ -177,8 +208,11 @@ def _new_stamp(name: str, encoder: ArchiveEncoder, factory: str) -> IndexStamp:
 
 def build_index(archive: str | Path | None, encoder: ArchiveEncoder, *, home=None, db_url: str | None = None,
                 options: BuildOptions = BuildOptions(), entries: Sequence[ArchiveEntry] | None = None,
-                progress: Progress | None = None) -> BuildSummary:
-    """Index an archive folder (or explicit `entries`): add new files, replace changed ones, skip the rest."""
+                progress: Progress | None = None, engine: BuildEngine | None = None) -> BuildSummary:
+    """Index an archive folder (or explicit `entries`): add new files, replace changed ones, skip the rest.
+
+    `engine` runs the mapper (default: `LocalEngine`; `ray_engine.RayEngine` spreads it over a Ray cluster).
+    """
     t0 = time.perf_counter()
     if not 1 <= options.batch_size <= catalog.CHUNK:
         raise BadInputError(f"--batch must be between 1 and {catalog.CHUNK}, got {options.batch_size}")
@@ -195,7 +229,7 @@ def build_index(archive: str | Path | None, encoder: ArchiveEncoder, *, home=Non
     paths = index_paths(resolve_home(home), options.name)
     made = [p for p in (paths.root.parent, paths.root) if not p.exists()]
     try:
-        _build(encoder, home, db_url, options, entries, root, summary, progress)
+        _build(encoder, home, db_url, options, entries, root, summary, progress, engine or LocalEngine())
     except BaseException:
         if made and not paths.exists():
             _remove_made(paths, made)
@@ -216,7 +250,7 @@ def _remove_made(paths: IndexPaths, made: list[Path]) -> None:
 
 def _build(encoder: ArchiveEncoder, home, db_url: str | None, options: BuildOptions,
            entries: Sequence[ArchiveEntry], root: Path | None, summary: BuildSummary,
-           progress: Progress | None) -> None:
+           progress: Progress | None, engine: BuildEngine) -> None:
     with open_for_write(home, options.name, db_url) as handle:
         stamp = read_stamp(handle.paths.manifest) if handle.paths.exists() else None
         if options.rebuild:
@@ -239,7 +273,7 @@ def _build(encoder: ArchiveEncoder, home, db_url: str | None, options: BuildOpti
                                                      dim=encoder.dim, metric=encoder.metric, config=encoder.config)
             summary.build_id = catalog.start_build(s, options.name, mv.id, stamp.factory, summary.source)
         try:
-            _run_build(handle, stamp, encoder, entries, root, options, summary, mv.id, progress)
+            _run_build(handle, stamp, encoder, entries, root, options, summary, mv.id, progress, engine)
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             try:
@@ -264,7 +298,7 @@ def _forget_lost_shards(handle: WriteHandle, name: str) -> None:
 
 def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, entries: Sequence[ArchiveEntry],
                root: Path | None, options: BuildOptions, summary: BuildSummary,
-               model_version_id: int, progress: Progress | None) -> None:
+               model_version_id: int, progress: Progress | None, engine: BuildEngine) -> None:
     collect_garbage(handle, stamp.name)
     _forget_lost_shards(handle, stamp.name)
     with handle.db.session() as s:
@@ -273,7 +307,7 @@ def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, 
     _, synced = resync(handle, stamp, store)
 
     stats = ReadStats()
-    todo, summary.skipped = plan(entries, known, stats)
+    todo, summary.skipped = plan(entries, known, stats, engine.hashes(entries))
     writer = BatchWriter(handle, stamp, store, model_version_id=model_version_id, build_id=summary.build_id,
                          synced_vector_id=synced, checkpoint_s=options.checkpoint_s)
     if not store.is_trained:
@@ -282,10 +316,9 @@ def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, 
     if progress:
         progress(0, len(todo))
     # The encoder owns the crop/pad policy: its vectors depend on it (encoders without one crop).
-    reading = read_batches(todo, options.batch_size, encoder.resolution, stats,
-                           policy=getattr(encoder, "fit", "crop"), keep_tags=options.keep_tags)
-    for items, images, sizes in prefetch(reading):
-        arrays = check_outputs(encoder, images, encoder.encode(images))
+    batches = engine.encoded_batches(encoder, todo, options.batch_size, stats,
+                                     policy=getattr(encoder, "fit", "crop"), keep_tags=options.keep_tags)
+    for items, arrays, sizes in batches:
         shapes = {k: list(v.shape[1:]) for k, v in arrays.items()}
         if not stamp.arrays:
             stamp.arrays = shapes

@@ -145,7 +145,8 @@ def test_auto_factory_thresholds():
     assert fac.auto_factory(500, 2560) == "Flat"
     assert fac.auto_factory(fac.FLAT_MAX - 1, 512) == "Flat"
     assert fac.auto_factory(100_000, 2560) == "IVF1024,Flat"
-    assert fac.auto_factory(2_000_000, 2560) == "IVF4096,PQ64"
+    assert fac.auto_factory(2_000_000, 2560) == "OPQ64_256,IVF4096,PQ64"
+    assert fac.auto_factory(1_000_000, 96) == "OPQ32_96,IVF4096,PQ32"
     assert fac.auto_factory(2_000_000, 100) == "IVF4096,Flat"
     for n in (10, 50_000, 3_000_000):
         VectorStore.create(2560, fac.auto_factory(n, 2560))

@@ -1,0 +1,257 @@
+"""Benchmark: a million-vector index through the real build path; memory per image and recall@10 vs exact.
+
+Vectors are synthetic W+ codes shaped like the inverter's: w = the shipped generator's mapping network of a
+random z, each W+ entry w plus an offset drawn from the same W distribution (0.25 x (w' - w_avg)), then
+weighted and flattened by the default LatentWeighting (dim 2560 at 64 px). They enter `build_index` through
+a synthetic engine standing in for decode + encode, so everything else is the real path: plan, shard files,
+SQL rows, the automatic factory, training on a sample, FAISS adds and saves. A second process then opens the
+index memory-mapped as `retrieve` does, and measures RSS, single-query latency and recall@10 against exact
+search over the stored float vectors, for a grid of nprobe and refine settings.
+
+    python benchmarks/bench_large_index.py --n 1000000 --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from timing import rss_mib
+
+CHUNK = 500  # vectors per generated batch (= the largest build batch)
+
+
+class SyntheticCodes:
+    """Deterministic synthetic weighted W+ vectors: row i depends only on (seed, i // CHUNK)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        import torch
+
+        from s2m_retrieval.checkpoint import shipped_weights
+        from s2m_retrieval.latent_space import DEFAULT_WEIGHTING
+        from s2m_retrieval.networks.stylegan2 import load_generator
+
+        self.torch = torch
+        self.G = load_generator(shipped_weights("generator"))
+        self.w_avg = self.G.w_avg.numpy()
+        self.weighting = DEFAULT_WEIGHTING
+        self.seed = seed
+        self.pool = self._mapped(16384, seed + 10_000_000) - self.w_avg  # [P, w_dim] offsets within W
+        self.dim = self.weighting.dim(self.G.num_ws, self.G.config.w_dim)
+
+    def _mapped(self, n: int, seed: int) -> np.ndarray:
+        g = self.torch.Generator().manual_seed(seed)
+        with self.torch.no_grad():
+            return self.G.mapping_network(self.torch.randn(n, self.G.config.z_dim, generator=g)).numpy()
+
+    def chunk(self, number: int) -> np.ndarray:
+        """Vectors of rows [number * CHUNK, (number + 1) * CHUNK) as float32 `[CHUNK, dim]`."""
+        from s2m_retrieval.latent_space import w_plus_to_vectors
+
+        w = self._mapped(CHUNK, self.seed * 1_000_003 + number)
+        rng = np.random.default_rng((self.seed, number))
+        w_plus = w[:, None, :] + 0.25 * self.pool[rng.integers(0, len(self.pool), (CHUNK, self.G.num_ws))]
+        return w_plus_to_vectors(w_plus, self.w_avg, self.weighting)
+
+    def rows(self, first: int, n: int) -> np.ndarray:
+        """Vectors of rows [first, first + n)."""
+        chunks = range(first // CHUNK, (first + n - 1) // CHUNK + 1)
+        block = np.concatenate([self.chunk(c) for c in chunks])
+        start = first - chunks[0] * CHUNK
+        return block[start:start + n]
+
+
+class SyntheticEncoder:
+    """Just the encoder facts the index stamps (no model runs: the engine supplies the vectors)."""
+
+    name = "synthetic"
+    metric = "none"
+    resolution = 64
+    config: dict = {}
+
+    def __init__(self, codes: SyntheticCodes) -> None:
+        self.dim = codes.dim
+        self.weighting = codes.weighting.stamp()
+        self.version = f"synthetic-wplus-{codes.seed}"
+
+
+class SyntheticEngine:
+    """A build engine whose files are names only: hashes from the name, vectors from SyntheticCodes."""
+
+    def __init__(self, codes: SyntheticCodes) -> None:
+        self.codes = codes
+
+    def hashes(self, entries) -> dict[str, str]:
+        """A fixed fake sha256 per path (no file is read)."""
+        return {os.path.abspath(e.path): f"{int(Path(e.path).stem):064x}" for e in entries}
+
+    def encoded_batches(self, encoder, todo, batch_size, stats, *, policy, keep_tags):
+        """Batches of rows in plan order; file i gets row i."""
+        for start in range(0, len(todo), batch_size):
+            items = list(todo[start:start + batch_size])
+            first = int(Path(items[0].path).stem)
+            assert [int(Path(i.path).stem) for i in items] == list(range(first, first + len(items)))
+            stats.read += len(items)
+            yield items, {"vectors": self.codes.rows(first, len(items))}, [(64, 64)] * len(items)
+
+
+def build(home: Path, n: int, factory: str | None) -> dict:
+    """Build the n-vector index under `home`; returns timings and this process's peak RSS."""
+    from index.store import VectorStore
+    from s2m_retrieval.data.archive import ArchiveEntry
+    from s2m_retrieval.indexing import BuildOptions, build_index
+
+    trained = {}
+    original_train = VectorStore.train
+
+    def timed_train(self, sample):
+        t0 = time.perf_counter()
+        original_train(self, sample)
+        trained.update(train_s=time.perf_counter() - t0, train_n=len(sample))
+
+    VectorStore.train = timed_train  # measure only; the training itself is untouched
+    codes = SyntheticCodes(seed=0)
+    entries = [ArchiveEntry(path=Path(f"/synthetic/{i:07d}.png"), stem=f"{i:07d}", rel=f"{i:07d}.png")
+               for i in range(n)]
+    t0 = time.perf_counter()
+    summary = build_index(None, SyntheticEncoder(codes), home=home, entries=entries,
+                          options=BuildOptions(batch_size=CHUNK, factory=factory, checkpoint_s=600),
+                          engine=SyntheticEngine(codes))
+    return {"n": n, "dim": codes.dim, "factory": summary.factory, "build_s": time.perf_counter() - t0,
+            **trained, "build_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "added": summary.added}
+
+
+def exact_top(reader, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids by squared L2 over every stored float vector, streamed shard by shard."""
+    from sqlalchemy import select
+
+    from s2m_retrieval.storage.models import Vector
+
+    with reader.db.session() as s:
+        rows = s.execute(select(Vector.shard, Vector.row, Vector.image_id)
+                         .where(Vector.index_name == reader.stamp.name)).all()
+    by_shard: dict[str, list[tuple[int, int]]] = {}
+    for shard, row, iid in rows:
+        by_shard.setdefault(shard, []).append((row, iid))
+    best_d = np.full((len(queries), k), np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    q2 = (queries ** 2).sum(1, keepdims=True)
+    for shard, members in by_shard.items():
+        pos = np.array([r for r, _ in members])
+        ids = np.array([i for _, i in members], dtype=np.int64)
+        x = np.asarray(reader.shards.read(shard, "vectors")[pos], dtype=np.float32)
+        d = q2 - 2 * queries @ x.T + (x ** 2).sum(1)[None]
+        all_d = np.concatenate([best_d, d], axis=1)
+        all_i = np.concatenate([best_i, np.broadcast_to(ids, d.shape)], axis=1)
+        keep = np.argsort(all_d, axis=1, kind="stable")[:, :k]
+        best_d, best_i = np.take_along_axis(all_d, keep, 1), np.take_along_axis(all_i, keep, 1)
+    return best_i
+
+
+def query(home: Path, n_queries: int, k: int, grid: list[tuple[int, int]]) -> dict:
+    """Open memory-mapped, measure RSS and per-query latency per (nprobe, refine), recall@k vs exact."""
+    import faiss
+
+    from s2m_retrieval.index_reader import open_index
+
+    faiss.omp_set_num_threads(1)
+    codes = SyntheticCodes(seed=1)  # queries: fresh codes from the same distribution, not stored ones
+    queries = codes.rows(0, n_queries)
+    base = rss_mib()
+    reader = open_index(home=home)
+    opened = rss_mib()
+    out = {"rss_base_mib": base, "rss_open_mib": opened, "stamp_search": reader.stamp.search,
+           "faiss_bytes": reader.paths.faiss_file.stat().st_size, "runs": []}
+    found = {}
+    for nprobe, refine in grid:
+        reader.search(queries[:1], k, nprobe=nprobe, refine=refine)
+        times, ids = [], []
+        for q in queries:
+            t0 = time.perf_counter()
+            _, i = reader.search(q[None], k, nprobe=nprobe, refine=refine)
+            times.append((time.perf_counter() - t0) * 1e3)
+            ids.append(i[0])
+        found[(nprobe, refine)] = np.stack(ids)
+        out["runs"].append({"nprobe": nprobe, "refine": refine, "p50_ms": statistics.median(times),
+                            "p95_ms": float(np.percentile(times, 95))})
+    out["rss_searched_mib"] = rss_mib()
+    out["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    truth = exact_top(reader, queries, k)
+    out["exact_s"] = time.perf_counter() - t0
+    for run in out["runs"]:
+        got = found[(run["nprobe"], run["refine"])]
+        run[f"recall@{k}"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)]))
+    reader.close()
+    return out
+
+
+def main() -> None:
+    """Build in this process, query in a fresh one (so its RSS is only what a query process holds)."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--factory", default=None, help="FAISS factory (default: the automatic choice for --n)")
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--grid", default="64:1,256:1,256:10,512:1,512:10,512:30,1024:10,1024:30",
+                   help="nprobe:refine pairs to measure")
+    p.add_argument("--home", default=None, help="Work folder (default: a temporary one, deleted after)")
+    p.add_argument("--out", default=None, help="Write the figures as JSON here too")
+    p.add_argument("--query-only", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    grid = [tuple(int(v) for v in pair.split(":")) for pair in args.grid.split(",")]
+    if args.query_only:
+        print(json.dumps(query(Path(args.home), args.queries, args.k, grid)))
+        return
+    home = Path(args.home or tempfile.mkdtemp(prefix="s2m-large-"))
+    try:
+        built = build(home, args.n, args.factory)
+        print(json.dumps(built), flush=True)
+        out = subprocess.run([sys.executable, __file__, "--query-only", "--home", str(home), "--queries",
+                              str(args.queries), "--k", str(args.k), "--grid", args.grid],
+                             capture_output=True, text=True, check=True)
+        queried = json.loads(out.stdout.strip().splitlines()[-1])
+        shard_bytes = sum(f.stat().st_size for f in (home / "indexes" / "default" / "shards").iterdir())
+        result = {"build": built, "query": queried, "shard_bytes": shard_bytes}
+        print(json.dumps(result, indent=1))
+        report(result)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    finally:
+        if args.home is None:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def report(r: dict) -> None:
+    """Human summary of the figures."""
+    b, q, n = r["build"], r["query"], r["build"]["n"]
+    mib = 2 ** 20
+    print(f"\n== {n} vectors, dim {b['dim']}, factory {b['factory']} ==")
+    print(f"build {b['build_s']:.0f} s (training {b.get('train_s', 0):.0f} s on {b.get('train_n', 0)} vectors), "
+          f"peak RSS of the build process {b['build_peak_rss_mib']:.0f} MiB")
+    print(f"index.faiss {q['faiss_bytes'] / mib:.0f} MiB = {q['faiss_bytes'] / n:.1f} bytes/vector; float vectors in "
+          f"shards (disk, read per candidate) {r['shard_bytes'] / mib:.0f} MiB")
+    anon = q["rss_searched_mib"]["RssAnon"] - q["rss_base_mib"]["RssAnon"]
+    file_ = q["rss_searched_mib"]["RssFile"] - q["rss_base_mib"]["RssFile"]
+    print(f"query process: +{anon:.0f} MiB anon (= {anon * mib / n:.0f} bytes/image), +{file_:.0f} MiB file-backed "
+          f"after all searches; total RSS {q['rss_searched_mib']['RssAnon'] + q['rss_searched_mib']['RssFile']:.0f}"
+          f" MiB; peak {q['ru_maxrss_mib']:.0f} MiB; exact search for the truth {q['exact_s']:.0f} s")
+    for run in q["runs"]:
+        print(f"nprobe {run['nprobe']:5d} refine {run['refine']:3d}: recall@10 {run['recall@10']:.3f}  "
+              f"p50 {run['p50_ms']:7.1f} ms  p95 {run['p95_ms']:7.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
