@@ -115,7 +115,7 @@ def test_sketch_query_returns_k_rows_sorted_by_score(engine, setup):
     assert all(h.perceptual_distance is not None and h.latent_distance > 0 for h in result.hits)
     assert all(h.path.startswith(str(setup.archive)) and h.labels["id"] for h in result.hits)
     assert result.x_hat.shape == (32, 32, 3) and result.thumbs.shape == (5, 32, 32, 3)
-    assert set(result.timings_ms) == {"generate", "filter", "search", "fetch", "rerank", "total"}
+    assert set(result.timings_ms) == {"generate", "code", "filter", "search", "fetch", "rerank", "total"}
     p = result.provenance
     assert (p["steps"], p["alpha"], p["perceptual"], p["index_size"]) == (2, 0.5, "random:0", 24)
     assert p["model_version"].startswith("inv-") and p["weighting"] == "wplus:coarse=1,medium=0.5,fine=0.1"
@@ -123,6 +123,24 @@ def test_sketch_query_returns_k_rows_sorted_by_score(engine, setup):
     latent_only = engine.query_sketch(phantom_sketch(), k=5, n_candidates=20, steps=2, alpha=1.0)
     assert all(h.perceptual_distance is None for h in latent_only.hits)
     assert [h.latent_distance for h in latent_only.hits] == sorted(h.latent_distance for h in latent_only.hits)
+
+
+def test_the_query_vector_is_the_reinverted_x_hat_unless_asked_for_e_code(engine):
+    import torch
+
+    with torch.inference_mode():
+        w_plus, _, x_hat = engine.pipeline.generate(phantom_sketch(), steps=2)
+        from_x_hat = engine.sketch_vector(w_plus, x_hat)
+        from_e = engine.sketch_vector(w_plus, x_hat, code="sketch")
+    # re-inversion is what archive images go through: x̂'s own thumb gives the same vector
+    from s2m_retrieval.pipeline import to_uint8
+
+    assert np.allclose(from_x_hat, engine.encoder.vectors(engine.encoder.w_plus(to_uint8(x_hat))), atol=1e-5)
+    assert np.allclose(from_e, engine.encoder.vectors(w_plus)) and not np.allclose(from_e, from_x_hat)
+    reinvert = engine.query_sketch(phantom_sketch(), k=5, steps=2, alpha=1.0)
+    sketch = engine.query_sketch(phantom_sketch(), k=5, steps=2, alpha=1.0, code="sketch")
+    assert reinvert.provenance["code"] == "reinvert" and sketch.provenance["code"] == "sketch"
+    assert [h.latent_distance for h in reinvert.hits] != [h.latent_distance for h in sketch.hits]
 
 
 @pytest.mark.parametrize("image_id", [1, 7, 24])
@@ -178,7 +196,8 @@ def test_bad_queries(engine):
         engine.query_sketch(np.full((64, 64), 255, np.uint8))
     with pytest.raises(BadInputError, match="sketch is empty"):  # a transparent canvas is blank paper
         engine.query_sketch(np.zeros((64, 64, 4), np.uint8))
-    for kw in (dict(k=0), dict(alpha=1.5), dict(max_distance=-1.0), dict(normalisation="zscore"), dict(steps=-1)):
+    for kw in (dict(k=0), dict(alpha=1.5), dict(max_distance=-1.0), dict(normalisation="zscore"), dict(steps=-1),
+               dict(code="pixels")):
         with pytest.raises(BadInputError):
             engine.query_sketch(phantom_sketch(), **kw)
 

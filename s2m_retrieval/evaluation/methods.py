@@ -85,7 +85,7 @@ class Sketch2MediMethod:
             t0 = time.perf_counter()
             with torch.inference_mode():
                 w_plus, _, x_hat = self.engine.pipeline.generate(sketch, steps=steps)
-            vector = self.engine.encoder.vectors(w_plus)
+                vector = self.engine.sketch_vector(w_plus, x_hat)
             latent, ids, thumbs = self.engine.candidates(vector, n_max)
             perceptual = perceptual_distances(self.engine.metric, x_hat, thumbs)
             fused = fuse(latent, perceptual, self.alpha, self.normalisation)
@@ -103,6 +103,17 @@ class Sketch2MediMethod:
             for n in self.candidates[:-1]:
                 sub = fuse(latent[:n], perceptual[:n], self.alpha, self.normalisation)
                 lists[self.variant("fused", steps, n)] = [stems[i] for i in np.lexsort((latent[:n], sub))]
+            if steps == self.default_steps:
+                # Ablation of the query vector: E's own code instead of the re-inverted x̂.
+                with torch.inference_mode():
+                    vector = self.engine.sketch_vector(w_plus, x_hat, code="sketch")
+                latent, ids, thumbs = self.engine.candidates(vector, n_max)
+                perceptual = perceptual_distances(self.engine.metric, x_hat, thumbs)
+                stems = self.view.stems_of(ids)
+                fused = fuse(latent, perceptual, self.alpha, self.normalisation)
+                lists[self.variant("latent", steps, n_max) + " code=sketch"] = stems
+                lists[self.variant("fused", steps, n_max) + " code=sketch"] = [stems[i] for i in
+                                                                              np.lexsort((latent, fused))]
         return Ranked(lists, seconds)
 
 
