@@ -1,4 +1,6 @@
-"""Benchmark: index build throughput (fake encoder) and FAISS single-query latency, flat vs HNSW/IVF, RAM/disk."""
+"""Benchmark: index build throughput (fake encoder; the real inverter at 1-3 ReStyle iterations, seg vs seg-pool8,
+against the inversion as it was before channels_last G and the skipped last G forward) and FAISS single-query
+latency, flat vs HNSW/IVF, RAM/disk."""
 
 from __future__ import annotations
 
@@ -60,6 +62,52 @@ def bench_build(n: int, dim: int, batch: int) -> None:
         print(f"no-op rebuild      {n / t_noop:8.0f} images/s  ({t_noop:.2f} s, all {n} skipped by sha256)")
         shard_mib = sum(p.stat().st_size for p in (home / "indexes" / "default" / "shards").iterdir()) / 2**20
         print(f"shards on disk     {shard_mib:.1f} MiB ({shard_mib * 2**20 / n / 1024:.1f} KiB/image)")
+
+
+def bench_inverter_build(n: int, batch: int) -> None:
+    """Images/s of whole builds with the real inverter (default 64 px configs, random weights: speed only)."""
+    import copy
+
+    import torch
+    from bench_retrieval import make_models
+
+    from s2m_retrieval.data.phantom_archive import write_phantom_archive
+    from s2m_retrieval.indexing import BuildOptions, build_index
+    from s2m_retrieval.inverter_encoder import InverterEncoder
+    from s2m_retrieval.pipeline import image_batch
+    from s2m_retrieval.training.encoder import encode_iterations
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "archive"
+        write_phantom_archive(archive, n=n, size=64, seed=0)
+        models = make_models(Path(tmp) / "models")
+        print(f"\n== build with the inverter: {n} phantoms 64 px, batch {batch}, {torch.get_num_threads()} torch "
+              "thread(s), random weights ==")
+        encoder = InverterEncoder.load(models, perceptual="seg")
+        # Baseline in the same run: the inversion as it was (G in NCHW, a G forward after every iteration).
+        old_G = copy.deepcopy(encoder.G).to(memory_format=torch.contiguous_format)
+        images = np.random.default_rng(0).integers(0, 256, (batch, 64, 64, 3), np.uint8)
+        x = image_batch(images, 64)
+        rates = {}
+        with torch.no_grad():
+            for name, fn in (("inversion before (NCHW G, last G kept)",
+                              lambda: encode_iterations(encoder.inverter, old_G, x, 3)),
+                             ("inversion now (channels_last G, no last G)", lambda: encoder.w_plus(images))):
+                fn()
+                t0 = time.perf_counter()
+                fn()
+                rates[name] = batch / (time.perf_counter() - t0)
+        base = next(iter(rates.values()))
+        for name, rate in rates.items():
+            print(f"{name:<46} {rate:6.1f} images/s  x{rate / base:.2f}")
+        for metric, iterations in (("seg", 3), ("seg-pool8", 3), ("seg-pool8", 2), ("seg-pool8", 1)):
+            enc = InverterEncoder.load(models, perceptual=metric, iterations=iterations)
+            t0 = time.perf_counter()
+            summary = build_index(archive, enc, home=Path(tmp) / f"home-{metric}-{iterations}",
+                                  options=BuildOptions(batch_size=batch))
+            rate = summary.added / (time.perf_counter() - t0)
+            print(f"full build, {metric:<9} {iterations} iteration(s)            {rate:6.1f} images/s  "
+                  f"x{rate / base:.2f} vs inversion before")
 
 
 def clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -136,6 +184,7 @@ def main() -> None:
     p.add_argument("--build-n", type=int, default=2000, help="Archive size for the build benchmark (0 skips it).")
     p.add_argument("--build-dim", type=int, default=2560)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--inverter-n", type=int, default=512, help="Archive size for the inverter build (0 skips it).")
     p.add_argument("--sizes", default="10000,100000", help="Index sizes for the search benchmark ('' skips it).")
     p.add_argument("--dims", default="512,2560")
     p.add_argument("--factories", default="Flat,HNSW32,IVF1024,Flat")
@@ -146,6 +195,8 @@ def main() -> None:
     print(f"faiss {faiss.__version__}, {os.cpu_count()} cores")
     if args.build_n:
         bench_build(args.build_n, args.build_dim, args.batch)
+    if args.inverter_n:
+        bench_inverter_build(args.inverter_n, args.batch)
     factories = [f.strip() for f in args.factories.replace(",Flat", "+Flat").split(",")]
     factories = [f.replace("+Flat", ",Flat") for f in factories]
     for n in [int(s) for s in args.sizes.split(",") if s]:

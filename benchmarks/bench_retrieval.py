@@ -1,6 +1,7 @@
 """Benchmark: warm query latency (sketch -> top-10 with T refinement steps and perceptual re-rank of 100) at 10k and
-100k entries, against the encoder-only query (T=0, no re-rank) in the same run; re-rank caching options; where
-filters; inverter throughput; cold `retrieve` CLI time; RAM of a 100k index.
+100k entries, against the encoder-only query (T=0, no re-rank) in the same run; re-rank from thumbs (seg) vs cached
+features (seg-pool8); where filters; inverter throughput; cold `retrieve` CLI time; RAM of a 100k index.
+`--precision` instead compares the candidate order of seg-pool8 with exact seg on real phantoms (shipped segmenter).
 
 Models: the default 64 px configs (G, E, H, inverter, seg metric's segmenter) with RANDOM weights: speed does not
 depend on the weights, results do, so only timings here mean anything. Index entries are synthetic: W+ codes from
@@ -56,9 +57,12 @@ def synth_index(home: Path, encoder, n: int, factory: str | None, batch: int = 6
     r, G = encoder.resolution, encoder.G
     factory = factory or auto_factory(n, encoder.dim)
     thumbs = rng.integers(0, 256, (512, r, r, 3), dtype=np.uint8)
+    arrays, features = {"vectors": [encoder.dim], "thumbs": [r, r, 3]}, None
+    if encoder.perceptual.cacheable:  # each distinct thumb's stored features, computed as a build does
+        features = np.concatenate([encoder.encode(thumbs[i:i + 64])["features"] for i in range(0, len(thumbs), 64)])
+        arrays["features"] = [features.shape[1]]
     stamp = IndexStamp(name="default", model_version=encoder.version, model_name=encoder.name, metric=encoder.metric,
-                       dim=encoder.dim, factory=factory, weighting=encoder.weighting, resolution=r,
-                       arrays={"vectors": [encoder.dim], "thumbs": [r, r, 3]})
+                       dim=encoder.dim, factory=factory, weighting=encoder.weighting, resolution=r, arrays=arrays)
     ids, vectors = [], []
     with open_for_write(home, "default") as h:
         write_stamp(h.paths.manifest, stamp)
@@ -73,7 +77,9 @@ def synth_index(home: Path, encoder, n: int, factory: str | None, batch: int = 6
                 w = w + 0.3 * torch.randn(w.shape, generator=gen)  # W+ codes differ per entry, as inverted ones do
             vec = encoder.vectors(w)
             shard = f"{build_id:06d}-{b:06d}"
-            h.shards.write(shard, {"vectors": vec, "thumbs": thumbs[rng.integers(0, len(thumbs), m)]})
+            pick = rng.integers(0, len(thumbs), m)
+            h.shards.write(shard, {"vectors": vec, "thumbs": thumbs[pick]}
+                           | ({"features": features[pick]} if features is not None else {}))
             labels = [{"tonsil_grade": int(rng.integers(0, 5)), "mallampati": int(rng.integers(1, 5)),
                        "follicles": int(rng.integers(0, 2))} for _ in range(m)]
             records = [ImageRecord(path=f"/synthetic/img{start + i:07d}.png", stem=f"img{start + i:07d}",
@@ -118,13 +124,13 @@ def latency(engine, queries, runs: int, **kw) -> tuple[float, float, dict]:
             {k: statistics.median(v) for k, v in stages.items()})
 
 
-def bench_queries(engine, n: int, runs: int) -> None:
-    """Full query vs the encoder-only baseline, and filtered queries, on one index."""
+def bench_queries(engine, n: int, runs: int) -> float:
+    """Full query vs the encoder-only baseline, and filtered queries, on one index; returns the full query's p50."""
     qs = sketches(8)
     base = latency(engine, qs, runs, k=10, steps=0, alpha=1.0)
     full = latency(engine, qs, runs, k=10, n_candidates=100, steps=3, alpha=0.5)
-    print(f"\n== warm queries, {n} entries ({engine.reader.stamp.factory}, dim {engine.reader.stamp.dim}), "
-          f"{runs} runs ==")
+    print(f"\n== warm queries, {n} entries ({engine.reader.stamp.factory}, dim {engine.reader.stamp.dim}, "
+          f"metric {engine.metric.name}), {runs} runs ==")
     for name, (p50, p95, stages) in (("encoder only (T=0, no re-rank)", base), ("full (T=3, re-rank 100)", full)):
         split = ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if k != "total")
         print(f"{name:<32} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms   [{split}]")
@@ -133,11 +139,13 @@ def bench_queries(engine, n: int, runs: int) -> None:
         p50, p95, stages = latency(engine, qs, max(5, runs // 3), k=10, steps=3, where=where)
         print(f"where {where!r:<44} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms   [filter {stages['filter']:.1f}, "
               f"search {stages['search']:.1f}]")
+    return full[0]
 
 
-def bench_rerank(metric, resolution: int, runs: int) -> None:
-    """Perceptual re-rank of 100 candidates: recompute from thumbs (chunk sizes) vs cached features."""
-    from s2m_retrieval.ranking import perceptual_distances, to_model_input
+def bench_rerank(metric, pooled, resolution: int, runs: int) -> None:
+    """Perceptual re-rank of 100 candidates: recompute from thumbs (chunk sizes) vs cached features, full (seg) and
+    pooled (seg-pool8, stored fp16 rows as the engine reads them)."""
+    from s2m_retrieval.ranking import cached_perceptual_distances, perceptual_distances, to_model_input
 
     rng = np.random.default_rng(0)
     thumbs = rng.integers(0, 256, (100, resolution, resolution, 3), dtype=np.uint8)
@@ -153,9 +161,10 @@ def bench_rerank(metric, resolution: int, runs: int) -> None:
         return statistics.median(times)
 
     print(f"\n== re-rank of 100 candidates at {resolution} px, metric {metric.version} ==")
+    recompute = {}
     for chunk in (10, 25, 50, 100):
-        ms = med(lambda: perceptual_distances(metric, query, thumbs, chunk))
-        print(f"recompute from uint8 thumbs, chunk {chunk:<3}  {ms:7.1f} ms")
+        recompute[chunk] = med(lambda: perceptual_distances(metric, query, thumbs, chunk))
+        print(f"recompute from uint8 thumbs, chunk {chunk:<3}  {recompute[chunk]:7.1f} ms")
     with torch.inference_mode():
         cached = metric.features(to_model_input(thumbs))
         per_image = sum(f[0].numel() for f in cached) * 4
@@ -163,6 +172,12 @@ def bench_rerank(metric, resolution: int, runs: int) -> None:
     print(f"with cached candidate features      {ms:7.1f} ms  (features {per_image / 1024:.0f} KiB/image fp32 = "
           f"{per_image * 100_000 / 2**30:.0f} GiB per 100k images; thumbs {resolution * resolution * 3 / 1024:.0f} "
           "KiB/image)")
+    with torch.inference_mode():
+        rows = pooled.pack(pooled.features(to_model_input(thumbs)))
+        shapes = [tuple(f.shape[1:]) for f in pooled.features(query)]
+    ms = med(lambda: cached_perceptual_distances(pooled, query, rows, shapes))
+    print(f"{pooled.name} from stored fp16 rows       {ms:7.1f} ms  ({rows[0].nbytes / 1024:.0f} KiB/image = "
+          f"{rows[0].nbytes * 100_000 / 2**30:.1f} GiB per 100k images) = x{recompute[25] / ms:.0f} faster than seg from thumbs")
 
 
 def bench_inverter(encoder, runs: int = 3) -> None:
@@ -174,6 +189,34 @@ def bench_inverter(encoder, runs: int = 3) -> None:
         encoder.encode(images)
     rate = runs * 64 / (time.perf_counter() - t0)
     print(f"\n== inverter encode ({encoder.iterations} ReStyle iterations, batch 64): {rate:.0f} images/s ==")
+
+
+def bench_precision(n_images: int = 1100, n_queries: int = 100, n_candidates: int = 100) -> None:
+    """How seg-pool8 orders candidates compared with exact seg: Spearman, top-10 overlap and same top-1 over
+    random candidate sets of real phantom images, with the shipped segmenter (no trained E needed)."""
+    from scipy.stats import spearmanr
+
+    from s2m_retrieval.data.phantom import make_phantom
+    from s2m_retrieval.perceptual import load_perceptual
+    from s2m_retrieval.ranking import to_model_input
+
+    exact, pooled = load_perceptual("seg"), load_perceptual("seg-pool8")
+    images = to_model_input(np.stack([make_phantom(7, i, 64)[0] for i in range(n_images)]))
+    with torch.inference_mode():
+        fe = [torch.cat(f) for f in zip(*(exact.features(images[i:i + 100]) for i in range(0, n_images, 100)))]
+        fp = [torch.cat(f) for f in zip(*(pooled.features(images[i:i + 100]) for i in range(0, n_images, 100)))]
+    rng = np.random.default_rng(0)
+    rho, top10, top1 = [], [], []
+    for q in range(n_queries):
+        cand = rng.choice(np.arange(n_queries, n_images), n_candidates, replace=False)
+        d_exact = exact.distance_from_features([f[q:q + 1] for f in fe], [f[cand] for f in fe]).numpy()
+        d_pooled = pooled.distance_from_features([f[q:q + 1] for f in fp], [f[cand] for f in fp]).numpy()
+        rho.append(spearmanr(d_exact, d_pooled)[0])
+        top10.append(len(set(np.argsort(d_exact)[:10]) & set(np.argsort(d_pooled)[:10])) / 10)
+        top1.append(np.argmin(d_exact) == np.argmin(d_pooled))
+    print(f"== seg-pool8 vs seg ({exact.version}), {n_queries} phantom queries x {n_candidates} phantom "
+          f"candidates ==\nSpearman {np.mean(rho):.3f} (min {np.min(rho):.3f}); top-10 overlap {np.mean(top10):.3f} "
+          f"(min {np.min(top10):.2f}); same top-1 {np.mean(top1):.2f}")
 
 
 def _timed(cmd: list[str], runs: int = 3) -> float:
@@ -190,14 +233,14 @@ def bench_cold_cli(home: Path, models: Path, sketch: Path, threads: int) -> None
     py = sys.executable
     t_torch = _timed([py, "-c", "import torch"])
     t_help = _timed([py, "-m", "cli", "--help"])
-    t_cli = _timed([py, "-m", "cli", "retrieve", str(sketch), "--home", str(home), "--models", str(models),
+    t_cli = _timed([py, "-m", "cli", "retrieve", str(sketch), "--home", str(home), "--model", str(models),
                     "--k", "10", "--threads", str(threads)])
     print("\n== cold CLI (median of 3 processes) ==")
     print(f"`s2m --help` {t_help:.2f} s; `import torch` alone {t_torch:.2f} s; `s2m retrieve` top-10 (load models "
           f"+ open index + one query) {t_cli:.2f} s = x{t_cli / t_torch:.1f} import torch")
 
 
-def probe_ram(home: str, models: str, threads: int) -> None:
+def probe_ram(home: str, models: str, metric_name: str, threads: int) -> None:
     """(subprocess) RSS after loading models, after opening the index, after 20 queries, as JSON on stdout."""
     from s2m_retrieval.engine_setup import load_pipeline
     from s2m_retrieval.perceptual import load_perceptual
@@ -205,7 +248,7 @@ def probe_ram(home: str, models: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     pipeline = load_pipeline(models)
-    metric = load_perceptual("seg", checkpoint=Path(models) / "segmenter.pt")
+    metric = load_perceptual(metric_name, checkpoint=Path(models) / "segmenter.pt")
     stages = {"models": rss_mib()}
     engine = RetrievalEngine.open(home=home, models=pipeline, perceptual=metric)
     stages["open"] = rss_mib()
@@ -215,9 +258,10 @@ def probe_ram(home: str, models: str, threads: int) -> None:
     print(json.dumps(stages))
 
 
-def bench_ram(home: Path, models: Path, threads: int) -> None:
+def bench_ram(home: Path, models: Path, metric: str, threads: int) -> None:
     """Memory of a warm engine on the index, from a fresh process."""
-    out = subprocess.run([sys.executable, __file__, "--probe-ram", str(home), str(models), "--threads", str(threads)],
+    out = subprocess.run([sys.executable, __file__, "--probe-ram", str(home), str(models), metric,
+                          "--threads", str(threads)],
                          check=True, capture_output=True, text=True, cwd=REPO)
     s = json.loads(out.stdout.strip().splitlines()[-1])
     root = home / "indexes" / "default"
@@ -243,44 +287,60 @@ def main() -> None:
     parser.add_argument("--factory", default=None, help="FAISS factory (default: chosen by size, as a build does).")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the models and indexes here.")
     parser.add_argument("--reuse", action="store_true", help="Reuse indexes of the same size left in --workdir.")
-    parser.add_argument("--probe-ram", nargs=2, metavar=("HOME", "MODELS"), help=argparse.SUPPRESS)
+    parser.add_argument("--metrics", nargs="+", default=["seg", "seg-pool8"],
+                        help="Perceptual metrics to build an index for at each size (the first is the baseline).")
+    parser.add_argument("--precision", action="store_true",
+                        help="Only compare seg-pool8's candidate order with seg's on phantoms (shipped segmenter).")
+    parser.add_argument("--probe-ram", nargs=3, metavar=("HOME", "MODELS", "METRIC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.probe_ram:
         probe_ram(*args.probe_ram, args.threads)
         return
+    if args.precision:
+        bench_precision()
+        return
     from PIL import Image
 
     from s2m_retrieval.inverter_encoder import InverterEncoder
+    from s2m_retrieval.perceptual import load_perceptual
     from s2m_retrieval.retrieval import RetrievalEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         models = make_models(work / "models")
-        encoder = InverterEncoder.load(models, perceptual="seg")
+        encoders = {m: InverterEncoder.load(models, perceptual=m) for m in args.metrics}
+        encoder = encoders[args.metrics[0]]
         print(f"default 64 px model configs with RANDOM weights (timings only); torch {torch.__version__}, "
-              f"{args.threads} torch thread(s), {os.cpu_count()} CPUs; metric {encoder.metric}; vectors "
+              f"{args.threads} torch thread(s), {os.cpu_count()} CPUs; metrics {', '.join(args.metrics)}; vectors "
               f"{encoder.weighting} -> dim {encoder.dim}")
         bench_inverter(encoder)
-        bench_rerank(encoder.perceptual, encoder.resolution, args.runs)
+        pooled = load_perceptual("seg-pool8", checkpoint=models / "segmenter.pt")
+        bench_rerank(load_perceptual("seg", checkpoint=models / "segmenter.pt"), pooled, encoder.resolution, args.runs)
         sketch = work / "sketch.png"
         Image.fromarray(sketches(1)[0]).save(sketch)
         for n in args.sizes:
-            home = work / f"home{n}"
-            manifest = home / "indexes" / "default" / "manifest.json"
-            if args.reuse and manifest.is_file() and json.loads(manifest.read_text())["count"] == n:
-                print(f"\n(reusing the synthetic index of {n} entries in {home})")
-            else:
-                shutil.rmtree(home, ignore_errors=True)
-                t0 = time.perf_counter()
-                factory = synth_index(home, encoder, n, args.factory)
-                print(f"\n(synthetic index of {n} entries, {factory}, written in {time.perf_counter() - t0:.0f} s)")
-            with RetrievalEngine.open(home=home, models=models) as engine:
-                bench_queries(engine, n, args.runs)
-            if n == min(args.sizes):
-                bench_cold_cli(home, models, sketch, args.threads)
-            if n == max(args.sizes):
-                bench_ram(home, models, args.threads)
+            p50 = {}
+            for metric, encoder in encoders.items():
+                home = work / f"home{n}-{metric}"
+                manifest = home / "indexes" / "default" / "manifest.json"
+                if args.reuse and manifest.is_file() and json.loads(manifest.read_text())["count"] == n:
+                    print(f"\n(reusing the synthetic index of {n} entries in {home})")
+                else:
+                    shutil.rmtree(home, ignore_errors=True)
+                    t0 = time.perf_counter()
+                    factory = synth_index(home, encoder, n, args.factory)
+                    print(f"\n(synthetic index of {n} entries, {factory}, {metric}, written in "
+                          f"{time.perf_counter() - t0:.0f} s)")
+                with RetrievalEngine.open(home=home, models=models) as engine:
+                    p50[metric] = bench_queries(engine, n, args.runs)
+                if n == min(args.sizes) and metric == args.metrics[-1]:
+                    bench_cold_cli(home, models, sketch, args.threads)
+                if n == max(args.sizes):
+                    bench_ram(home, models, metric, args.threads)
+            first = args.metrics[0]
+            print(f"\nfull query p50 at {n}: " + ", ".join(f"{m} {v:.1f} ms (x{p50[first] / v:.2f} vs {first})"
+                                                         for m, v in p50.items()))
 
 
 if __name__ == "__main__":
