@@ -85,3 +85,20 @@ def manifest(
     data = read_manifest(folder)
     typer.echo(f"wrote {path}: {', '.join(data['networks']) or 'no networks'}"
                + (f"; missing {', '.join(data['missing'])}" if data["missing"] else ""))
+
+
+@app.command("compact")
+def compact(
+    folder: Path = typer.Argument(..., help="Bundle folder, e.g. s2m_retrieval/weights."),
+    names: str = typer.Option("encoder,refiner,inverter", "--networks",
+                              help="Networks whose weights to store as float16 (comma-separated)."),
+) -> None:
+    """Store networks' weights as float16 (half the size) and re-stamp the checkpoints that record them; then
+    rewrite bundle.json."""
+    from s2m_retrieval.bundle import refresh_manifest
+    from s2m_retrieval.compact import compact_bundle
+
+    sizes = compact_bundle(folder, tuple(n.strip() for n in names.split(",") if n.strip()))
+    for name, (before, after) in sizes.items():
+        typer.echo(f"{name}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB")
+    typer.echo(f"wrote {refresh_manifest(folder)}")
