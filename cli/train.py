@@ -118,6 +118,9 @@ SNAPSHOT_EVERY = typer.Option(500, "--snapshot-every", help="Steps between resum
 THREADS = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default).")
 DEVICE = typer.Option("auto", "--device", help="cpu, cuda or auto.")
 FRESH = typer.Option(False, "--fresh", help="Ignore an existing latest.pt and start over.")
+# The baselines (pix2pix, embedding) train on E's pairs at E's resolution.
+PAIR_RES = typer.Option(64, "--res", help="Resolution: the generator's, to compare with E on the same pairs.")
+PAIR_SEGMENTER = typer.Option(None, "--segmenter", help="Segmenter for archives without masks.")
 # Hidden: tiny network configs for tests and experiments, e.g. '{"encoder": {"widths": [8, 16, 16, 16]}}'.
 CONFIG_JSON = typer.Option(None, "--config-json", hidden=True,
                            help="JSON object of config overrides per part (encoder, discriminator, refiner, "
@@ -364,7 +367,7 @@ def inverter(
 def pix2pix(
     archive: str = typer.Argument(..., help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, pairs.pt, samples/, pix2pix.pt."),
-    res: int = typer.Option(64, "--res", help="Resolution: the generator's, to compare with E on the same pairs."),
+    res: int = PAIR_RES,
     steps: int = typer.Option(10000, "--steps", help=STEPS_HELP),
     batch: int = typer.Option(16, "--batch", help="Batch size."),
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (beta1 0.5), G and D."),
@@ -373,7 +376,7 @@ def pix2pix(
     pairs_per_image: int = PAIRS_PER_IMAGE,
     pairs_cache: Path = PAIRS_CACHE,
     limit: int = LIMIT,
-    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter for archives without masks."),
+    segmenter: Path = PAIR_SEGMENTER,
     snapshot_every: int = SNAPSHOT_EVERY,
     threads: int = THREADS,
     device: str = DEVICE,
@@ -400,7 +403,7 @@ def pix2pix(
 def embedding(
     archive: str = typer.Argument(..., help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, pairs.pt, embedding.pt."),
-    res: int = typer.Option(64, "--res", help="Resolution: the generator's, to compare with E on the same pairs."),
+    res: int = PAIR_RES,
     steps: int = typer.Option(3000, "--steps", help=STEPS_HELP),
     batch: int = typer.Option(64, "--batch", help="Batch size (the other pairs of a batch are the negatives)."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (cosine decay to 0)."),
@@ -408,7 +411,7 @@ def embedding(
     pairs_per_image: int = PAIRS_PER_IMAGE,
     pairs_cache: Path = PAIRS_CACHE,
     limit: int = LIMIT,
-    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter for archives without masks."),
+    segmenter: Path = PAIR_SEGMENTER,
     snapshot_every: int = SNAPSHOT_EVERY,
     threads: int = THREADS,
     device: str = DEVICE,
