@@ -104,6 +104,24 @@ def test_ray_builds_the_same_index_as_local(ray_cluster, archive, tmp_path):
     assert verify_index(home=remote).ok
 
 
+def test_ray_inverter_actors_match_local(ray_cluster, phantom_archive, tmp_path):
+    # The real encoder path (load_encoder in each actor, torch there) with tiny random models.
+    from s2m_retrieval.encoding import load_encoder
+    from s2m_retrieval.random_models import write_random_models
+    from s2m_retrieval.ray_engine import RayOptions, ray_engine
+
+    spec = f"inverter:models={write_random_models(tmp_path / 'models', seed=0)},perceptual=random"
+    encoder = load_encoder(spec)
+    build_index(phantom_archive, encoder, home=tmp_path / "local", options=BuildOptions(batch_size=8))
+    with ray_engine(spec, None, None, None, RayOptions(num_actors=1)) as engine:
+        build_index(phantom_archive, encoder, home=tmp_path / "ray", options=BuildOptions(batch_size=8),
+                    engine=engine)
+    a, b = _snapshot(tmp_path / "local"), _snapshot(tmp_path / "ray")
+    assert a["rows"] == b["rows"] and a["faiss"] == b["faiss"] and len(a["rows"]) == 24
+    np.testing.assert_allclose(a["vectors"], b["vectors"], rtol=0, atol=1e-4)
+    assert np.abs(a["thumbs"].astype(int) - b["thumbs"].astype(int)).max() <= 1
+
+
 def test_interrupted_ray_build_resumes(ray_cluster, archive, tmp_path):
     from s2m_retrieval.ray_engine import RayEngine, RayOptions
 
