@@ -140,6 +140,7 @@ class RayEngine:
 
     def __enter__(self) -> RayEngine:
         ray = self.ray
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines; the CLI has its own bar
         if not ray.is_initialized():
             kwargs = dict(logging_level=logging.WARNING, log_to_driver=False)
             if self.options.address is None:  # a private local Ray, reachable on loopback only
