@@ -262,7 +262,10 @@ def test_cli_info_verify_remove_and_errors(archive, tmp_path, runner):
     result = runner.invoke(app, ["index", "build", str(tmp_path / "nowhere"), "--home", home, "--encoder", "fake"])
     assert isinstance(result.exception, ArchiveError) and "not found" in str(result.exception)
     result = runner.invoke(app, ["index", "build", str(archive), "--home", home])
-    assert "--encoder fake" in str(result.exception)  # the real inverter is not wired yet
+    # the default encoder is the shipped inverter: an index built with another model is refused, not mixed
+    assert isinstance(result.exception, VersionMismatchError) and "--rebuild" in str(result.exception)
+    result = runner.invoke(app, ["index", "info", "--home", home])
+    assert result.exit_code == 0 and "22 vectors" in result.stdout  # nothing lost
 
 
 def test_cli_errors_are_one_line_on_stderr(tmp_path, capsys):

@@ -103,7 +103,7 @@ def evaluate(manifest: str | os.PathLike, engine, options: EvalOptions, out: str
               "faiss_recall": _faiss_recall(methods)}
     curves = ({v: precision_curve(answers.lists[v], queries, view, options.relevance, max(options.ks))
                for v in sorted(timed, key=list(variants).index)} if options.relevance else {})
-    examples = rp.example_sheet(answers, view, sorted(timed, key=list(variants).index))
+    examples = rp.example_sheet(answers, view, sorted(timed, key=list(variants).index), queries)
     return report, rp.write_report(report, curves, examples, out)
 
 

@@ -10,13 +10,17 @@ from pathlib import Path
 import numpy as np
 
 # Columns of the Markdown table, in order, with how each is printed.
-TABLE_COLUMNS = ("acc@1", "acc@5", "acc@10", "mrr", "found", "P@1", "P@10", "mAP@10")
+TABLE_COLUMNS = ("acc@1", "acc@5", "acc@10", "mrr", "found", "P@1", "P@5", "P@10", "mAP@10")
 
 
 def _cell(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _ms(value) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.0f}"
 
 
 def markdown_table(report: dict) -> str:
@@ -30,7 +34,7 @@ def markdown_table(report: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, values in variants.items():
         latency = report["latency_ms"].get(values["method"], {}) if values.get("timed") else {}
-        cells = [name, *(_cell(values.get(c)) for c in columns), _cell(latency.get("p50")), _cell(latency.get("p95"))]
+        cells = [name, *(_cell(values.get(c)) for c in columns), _ms(latency.get("p50")), _ms(latency.get("p95"))]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"{report['n_queries']} queries from {report['manifest']}; index {report['index']!r} "
              f"({report['index_size']} images, {report['factory']}), perceptual {report['perceptual']}.",
@@ -90,17 +94,21 @@ def _plot_curves(curves: dict[str, list[float]], relevance, path: Path) -> None:
     plt.close(fig)
 
 
-def example_sheet(answers, view, variants: list[str], n_queries: int = 4, k: int = 5):
-    """A contact sheet: per example query, one row per variant: sketch | its top-k thumbs."""
+def example_sheet(answers, view, variants: list[str], queries, n_queries: int = 4, k: int = 5):
+    """A contact sheet: per example query, one row per variant: sketch | target | its top-k thumbs (the target
+    marked "= target" where it was found)."""
     from s2m_retrieval.viz import contact_sheet
 
     where = {a: i for i, a in enumerate(view.archive_ids)}
+    blank = np.zeros_like(view.thumbs[0])
     tiles, captions = [], []
     for q in range(min(n_queries, len(answers.sketches))):
+        target = queries[q].target_id
         for name in variants:
-            tiles.append(answers.sketches[q])
-            captions.append(f"q{q} {name}"[:18])
+            tiles += [answers.sketches[q], view.thumbs[where[target]] if target else blank]
+            captions += [f"q{q} {name}"[:18], f"target {target}" if target else "held out"]
             ids = answers.lists[name][q][:k]
-            tiles += [view.thumbs[where[i]] for i in ids] + [np.zeros_like(view.thumbs[0])] * (k - len(ids))
-            captions += [f"#{r + 1} {i}" for r, i in enumerate(ids)] + [""] * (k - len(ids))
-    return contact_sheet(tiles, captions, cols=k + 1, tile_size=96)
+            tiles += [view.thumbs[where[i]] for i in ids] + [blank] * (k - len(ids))
+            captions += [f"#{r + 1}" + (" = target" if i == target else f" {i}") for r, i in enumerate(ids)]
+            captions += [""] * (k - len(ids))
+    return contact_sheet(tiles, captions, cols=k + 2, tile_size=96)
