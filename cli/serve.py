@@ -70,7 +70,8 @@ def serve(
                        f"({'token required' if token else 'no token'}; Ctrl-C stops)")
             try:
                 run_server(app, sock, log_level=log_level)
-            except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl-C
-                typer.echo("stopped")
+            except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl-C (or returned)
+                pass
+            typer.echo("stopped")
     finally:
         sock.close()
