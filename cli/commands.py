@@ -100,6 +100,12 @@ def generate(
                                                     "given one by one (default: the shipped phantom bundle)."),
 ) -> None:
     """Show what the model makes of SKETCH (sketch | x̂ after E | after each H step), or a grid of G samples."""
+    from s2m_retrieval.errors import BadInputError
+    from s2m_retrieval.viz import output_image_format
+
+    output_image_format(out)
+    if n < 1 or cols < 1:
+        raise BadInputError(f"--n and --cols must be >= 1, got {n} and {cols}")
     if sketch is not None:
         _generate_from_sketch(sketch, out, steps, only_final, generator, encoder, refiner, model)
         return

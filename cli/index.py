@@ -11,7 +11,7 @@ from cli.models import MODEL_HELP
 
 app = typer.Typer(help="Build and inspect the archive index (FAISS vectors + SQL metadata).", no_args_is_help=True)
 
-NAME = typer.Option("default", "--name", help="Index name (a folder under HOME/indexes/).")
+NAME = typer.Option("default", "--name", "--index", help="Index name (a folder under HOME/indexes/).")
 HOME = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (default ~/.s2m).")
 DB = typer.Option(None, "--db", envvar="S2M_DB_URL",
                   help="Database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite HOME/s2m.db).")

@@ -63,7 +63,12 @@ def _run(command: typer.Typer, args: list[str] | None = None, prog: str = "s2m")
         # Usage errors (missing option, bad value) come from the click that typer runs on; they
         # know how to show themselves and carry their exit code (2).
         if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
+            if type(exc).__name__ == "NoArgsIsHelpError" or not hasattr(exc, "format_message"):
+                exc.show()  # a bare group: its help is the answer
+            else:
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+                typer.echo(f"error: {exc.format_message()}{hint}", err=True)
             sys.exit(exc.exit_code)
         raise
     # In non-standalone mode click returns the code of a `typer.Exit` instead of raising it.

@@ -56,7 +56,13 @@ def retrieve(
     if query is not None and like is not None:
         raise BadInputError("give either a sketch image or --like ID_OR_PATH, not both")
     # Everything the user typed is checked before the index and the models are opened.
+    if like is not None and steps is not None:
+        raise BadInputError("--steps applies to sketch queries; --like skips E and H")
     check_options(k, candidates, alpha, max_distance, normalisation)
+    if sheet is not None:
+        from s2m_retrieval.viz import output_image_format
+
+        output_image_format(sheet)
     parse_where(where)
     sketch = check_sketch(read_sketch(query), query) if query is not None else None
     models = resolve_model(model, home)

@@ -46,9 +46,10 @@ def result_table(result) -> list[str]:
 
 def write_result_sheet(result, out: str | os.PathLike) -> None:
     """Contact sheet query | x_hat | top-k (captions: rank and score), written atomically."""
-    from s2m_retrieval.viz import contact_sheet
+    from s2m_retrieval.viz import contact_sheet, output_image_format
 
     out = Path(out)
+    fmt = output_image_format(out)
     tiles = [result.query] + ([result.x_hat] if result.x_hat is not None else []) + list(result.thumbs)
     captions = ["query"] + ([f"x_hat T={result.provenance['steps']}"] if result.x_hat is not None else [])
     captions += [f"#{h.rank} score {h.score:.2f}" for h in result.hits]
@@ -56,7 +57,7 @@ def write_result_sheet(result, out: str | os.PathLike) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        contact_sheet(tiles, captions, cols=min(len(tiles), 6), tile_size=tile).save(tmp, format="PNG")
+        contact_sheet(tiles, captions, cols=min(len(tiles), 6), tile_size=tile).save(tmp, format=fmt)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

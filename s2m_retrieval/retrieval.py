@@ -251,7 +251,11 @@ class RetrievalEngine:
         return latent, ids, self._thumbs(ids, rows)
 
     def _find(self, key) -> tuple[int | None, str | None]:
-        """(image id in the index, None) or (None, path of an image file outside the index)."""
+        """(image id in the index, None) or (None, path of an image file outside the index).
+
+        A key names an indexed image by id, path, file stem or labels `id` (as `s2m index remove` reads keys);
+        else an existing image file is a query from outside the index.
+        """
         from s2m_retrieval.storage import catalog
 
         text = str(key)
@@ -259,13 +263,21 @@ class RetrievalEngine:
         with self.reader.db.session() as s:
             if isinstance(key, int) or text.isdigit():
                 found = catalog.find_image(s, name, int(text))
+                matches = {} if found is None else {found: None}
             else:
-                found = catalog.find_image(s, name, sorted({os.path.abspath(text), os.path.realpath(text)}))
-        if found is not None:
-            return found, None
+                paths = sorted({os.path.abspath(text), os.path.realpath(text)})
+                matches = catalog.match_images(s, name, text, paths)
+                if not matches and not Path(text).is_file():  # a file name as the tables show it
+                    matches = catalog.match_images(s, name, Path(text).stem, paths)
+        if len(matches) > 1:
+            raise BadInputError(f"--like {text!r} names {len(matches)} images of index {name!r}; give the id or "
+                                "the full path")
+        if matches:
+            return next(iter(matches)), None
         if not isinstance(key, int) and Path(text).is_file():
             return None, text
-        raise BadInputError(f"--like {text!r}: no image with that id or path in index {name!r}, and no such file")
+        raise BadInputError(f"--like {text!r}: no image with that id, path, file name or labels id in index "
+                            f"{name!r}, and no such file")
 
     def _locations(self, ids: list[int]) -> dict[int, tuple[str, str, dict, int]]:
         """image id -> (shard, path, labels, row) for ids still in the index."""

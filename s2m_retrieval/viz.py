@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -43,3 +46,22 @@ def contact_sheet(tiles: list[np.ndarray], captions: list[str] | None = None, co
         if captions and i < len(captions) and captions[i]:
             draw.text((x + 1, y + tile_size + 1), captions[i][:tile_size // 6], fill=(0, 0, 0))
     return sheet
+
+
+def output_image_format(path: str | os.PathLike) -> str:
+    """The PIL format an image written to `path` gets from its extension; a folder, a parent that is a file
+    or an unknown extension is a one-line BadInputError (checked before any work is done)."""
+    from s2m_retrieval.errors import BadInputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"{path} is a folder; give an image file name such as {path / 'out.png'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInputError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise BadInputError(f"cannot tell the image format of {path.name!r} from its extension; end it in .png or .jpg")
+    return fmt

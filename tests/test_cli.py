@@ -70,7 +70,7 @@ def test_usage_errors_exit_2_without_traceback(tmp_path):
     for args in (["sketch", "x.png"], ["data", "phantom", "--size", "abc", "--out", str(tmp_path)], ["nosuch"]):
         proc = _s2m(*args)
         assert proc.returncode == 2, (args, proc.stderr)
-        assert "Traceback" not in proc.stderr and "Error" in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
 
 
 def test_retrieve_script_usage_error():
@@ -109,6 +109,15 @@ def test_cuda_on_a_machine_without_it_is_one_line(phantom_archive, tmp_path):
     proc = _s2m("train", "segmenter", str(phantom_archive), "--out", str(tmp_path / "s.pt"), "--steps", "1",
                 "--device", "cuda")
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_generate_checks_its_output_and_counts_first(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for args, needle in ((["--out", str(tmp_path)], "is a folder"), (["--out", str(tmp_path / "x")], "image format"),
+                         (["--out", str(tmp_path / "afile" / "x.png")], "is a file, not a folder"),
+                         (["--out", str(tmp_path / "g.png"), "--n", "0"], "--n and --cols must be >= 1")):
+        proc = _s2m("generate", *args)
+        assert proc.returncode == 2 and needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 
 def test_missing_generator_says_what_to_do(tmp_path):

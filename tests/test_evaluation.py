@@ -174,3 +174,5 @@ def test_eval_refuses_targets_outside_the_index(setup, tmp_path):
     assert "not in index 'default'" in proc.stderr and not (tmp_path / "r").exists()
     proc = _s2m("eval", manifest, "--out", tmp_path / "r", "--method", "sift")
     assert proc.returncode == 2 and "unknown --method sift" in proc.stderr
+    proc = _s2m("eval", manifest, "--out", tmp_path / "r", "--limit", "0")
+    assert proc.returncode == 2 and "--limit must be >= 1" in proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,6 +151,9 @@ def test_like_an_indexed_image_finds_itself_first(engine, image_id):
     assert result.hits[0].score == 0.0 and result.hits[1].latent_distance > 0
     by_path = engine.query_like(result.hits[0].path, k=1)
     assert by_path.hits[0].id == image_id and by_path.provenance["like_id"] == image_id
+    name = Path(result.hits[0].path).name  # as the table shows it, and its stem (= the labels id here)
+    for key in (name, Path(name).stem):
+        assert engine.query_like(key, k=1).provenance["like_id"] == image_id
 
 
 def test_like_an_outside_file_is_inverted_like_the_archive(engine, setup, tmp_path):
@@ -158,7 +162,7 @@ def test_like_an_outside_file_is_inverted_like_the_archive(engine, setup, tmp_pa
     result = engine.query_like(outside, k=2)
     assert result.provenance["like_id"] is None
     assert result.hits[0].path.endswith("ph000005.png") and result.hits[0].latent_distance < 1e-3
-    with pytest.raises(BadInputError, match="no image with that id or path"):
+    with pytest.raises(BadInputError, match="no image with that id, path, file name"):
         engine.query_like(tmp_path / "nowhere.png")
     with pytest.raises(BadInputError, match="no image with that id"):
         engine.query_like(999)

@@ -120,11 +120,16 @@ def test_errors_are_one_line_and_lose_nothing(setup, tmp_path, capsys, sketch_pn
         "refiner.pt": ["retrieve", str(sketch_png), "--home", str(home), "--model", str(models)],
         "give a sketch image (s2m retrieve SKETCH.png) or --like": _args(setup, home=home),
         "unknown column 'grade'": _args(setup, "--like", "1", "--where", "grade>1", home=home),
+        "--steps applies to sketch queries": _args(setup, "--like", "1", "--steps", "2", home=home),
+        "Invalid value for '--k'": _args(setup, sketch_png, "--k", "abc", home=home),  # usage errors: one line too
     }
     for needle, args in cases.items():
         code, err = _error(capsys, args + ["--sheet", str(sheet)])
         assert code != 0 and needle in err, (needle, err)
     assert "is empty" in _error(capsys, _args(setup, blank, home=home))[1]
+    for where, needle in ((tmp_path, "is a folder"), (tmp_path / "sheet", "image format"),
+                          (bad / "x.png", "is a file, not a folder")):
+        assert needle in _error(capsys, _args(setup, sketch_png, "--sheet", str(where), home=home))[1]
     assert verify_index(home=home).ok and not sheet.exists()
 
     faiss_file = home / "indexes" / "default" / "index.faiss"

@@ -34,6 +34,8 @@ class EvalOptions:
             raise BadInputError("--steps must be >= 0 and --candidates >= 1")
         if max(self.candidates) < max(self.ks):
             raise BadInputError(f"--candidates {max(self.candidates)} is below the largest --k {max(self.ks)}")
+        if self.limit is not None and self.limit < 1:
+            raise BadInputError(f"--limit must be >= 1, got {self.limit}")
         if not 0 <= self.alpha <= 1:
             raise BadInputError(f"--alpha must be between 0 and 1, got {self.alpha}")
 
