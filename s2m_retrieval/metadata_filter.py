@@ -155,6 +155,13 @@ class LabelFilter:
         """Sorted image ids (int64) of the index whose labels satisfy every condition."""
         result = None
         for cond in conditions:
-            ids = self.column(cond.column).matches(cond)
+            column = self.column(cond.column)
+            number = isinstance(cond.value, float)
+            if not (column.is_text.any() if not number else (~np.isnan(column.numbers)).any()):
+                # a value of a type the column never holds matches nothing: almost always a typo
+                hint = "; separate conditions with ',' or AND" if ";" in str(cond.value) else ""
+                raise BadInputError(f"--where {cond}: column {cond.column!r} holds "
+                                    f"{'text' if number else 'numbers'}, not {cond.value!r}{hint}")
+            ids = column.matches(cond)
             result = ids if result is None else np.intersect1d(result, ids, assume_unique=True)
         return np.zeros(0, np.int64) if result is None else result

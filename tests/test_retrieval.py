@@ -182,6 +182,12 @@ def test_where_filters_in_sql(engine, setup):
     assert engine.query_like(3, where="tonsil_grade>99").hits == []
     with pytest.raises(BadInputError, match="unknown column 'size'.*tonsil_grade"):
         engine.query_like(3, where="size>3")
+    with pytest.raises(BadInputError, match="column 'tonsil_grade' holds numbers, not 'abc'"):
+        engine.query_like(3, where="tonsil_grade=abc")
+    with pytest.raises(BadInputError, match="separate conditions with ','"):
+        engine.query_like(3, where="tonsil_grade=3;mallampati=2")
+    with pytest.raises(BadInputError, match="column 'id' holds text, not 3.0"):
+        engine.query_like(3, where="id=3")
     ids = LabelFilter(engine.reader.db, "default").allowed(parse_where("mallampati<2"))
     want = {stem for stem, row in labels_csv(setup.archive).items() if int(row["mallampati"]) < 2}
     assert {r["labels"]["id"] for r in engine.reader.images(ids.tolist()).values()} == want
