@@ -31,18 +31,24 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_setup(folder: Path, n: int) -> tuple[Path, Path]:
-    """Tiny random models and an index of an n-image phantom archive built with them: (home, models)."""
+def make_setup(folder: Path, n: int, shipped: bool = False) -> tuple[Path, Path]:
+    """Tiny random models (or the shipped bundle) and an index of an n-image phantom archive built with them:
+    (home, models)."""
+    from s2m_retrieval.bundle import shipped_folder
     from s2m_retrieval.data.phantom_archive import write_phantom_archive
     from s2m_retrieval.encoding import load_encoder
     from s2m_retrieval.indexing import BuildOptions, build_index
     from s2m_retrieval.random_models import write_random_models
 
     models, home, archive = folder / "models", folder / "home", folder / "archive"
-    write_random_models(models, seed=0)
+    if shipped:
+        models = shipped_folder()
+        spec = "inverter"
+    else:
+        write_random_models(models, seed=0)
+        spec = f"inverter:models={models},perceptual=random"
     write_phantom_archive(archive, n=n, size=64, seed=3)
-    build_index(archive, load_encoder(f"inverter:models={models},perceptual=random"), home=home,
-                options=BuildOptions(batch_size=32))
+    build_index(archive, load_encoder(spec), home=home, options=BuildOptions(batch_size=32))
     return home, models
 
 
@@ -148,6 +154,7 @@ def main() -> None:
     ap.add_argument("--mix", default="sketch=8,like=1,image=1", help="Request kinds and their weights.")
     ap.add_argument("--concurrency", type=int, default=2, help="Server: queries computing at once.")
     ap.add_argument("--threads", type=int, default=1, help="Server: torch threads.")
+    ap.add_argument("--shipped", action="store_true", help="Serve the shipped models instead of tiny random ones.")
     args = ap.parse_args()
     mix = [kind for part in args.mix.split(",") for kind in [part.split("=")[0]] * int(part.split("=")[1])]
     if not mix or set(mix) - {"sketch", "like", "image"}:
@@ -155,9 +162,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="s2m-bench-service-") as tmp:
         t0 = time.perf_counter()
-        home, models = make_setup(Path(tmp), args.images)
+        home, models = make_setup(Path(tmp), args.images, args.shipped)
         bodies = sketch_bodies(32)
-        print(f"setup: {args.images}-image index, tiny random models ({time.perf_counter() - t0:.1f} s)")
+        kind = "the shipped models" if args.shipped else "tiny random models"
+        print(f"setup: {args.images}-image index, {kind} ({time.perf_counter() - t0:.1f} s)")
         proc, base = start_server(home, models, args.concurrency, args.threads)
         try:
             port = int(base.rsplit(":", 1)[1])
