@@ -242,13 +242,35 @@ class RetrievalEngine:
         result.provenance |= {"query": "like", "like": str(key), "like_id": image_id}
         return result
 
-    def candidates(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The unfiltered first stage: top-n (W+ distances, image ids, stored thumbs [n, R, R, 3]) for a vector."""
+    def candidates(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """The unfiltered first stage: top-n (W+ distances, image ids, their rows) for a vector."""
         latent, ids = self._search(vector, n, None)
+        return self._still_indexed(latent, ids)
+
+    def perceptual_distances(self, query_image, ids: np.ndarray, rows: dict) -> np.ndarray:
+        """The re-rank's distances [N] between x̂ (tensor [1, 3, R, R]) and candidates, as queries compute them."""
+        thumbs, stored = self._rerank_inputs(ids, rows)
+        return self._perceptual(query_image, thumbs, stored)
+
+    def _still_indexed(self, latent: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Candidates with their rows, less those removed after this engine opened its FAISS snapshot."""
         rows = self._locations(ids.tolist()) if len(ids) else {}
-        keep = np.array([int(i) in rows for i in ids], dtype=bool)
-        latent, ids = latent[keep], ids[keep]
-        return latent, ids, self._thumbs(ids, rows)
+        if len(rows) < len(ids):
+            log.warning("%d candidates are no longer in the index; reopen the engine", len(ids) - len(rows))
+            keep = np.array([int(i) in rows for i in ids], dtype=bool)
+            latent, ids = latent[keep], ids[keep]
+        return latent, ids, rows
+
+    def _rerank_inputs(self, ids: np.ndarray, rows: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(thumbs, None) to recompute features from, or (None, stored features) for a cacheable metric."""
+        if self.feature_shapes is not None:
+            return None, self.rows.rows("features", [(rows[int(i)][0], rows[int(i)][3]) for i in ids])
+        return self._thumbs(ids, rows), None
+
+    def _perceptual(self, query_image, thumbs: np.ndarray | None, stored: np.ndarray | None) -> np.ndarray:
+        if stored is not None:
+            return cached_perceptual_distances(self.metric, query_image, stored, self.feature_shapes)
+        return perceptual_distances(self.metric, query_image, thumbs)
 
     def _find(self, key) -> tuple[int | None, str | None]:
         """(image id in the index, None) or (None, path of an image file outside the index).
@@ -331,23 +353,13 @@ class RetrievalEngine:
             latent, ids = latent[latent <= max_distance], ids[latent <= max_distance]
         timings["search"] = _ms(t0)
         t0 = time.perf_counter()
-        rows = self._locations(ids.tolist()) if len(ids) else {}
-        if len(rows) < len(ids):  # removed from the index after this engine opened its FAISS snapshot
-            log.warning("%d candidates are no longer in the index; reopen the engine", len(ids) - len(rows))
-            keep = np.array([int(i) in rows for i in ids], dtype=bool)
-            latent, ids = latent[keep], ids[keep]
+        latent, ids, rows = self._still_indexed(latent, ids)
         rerank = alpha < 1 and len(ids) > 0
-        cached = rerank and self.feature_shapes is not None
         # Only the k shown thumbs are read, unless the re-rank recomputes features from all candidates' thumbs.
-        thumbs = self._thumbs(ids, rows) if rerank and not cached else None
-        stored = self.rows.rows("features", [(rows[int(i)][0], rows[int(i)][3]) for i in ids]) if cached else None
+        thumbs, stored = self._rerank_inputs(ids, rows) if rerank else (None, None)
         timings["fetch"] = _ms(t0)
         t0 = time.perf_counter()
-        perceptual = None
-        if cached:
-            perceptual = cached_perceptual_distances(self.metric, query_image, stored, self.feature_shapes)
-        elif rerank:
-            perceptual = perceptual_distances(self.metric, query_image, thumbs)
+        perceptual = self._perceptual(query_image, thumbs, stored) if rerank else None
         timings["rerank"] = _ms(t0)
         scores = fuse(latent, perceptual, alpha, how)
         order = np.lexsort((latent, scores))[:k]  # ties in score go to the latent-closer candidate

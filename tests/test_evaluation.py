@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,17 @@ def test_eval_refuses_targets_outside_the_index(setup, tmp_path):
     assert proc.returncode == 2 and "unknown --method sift" in proc.stderr
     proc = _s2m("eval", manifest, "--out", tmp_path / "r", "--limit", "0")
     assert proc.returncode == 2 and "--limit must be >= 1" in proc.stderr
+
+
+def test_sketch2medi_method_ranks_as_the_engine_queries(setup):
+    from retrieval_helpers import phantom_sketch
+    from s2m_retrieval.evaluation.archive_view import read_archive_view
+    from s2m_retrieval.evaluation.methods import Sketch2MediMethod
+    from s2m_retrieval.retrieval import RetrievalEngine
+
+    with RetrievalEngine.open(home=setup.home, models=setup.models, perceptual="random") as engine:
+        view = read_archive_view(engine)
+        method = Sketch2MediMethod(engine, view, steps=(), candidates=(20,))
+        ranked = method.rank(phantom_sketch())
+        result = engine.query_sketch(phantom_sketch(), k=10, n_candidates=20)
+    assert ranked.lists[method.timed][:10] == [Path(h.path).stem for h in result.hits]

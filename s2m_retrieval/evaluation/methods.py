@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from s2m_retrieval.evaluation.archive_view import ArchiveView
-from s2m_retrieval.pipeline import image_batch, sketch_batch
+from s2m_retrieval.pipeline import image_batch, sketch_batch, to_uint8
+from s2m_retrieval.ranking import fuse
 
 METHODS = ("sketch2medi", "edge", "pix2pix", "embedding")
 FEATURE_BATCH = 64
@@ -76,8 +77,6 @@ class Sketch2MediMethod:
         return f"{how} T={steps} N={n}"
 
     def rank(self, sketch: np.ndarray) -> Ranked:
-        from s2m_retrieval.ranking import fuse, perceptual_distances
-
         n_max = max(self.candidates)
         lists: dict[str, list[str]] = {}
         seconds = 0.0
@@ -86,20 +85,16 @@ class Sketch2MediMethod:
             with torch.inference_mode():
                 w_plus, _, x_hat = self.engine.pipeline.generate(sketch, steps=steps)
                 vector = self.engine.sketch_vector(w_plus, x_hat)
-            latent, ids, thumbs = self.engine.candidates(vector, n_max)
-            perceptual = perceptual_distances(self.engine.metric, x_hat, thumbs)
-            fused = fuse(latent, perceptual, self.alpha, self.normalisation)
-            order = np.lexsort((latent, fused))
+            latent, ids, perceptual, stems, fused = self._stages(vector, x_hat, n_max)
             if steps == self.default_steps:
                 seconds = time.perf_counter() - t0
                 if self._exact is not None:
                     _, exact = self._exact.search(np.ascontiguousarray(vector, np.float32), self.recall_k)
                     truth = set(self.view.image_ids[exact[0][exact[0] >= 0]].tolist())
                     self._overlaps.append(len(truth & set(ids[:self.recall_k].tolist())) / max(len(truth), 1))
-            stems = self.view.stems_of(ids)
             lists[self.variant("latent", steps, n_max)] = stems
             lists[self.variant("perceptual", steps, n_max)] = [stems[i] for i in np.lexsort((latent, perceptual))]
-            lists[self.variant("fused", steps, n_max)] = [stems[i] for i in order]
+            lists[self.variant("fused", steps, n_max)] = fused
             for n in self.candidates[:-1]:
                 sub = fuse(latent[:n], perceptual[:n], self.alpha, self.normalisation)
                 lists[self.variant("fused", steps, n)] = [stems[i] for i in np.lexsort((latent[:n], sub))]
@@ -107,14 +102,19 @@ class Sketch2MediMethod:
                 # Ablation of the query vector: E's own code instead of the re-inverted x̂.
                 with torch.inference_mode():
                     vector = self.engine.sketch_vector(w_plus, x_hat, code="sketch")
-                latent, ids, thumbs = self.engine.candidates(vector, n_max)
-                perceptual = perceptual_distances(self.engine.metric, x_hat, thumbs)
-                stems = self.view.stems_of(ids)
-                fused = fuse(latent, perceptual, self.alpha, self.normalisation)
+                _, _, _, stems, fused = self._stages(vector, x_hat, n_max)
                 lists[self.variant("latent", steps, n_max) + " code=sketch"] = stems
-                lists[self.variant("fused", steps, n_max) + " code=sketch"] = [stems[i] for i in
-                                                                              np.lexsort((latent, fused))]
+                lists[self.variant("fused", steps, n_max) + " code=sketch"] = fused
         return Ranked(lists, seconds)
+
+    def _stages(self, vector: np.ndarray, x_hat, n: int):
+        """The engine's two stages for one query vector: (latent distances, ids, perceptual distances, archive ids
+        in latent order, archive ids in fused order)."""
+        latent, ids, rows = self.engine.candidates(vector, n)
+        perceptual = self.engine.perceptual_distances(x_hat, ids, rows)
+        stems = self.view.stems_of(ids)
+        order = np.lexsort((latent, fuse(latent, perceptual, self.alpha, self.normalisation)))
+        return latent, ids, perceptual, stems, [stems[i] for i in order]
 
 
 def _top(scores: np.ndarray, view: ArchiveView, n: int) -> list[str]:
@@ -185,7 +185,7 @@ class Pix2PixMethod:
         t0 = time.perf_counter()
         with torch.inference_mode():
             fake = self.net(sketch_batch(sketch, self.net.config.img_resolution))
-            fq = self.metric.features(image_batch(_to_uint8(fake), self.view.resolution))
+            fq = self.metric.features(image_batch(to_uint8(fake), self.view.resolution))
             scores = torch.cat([self.metric.distance_from_features(fq, [f[i:i + FEATURE_BATCH] for f in self.features])
                                 for i in range(0, len(self.view), FEATURE_BATCH)]).numpy()
         return Ranked({self.timed: _top(scores, self.view, self.n)}, time.perf_counter() - t0)
@@ -214,8 +214,3 @@ class EmbeddingMethod:
             scores = -(self.archive @ q[0]).numpy()
         return Ranked({self.timed: _top(scores, self.view, self.n)}, time.perf_counter() - t0)
 
-
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    from s2m_retrieval.pipeline import to_uint8
-
-    return to_uint8(images)
