@@ -91,14 +91,14 @@ def retrieval(
                           steps=parse_ints(steps, "--steps"), candidates=parse_ints(candidates, "--candidates"),
                           alpha=alpha, limit=limit)
     out = write_path(out)
-    n = len(read_manifest(manifest, options.relevance)[:limit])  # a bad manifest fails before models load
+    queries = read_manifest(manifest, options.relevance)[:limit]  # a bad manifest fails before models load
     models = resolve_model(model, home)
     dev = setup_torch(threads, device)
     with RetrievalEngine.open(index, home=home, db_url=db, models=models, perceptual=perceptual,
                               device=dev) as engine:
-        with tqdm(total=n, unit="query", desc="eval", disable=None, leave=False) as bar:
+        with tqdm(total=len(queries), unit="query", desc="eval", disable=None, leave=False) as bar:
             report, paths = evaluate(manifest, engine, options, out, pix2pix=pix2pix, embedding=embedding,
-                                     segmenter=segmenter, device=dev, progress=bar.update)
+                                     segmenter=segmenter, device=dev, queries=queries, progress=bar.update)
     typer.echo(markdown_table(report), nl=False)
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 

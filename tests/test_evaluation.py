@@ -18,7 +18,7 @@ from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.evaluation import metrics as m
 from s2m_retrieval.evaluation.archive_view import ArchiveView
 from s2m_retrieval.evaluation.manifest import Query, make_queries, read_manifest
-from s2m_retrieval.evaluation.runner import variant_metrics
+from s2m_retrieval.evaluation.runner import Relevance, variant_metrics
 
 
 def test_instance_metrics_by_hand():
@@ -66,7 +66,9 @@ def test_variant_metrics_with_ties_in_labels_and_short_lists():
                Query(sketch=None, target_id="c", labels={"grade": 2}),
                Query(sketch=None, target_id=None, labels={"grade": 4})]  # held out, no grade-4 image indexed
     lists = [["b", "a", "c"], ["c"], ["e", "a"]]
-    out = variant_metrics(lists, queries, view, ks=(1, 2), relevance=("grade",))
+    relevance = Relevance.of(queries, view, ("grade",))
+    assert relevance.n_relevant == [2, 2, 0]
+    out = variant_metrics(lists, queries, ks=(1, 2), relevance=relevance)
     assert out["acc@1"] == 0.5 and out["acc@2"] == 1.0 and out["n_instance"] == 2
     assert out["mrr"] == pytest.approx((1 / 2 + 1) / 2)
     assert out["P@1"] == 1.0                                   # b (grade 1) and c (grade 2) are both relevant

@@ -78,11 +78,11 @@ def _read_labels(root: Path) -> dict[str, dict]:
         rows = {}
         for row in reader:
             key = Path(row["file"]).stem if row.get("file") else row["id"]
-            rows[key] = {k: _parse_value(v) for k, v in row.items() if k not in ("file",)}
+            rows[key] = {k: parse_value(v) for k, v in row.items() if k not in ("file",)}
     return rows
 
 
-def _parse_value(text: str | None):
+def parse_value(text: str | None):
     """CSV cells as int, float or string, so filters can compare numbers."""
     if text is None:
         return None

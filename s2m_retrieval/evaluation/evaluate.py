@@ -75,15 +75,16 @@ def build_methods(engine, view, options: EvalOptions, *, pix2pix: str | os.PathL
 
 
 def evaluate(manifest: str | os.PathLike, engine, options: EvalOptions, out: str | os.PathLike, *,
-             pix2pix=None, embedding=None, segmenter=None, device: str = "cpu",
+             pix2pix=None, embedding=None, segmenter=None, device: str = "cpu", queries=None,
              progress: Callable[[int], None] | None = None) -> tuple[dict, dict[str, Path]]:
-    """Run the evaluation; return the report dict and the written files."""
+    """Run the evaluation (on `queries` when the manifest was already read); return the report and the files."""
     from s2m_retrieval.evaluation import report as rp
     from s2m_retrieval.evaluation.archive_view import read_archive_view
     from s2m_retrieval.evaluation.manifest import read_manifest
-    from s2m_retrieval.evaluation.runner import check_targets, precision_curve, run_methods, variant_metrics
+    from s2m_retrieval.evaluation.runner import (Relevance, check_targets, precision_curve, run_methods,
+                                                 variant_metrics)
 
-    queries = read_manifest(manifest, options.relevance)[:options.limit]
+    queries = read_manifest(manifest, options.relevance)[:options.limit] if queries is None else queries
     view = read_archive_view(engine)
     name = engine.reader.stamp.name
     if not len(view):
@@ -93,8 +94,9 @@ def evaluate(manifest: str | os.PathLike, engine, options: EvalOptions, out: str
                             device=device)
     answers = run_methods(queries, methods, progress)
     timed = {m.timed for m in methods}
+    relevance = Relevance.of(queries, view, options.relevance) if options.relevance else None
     variants = {v: {"method": answers.method_of[v], "timed": v in timed,
-                    **variant_metrics(lists, queries, view, options.ks, options.relevance)}
+                    **variant_metrics(lists, queries, options.ks, relevance)}
                 for v, lists in _ordered(answers.lists, timed).items()}
     latency = {name: {"p50": _ms(secs, 50), "p95": _ms(secs, 95)} for name, secs in answers.seconds.items()}
     stamp = engine.reader.stamp
@@ -103,8 +105,8 @@ def evaluate(manifest: str | os.PathLike, engine, options: EvalOptions, out: str
               "n_queries": len(queries), "ks": list(options.ks), "relevance": list(options.relevance),
               "variants": variants, "latency_ms": latency,
               "faiss_recall": _faiss_recall(methods)}
-    curves = ({v: precision_curve(answers.lists[v], queries, view, options.relevance, max(options.ks))
-               for v in sorted(timed, key=list(variants).index)} if options.relevance else {})
+    curves = ({v: precision_curve(answers.lists[v], queries, relevance, max(options.ks))
+               for v in sorted(timed, key=list(variants).index)} if relevance else {})
     examples = rp.example_sheet(answers, view, sorted(timed, key=list(variants).index), queries)
     return report, rp.write_report(report, curves, examples, out)
 

@@ -118,7 +118,7 @@ def make_queries(archive: str | os.PathLike, out: str | os.PathLike, n: int, see
 def read_manifest(path: str | os.PathLike, relevance: tuple[str, ...] = ()) -> list[Query]:
     """The manifest's queries; a missing column, an unreadable or missing sketch file, or an empty manifest is a
     one-line BadInputError naming the file (and line)."""
-    from s2m_retrieval.data.archive import _parse_value
+    from s2m_retrieval.data.archive import parse_value
 
     path = Path(path)
     if path.is_dir():
@@ -143,7 +143,7 @@ def read_manifest(path: str | os.PathLike, relevance: tuple[str, ...] = ()) -> l
             for c in relevance:
                 if row.get(c) in (None, ""):
                     raise BadInputError(f"{path} line {line}: no value in relevance column {c!r}")
-            labels = {k: _parse_value(v) for k, v in row.items() if k not in REQUIRED and v not in (None, "")}
+            labels = {k: parse_value(v) for k, v in row.items() if k not in REQUIRED and v not in (None, "")}
             queries.append(Query(sketch=sketch, target_id=(row["target_id"] or "").strip() or None, labels=labels))
     if not queries:
         raise BadInputError(f"{path}: the manifest has no queries")

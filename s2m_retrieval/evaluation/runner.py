@@ -53,8 +53,27 @@ def run_methods(queries: Sequence[Query], methods: Sequence, progress: Callable[
     return answers
 
 
-def variant_metrics(lists: list[list[str]], queries: Sequence[Query], view: ArchiveView, ks: Sequence[int],
-                    relevance: tuple[str, ...]) -> dict:
+@dataclass
+class Relevance:
+    """Category relevance by label columns: which archive ids share a query's values, and how many of the index's
+    images do (counted once per query, not once per variant)."""
+
+    labels: dict[str, dict]
+    columns: tuple[str, ...]
+    n_relevant: list[int]
+
+    @classmethod
+    def of(cls, queries: Sequence[Query], view: ArchiveView, columns: tuple[str, ...]) -> Relevance:
+        return cls(labels=dict(zip(view.archive_ids, view.labels)), columns=columns,
+                   n_relevant=[view.count_matching(q.labels, columns) for q in queries])
+
+    def flags(self, query: Query, ids: Sequence[str]) -> list[bool]:
+        """Per result: does it share every relevance column's value with the query?"""
+        return [all(self.labels[i].get(c) == query.labels.get(c) for c in self.columns) for i in ids]
+
+
+def variant_metrics(lists: list[list[str]], queries: Sequence[Query], ks: Sequence[int],
+                    relevance: Relevance | None) -> dict:
     """Instance metrics over queries with a target, category metrics over the relevance columns."""
     out: dict = {}
     with_target = [(q, ids) for q, ids in zip(queries, lists) if q.target_id is not None]
@@ -65,17 +84,15 @@ def variant_metrics(lists: list[list[str]], queries: Sequence[Query], view: Arch
         out["found"] = m.accuracy_at(ranks, max(len(ids) for _, ids in with_target))
         out["list_length"] = int(np.median([len(ids) for _, ids in with_target]))
         out["n_instance"] = len(with_target)
-    if relevance:
+    if relevance is not None:
         k_max = max(ks)
-        labels = dict(zip(view.archive_ids, view.labels))
         precision = {k: [] for k in ks}
         ap, no_relevant = [], 0
-        for q, ids in zip(queries, lists):
-            n_rel = view.count_matching(q.labels, relevance)
+        for q, ids, n_rel in zip(queries, lists, relevance.n_relevant):
             if n_rel == 0:
                 no_relevant += 1
                 continue
-            rel = [all(labels[i].get(c) == q.labels.get(c) for c in relevance) for i in ids]
+            rel = relevance.flags(q, ids)
             for k in ks:
                 precision[k].append(m.precision_at(rel, k))
             ap.append(m.average_precision_at(rel, k_max, n_rel))
@@ -86,14 +103,8 @@ def variant_metrics(lists: list[list[str]], queries: Sequence[Query], view: Arch
     return out
 
 
-def precision_curve(lists: list[list[str]], queries: Sequence[Query], view: ArchiveView,
-                    relevance: tuple[str, ...], k_max: int) -> list[float]:
+def precision_curve(lists: list[list[str]], queries: Sequence[Query], relevance: Relevance, k_max: int) -> list[float]:
     """Mean P@k for k = 1..k_max (queries with a relevant image in the index)."""
-    labels = dict(zip(view.archive_ids, view.labels))
-    curves = []
-    for q, ids in zip(queries, lists):
-        if view.count_matching(q.labels, relevance) == 0:
-            continue
-        rel = [all(labels[i].get(c) == q.labels.get(c) for c in relevance) for i in ids]
-        curves.append([m.precision_at(rel, k) for k in range(1, k_max + 1)])
+    curves = [[m.precision_at(relevance.flags(q, ids), k) for k in range(1, k_max + 1)]
+              for q, ids, n_rel in zip(queries, lists, relevance.n_relevant) if n_rel]
     return np.mean(curves, axis=0).tolist() if curves else []
