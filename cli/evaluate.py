@@ -32,7 +32,8 @@ def make_queries(
     n: int = typer.Option(200, "--n", help="Number of queries."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pick and of the free-hand strokes."),
     style: str = typer.Option("unseen", "--style", help="Sketch style: unseen (never seen in training: rounder "
-                                                        "outlines, big canvas, thick pen) or train."),
+                                                        "outlines, big canvas, thick pen), traced (a second held-out "
+                                                        "style: the image's own edges traced, no mask), or train."),
     in_index: bool = typer.Option(True, "--in-index/--held-out",
                                   help="Targets are in the index (instance metrics), or held out (target_id "
                                        "left empty: category metrics only)."),

@@ -256,14 +256,32 @@ def encoder(
     device: str = DEVICE,
     fresh: bool = FRESH,
     config_json: str = CONFIG_JSON,
+    objective: str = typer.Option("image", "--objective",
+                                  help="image: reconstruct the paired image (L2 + perceptual + latent D); index: "
+                                       "land on the paired image's stored index vector (distillation + InfoNCE "
+                                       "against a bank of the archive's inverter codes)."),
+    init: Path = typer.Option(None, "--init", help="Start E from this encoder checkpoint ('shipped': the "
+                                                   "package's); --objective index only."),
+    inverter_path: Path = typer.Option(None, "--inverter", help="Inverter whose codes the index stores (default: "
+                                                                "the shipped one); --objective index only."),
+    bank: Path = typer.Option(None, "--bank", help="Code bank cache (default OUT/code_bank.pt), keyed by the "
+                                                   "inverter's version; --objective index only."),
 ) -> None:
-    """Train the sketch encoder E (and D_latent) against frozen G; rerun to resume."""
+    """Train the sketch encoder E (and D_latent) against frozen G; rerun to resume. `--objective index` trains
+    E for the index space instead: its code pulled onto the stored vector of the sketched image and pushed
+    from the other images' (a bank of the archive's inverter codes), plus a light image loss."""
     from s2m_retrieval.networks.encoders import LatentDiscriminatorConfig, encoder_config_for
     from s2m_retrieval.training.encoder import EncoderTrainConfig, train_encoder
 
     dev = _setup(threads, device)
+    if objective not in ("image", "index"):
+        raise typer.BadParameter(f"--objective must be image or index, got {objective!r}")
     parts = _overrides(config_json, {"encoder", "discriminator", "train"})
     G = _load_g(generator, dev)
+    if objective == "index":
+        _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter_path, bank, pairs_per_image,
+                             pairs_cache, limit, perceptual, segmenter, snapshot_every, dev, fresh, parts)
+        return
     enc_cfg = _replace(encoder_config_for(G.config, in_channels=1), parts.get("encoder", {}))
     d_cfg = _replace(LatentDiscriminatorConfig(w_dim=G.config.w_dim), parts.get("discriminator", {}))
     tc = _replace(EncoderTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, adv=0.1 if adv else 0.0,
@@ -273,6 +291,43 @@ def encoder(
     report, last = _progress("train encoder", out, tc.steps, fresh)
     path = train_encoder(pairs, G, out, enc_cfg, d_cfg, tc, _metric(perceptual, segmenter, dev), dev,
                          resume=not fresh, progress=report)
+    _done("encoder", path, out, last)
+
+
+def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter_path, bank_path, pairs_per_image,
+                         pairs_cache, limit, perceptual, segmenter, snapshot_every, dev, fresh, parts) -> None:
+    from tqdm import tqdm
+
+    from s2m_retrieval.checkpoint import load_checkpoint, version_hash
+    from s2m_retrieval.networks.encoders import Encoder, encoder_config_for
+    from s2m_retrieval.training.index_space import (BANK_FILE, IndexEncoderTrainConfig, cached_code_bank,
+                                                    train_index_encoder)
+    from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter
+
+    tc = _replace(IndexEncoderTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, perceptual=perceptual,
+                                          snapshot_every=snapshot_every, sample_every=snapshot_every),
+                  parts.get("train", {}))
+    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache)
+    inverter = load_inverter(_weights(inverter_path, "inverter"), dev)
+    with tqdm(unit="img", desc="invert the bank", disable=None, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        bank = cached_code_bank(bank_path or out / BANK_FILE, pairs.images, inverter, G,
+                                source=f"{archive}|limit={limit}", device=dev, progress=progress)
+    typer.echo(f"code bank: {bank.num_images} images + mirrors, {bank.vectors.shape[1]}-d, "
+               f"inverter {bank.info['inverter_version']}")
+    if init is not None:
+        payload = load_checkpoint(_weights(None if str(init) == "shipped" else init, "encoder"), kind="encoder")
+        E, init_version = load_encoder(payload, dev), version_hash(payload)
+    else:
+        E, init_version = Encoder(_replace(encoder_config_for(G.config, in_channels=1), parts.get("encoder", {}))), None
+        E.w_avg.copy_(G.w_avg)
+    report, last = _progress("train encoder (index space)", out, tc.steps, fresh)
+    path = train_index_encoder(pairs, bank, E, G, out, tc, perceptual=_metric(perceptual, segmenter, dev)
+                               if tc.image_every else None, device=dev, resume=not fresh,
+                               init_version=init_version, progress=report)
     _done("encoder", path, out, last)
 
 
@@ -297,14 +352,17 @@ def refiner(
     device: str = DEVICE,
     fresh: bool = FRESH,
     config_json: str = CONFIG_JSON,
+    init: Path = typer.Option(None, "--init", help="Fine-tune this refiner checkpoint ('shipped': the package's) "
+                                                   "instead of starting fresh, e.g. after E was retrained."),
 ) -> None:
     """Train the refiner H with G and E frozen; rerun to resume."""
     from s2m_retrieval.networks.refiner import refiner_config_for
     from s2m_retrieval.training.refiner import RefinerTrainConfig, train_refiner
-    from s2m_retrieval.training.sketch2medi import load_encoder
+    from s2m_retrieval.training.sketch2medi import load_encoder, load_refiner
 
     dev = _setup(threads, device)
     parts = _overrides(config_json, {"refiner", "train"})
+    start = None if init is None else load_refiner(_weights(None if str(init) == "shipped" else init, "refiner"), dev)
     G = _load_g(generator, dev)
     E = load_encoder(_weights(encoder, "encoder"), dev)
     cfg = _replace(refiner_config_for(G), parts.get("refiner", {}))
@@ -314,7 +372,7 @@ def refiner(
     pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache)
     report, last = _progress("train refiner", out, tc.steps, fresh)
     path = train_refiner(pairs, G, E, out, cfg, tc, _metric(perceptual, segmenter, dev), dev, resume=not fresh,
-                         progress=report)
+                         progress=report, init=start)
     _done("refiner", path, out, last)
 
 
@@ -417,6 +475,9 @@ def embedding(
     device: str = DEVICE,
     fresh: bool = FRESH,
     config_json: str = CONFIG_JSON,
+    bank: Path = typer.Option(None, "--hard-negatives", help="A code bank file of E's index-space training "
+                                                              "(OUT/code_bank.pt of `train encoder --objective "
+                                                              "index` on the same source): look-alikes share batches."),
 ) -> None:
     """Train the learned sketch-image embedding baseline (two CNN towers, InfoNCE) on the same pairs as E."""
     from s2m_retrieval.networks.embedding import EmbeddingConfig
@@ -429,5 +490,10 @@ def embedding(
                                        sample_every=snapshot_every), parts.get("train", {}))
     pairs = _pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache)
     report, last = _progress("train embedding", out, tc.steps, fresh)
-    path = train_embedding(pairs, out, cfg, tc, dev, resume=not fresh, progress=report)
+    hard = None
+    if bank is not None:
+        from s2m_retrieval.training.index_space import read_code_bank
+
+        hard = read_code_bank(bank).hard
+    path = train_embedding(pairs, out, cfg, tc, dev, resume=not fresh, progress=report, hard=hard)
     _done("embedding", path, out, last)

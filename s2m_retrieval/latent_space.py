@@ -120,15 +120,20 @@ def _as_array(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def vector_layout(weighting: LatentWeighting, num_ws: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept entry indices, their scale sqrt(weight) as float32 [kept]): vector = (w[keep] - w_avg) * scale."""
+    keep = weighting.kept_entries(num_ws)
+    return keep, np.sqrt(weighting.entry_weights(num_ws)[keep]).astype(np.float32)
+
+
 def w_plus_to_vectors(w_plus, w_avg, weighting: LatentWeighting = DEFAULT_WEIGHTING) -> np.ndarray:
     """W+ `[N, num_ws, w_dim]` (tensor or array) -> FAISS vectors `[N, dim]` float32 (see the module doc)."""
     w = _as_array(w_plus)
     avg = _as_array(w_avg).reshape(1, 1, -1)
     if w.ndim != 3 or w.shape[2] != avg.shape[2]:
         raise ValueError(f"w_plus must be [N, num_ws, {avg.shape[2]}], got {list(w.shape)}")
-    keep = weighting.kept_entries(w.shape[1])
-    scale = np.sqrt(weighting.entry_weights(w.shape[1])[keep]).astype(np.float32).reshape(1, -1, 1)
-    return np.ascontiguousarray(((w[:, keep] - avg) * scale).reshape(len(w), -1))
+    keep, scale = vector_layout(weighting, w.shape[1])
+    return np.ascontiguousarray(((w[:, keep] - avg) * scale.reshape(1, -1, 1)).reshape(len(w), -1))
 
 
 def vectors_to_w_plus(vectors: np.ndarray, w_avg, num_ws: int,

@@ -29,24 +29,23 @@ def _resize(x: torch.Tensor, res: int) -> torch.Tensor:
 
 
 def sketch_batch(sketch, res: int) -> torch.Tensor:
-    """uint8 sketch(es) [H, W], [H, W, 3|4] or [B, H, W] (dark strokes on white) -> [B, 1, res, res] in [-1, 1]."""
+    """uint8 sketch(es) [H, W], [H, W, 3|4] or [B, H, W] (dark strokes on white) -> canonical sketches
+    [B, 1, res, res] in [-1, 1] (`data.canonical`: the form every network that reads sketches is trained on)."""
+    from s2m_retrieval.data.canonical import canonical_sketch, grey_page
+
     array = np.asarray(sketch)
     if array.dtype != np.uint8:
         raise BadInputError(f"a sketch must be a uint8 image, got {array.dtype}")
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        if array.shape[-1] == 4:  # a transparent canvas is white paper, not black ink
-            alpha = array[..., 3:].astype(np.float32) / 255.0
-            array = (array[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
-        array = array.min(axis=2)  # any dark channel is ink
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3 or min(array.shape) == 0:
+    pages = [array] if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)) else list(array)
+    if array.ndim not in (2, 3) or min(array.shape) == 0:
         raise BadInputError(f"a sketch must be [H, W], [H, W, 3|4] or [B, H, W], got shape {array.shape}")
-    for i, one in enumerate(array):
-        if is_blank_sketch(one):
+    out = []
+    for i, page in enumerate(pages):
+        grey = np.round(grey_page(page) * 255).astype(np.uint8)
+        if is_blank_sketch(grey):
             raise BadInputError(f"sketch {i} is blank: draw the outlines to search for (dark strokes on white)")
-    x = torch.from_numpy(array.astype(np.float32) / 127.5 - 1.0)[:, None]
-    return _resize(x, res).clamp(-1, 1)
+        out.append(canonical_sketch(grey, res))
+    return torch.from_numpy(np.stack(out).astype(np.float32) / 127.5 - 1.0)[:, None]
 
 
 def image_batch(images, res: int) -> torch.Tensor:

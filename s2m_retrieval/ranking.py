@@ -5,6 +5,8 @@ normalises over the candidate set of this query, because the two distances live 
 - "minmax" (default): (d - min) / (max - min); keeps how much closer the best candidates are, which rank
   normalisation throws away. A set whose distances are all equal gets 0 everywhere.
 - "rank": the candidate's rank (ties averaged) / (N - 1); robust to one far outlier stretching the range.
+- "zscore": (d - mean) / std over the set (not bounded to [0, 1]); a spread-aware middle ground.
+- "rrf": 1 - K / (K + rank), K = 60: the weighted sum is then reciprocal rank fusion (lower is better).
 Default alpha 0.5: neither stage has been shown to be better yet; the evaluation issue tunes it. alpha=1
 skips the perceptual stage entirely (its distances are then None).
 """
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NORMALISATIONS = ("minmax", "rank")
+NORMALISATIONS = ("minmax", "rank", "zscore", "rrf")
+RRF_K = 60
 DEFAULT_NORMALISATION = "minmax"
 DEFAULT_ALPHA = 0.5
 # Candidates per perceptual forward pass when features are recomputed from the stored uint8 thumbs (metrics
@@ -33,12 +36,15 @@ def normalise(values: np.ndarray, how: str = DEFAULT_NORMALISATION) -> np.ndarra
     if how == "minmax":
         span = v.max() - v.min()
         return (v - v.min()) / span if span > 0 else np.zeros_like(v)
+    if how == "zscore":
+        std = v.std()
+        return (v - v.mean()) / std if std > 0 else np.zeros_like(v)
     order = np.argsort(v, kind="stable")
     ranks = np.empty(len(v))
     ranks[order] = np.arange(len(v))
     _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
     ranks = np.bincount(inverse, ranks)[inverse] / counts[inverse]  # ties share their mean rank
-    return ranks / (len(v) - 1)
+    return ranks / (len(v) - 1) if how == "rank" else 1.0 - RRF_K / (RRF_K + ranks)
 
 
 def fuse(latent: np.ndarray, perceptual: np.ndarray | None, alpha: float = DEFAULT_ALPHA,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from s2m_retrieval.networks.embedding import EmbeddingConfig, SketchImageEmbedding
@@ -38,3 +39,21 @@ def test_train_embedding_cli_logs_resumes_and_writes_a_checkpoint(runner, tmp_pa
     assert "resuming" in result.stdout and "at step 4 of 6" in result.stdout
     second = load_embedding(out / "embedding.pt")
     assert not torch.equal(first.image.head.weight, second.image.head.weight)  # two more steps were taken
+
+
+def test_train_embedding_with_hard_negatives_from_a_code_bank(tmp_path):
+    from s2m_retrieval.errors import BadInputError
+    from s2m_retrieval.networks.embedding import EmbeddingConfig
+    from s2m_retrieval.training.embedding import EmbeddingTrainConfig, train_embedding
+    from s2m_retrieval.training.pairs import phantom_pairs
+
+    pairs = phantom_pairs(6, 32, seed=3, variants=1)
+    hard = torch.tensor([[1, 2], [0, 2], [3, 1], [2, 4], [5, 3], [4, 0]])
+    cfg = EmbeddingConfig(img_resolution=32, widths=(4, 8), dim=8)
+    tc = EmbeddingTrainConfig(steps=2, batch=4, snapshot_every=10, sample_every=10)
+    path = train_embedding(pairs, tmp_path, cfg, tc, progress=lambda p: None, hard=hard)
+    from s2m_retrieval.checkpoint import load_checkpoint
+
+    assert load_checkpoint(path)["meta"]["hard_negatives"] is True
+    with pytest.raises(BadInputError, match="hard negatives cover"):
+        train_embedding(pairs, tmp_path / "b", cfg, tc, progress=lambda p: None, hard=hard[:3])

@@ -119,6 +119,22 @@ def test_make_queries_draws_unseen_style_sketches(phantom_archive, tmp_path):
         make_queries(phantom_archive, tmp_path / "q3", n=5, style="charcoal")
 
 
+def test_traced_style_draws_the_images_own_edges(phantom_archive, tmp_path):
+    from s2m_retrieval.data.archive import read_image, read_mask, scan_archive
+    from s2m_retrieval.evaluation.manifest import QUERY_STYLES, draw_query
+
+    path = make_queries(phantom_archive, tmp_path / "t", n=3, seed=1, style="traced")
+    rows = list(csv.DictReader(path.open()))
+    entry = {e.stem: e for e in scan_archive(phantom_archive)}[rows[0]["target_id"]]
+    sketch = np.array(Image.open(path.parent / rows[0]["sketch"]))
+    assert sketch.shape == (256, 256) and 0.005 < (sketch < 128).mean() < 0.2
+    assert np.array_equal(sketch, draw_query(None, QUERY_STYLES["traced"], 0, image=read_image(entry.path)))
+    mask_style = draw_query(read_mask(entry.mask_path), QUERY_STYLES["unseen"], 0)
+    assert not np.array_equal(sketch < 128, mask_style < 128)     # another model of drawing than the outlines
+    with pytest.raises(BadInputError, match="draws from the image"):
+        draw_query(read_mask(entry.mask_path), QUERY_STYLES["traced"], 0)
+
+
 def _tiny_baselines(folder, resolution):
     from s2m_retrieval.checkpoint import save_checkpoint
     from s2m_retrieval.networks.embedding import EmbeddingConfig, SketchImageEmbedding

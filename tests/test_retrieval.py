@@ -104,6 +104,11 @@ def test_normalise_and_fuse():
     assert fuse(latent, perceptual, 0.0).tolist() == [1.0, 0.0, 0.5]
     assert fuse(latent, perceptual, 0.5).tolist() == [0.5, 0.25, 0.75]
     assert fuse(latent, None, 0.5).tolist() == [0.0, 0.5, 1.0]
+    assert normalise([1.0, 2.0, 3.0], "zscore").tolist() == pytest.approx([-1.224745, 0.0, 1.224745])
+    assert normalise([3.0, 1.0, 2.0], "rrf").tolist() == pytest.approx([1 - 60 / 62, 0.0, 1 - 60 / 61])
+    # reciprocal rank fusion: the candidate first on both lists wins, then the one with the better worst rank
+    rrf = fuse(np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 3.0, 1.0, 2.0]), 0.5, "rrf")
+    assert np.argsort(rrf).tolist()[0] == 0 and rrf[2] < rrf[1]
 
 
 # --- the engine ----------------------------------------------------------------------------------------------
@@ -206,7 +211,7 @@ def test_bad_queries(engine):
         engine.query_sketch(np.full((64, 64), 255, np.uint8))
     with pytest.raises(BadInputError, match="sketch is empty"):  # a transparent canvas is blank paper
         engine.query_sketch(np.zeros((64, 64, 4), np.uint8))
-    for kw in (dict(k=0), dict(alpha=1.5), dict(max_distance=-1.0), dict(normalisation="zscore"), dict(steps=-1),
+    for kw in (dict(k=0), dict(alpha=1.5), dict(max_distance=-1.0), dict(normalisation="z"), dict(steps=-1),
                dict(code="pixels")):
         with pytest.raises(BadInputError):
             engine.query_sketch(phantom_sketch(), **kw)

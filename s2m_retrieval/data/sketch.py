@@ -18,8 +18,9 @@ INK_LEVEL = 128  # a pixel darker than this is ink
 
 _STRENGTHS = ("wobble", "width_jitter", "pressure", "gap_rate", "gap_length", "overshoot",
               "double_prob", "double_offset", "missing_prob", "extra_prob", "part_shift",
-              "part_scale", "rotate", "scale", "translate")
-_PROBABILITIES = ("double_prob", "missing_prob", "extra_prob")
+              "part_scale", "rotate", "scale", "translate", "partial", "elastic", "pen_spread", "pencil")
+_PROBABILITIES = ("double_prob", "missing_prob", "extra_prob", "partial")
+PARTIAL_KEEP = 0.3  # a partial drawing keeps a random 30-100 % of its strokes
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class FreehandConfig:
     rotate: float = 4.0            # largest rotation of the whole drawing, degrees
     scale: float = 0.05            # largest relative scale change of the whole drawing
     translate: float = 0.03        # largest shift of the whole drawing
+    # Off by default (and so in every scaled() default): the hand-drawn variety E's training adds.
+    partial: float = 0.0           # chance the drawing keeps only PARTIAL_KEEP-100 % of its strokes
+    elastic: float = 0.0           # amplitude of a smooth displacement field over the whole drawing
+    pen_spread: float = 0.0        # the whole drawing's pen width factor is exp(U(-spread / 2, spread))
+    pencil: float = 0.0            # pencil grain: ink darkness varies by up to this fraction, pixel by pixel
 
     def __post_init__(self):
         for name in _STRENGTHS + ("wobble_cycles",):
@@ -235,6 +241,19 @@ def _stray_stroke(rng: np.random.Generator, side: float, w: float, h: float) -> 
     return start + length * np.cumsum(np.stack([np.cos(angle), np.sin(angle)], 1), 0) / len(s)
 
 
+def _elastic(pieces, rng: np.random.Generator, amplitude: float, side: float):
+    """Every piece moved by one smooth random displacement field (a few low-frequency waves per axis): whole
+    outlines bend together, as a hand misjudges proportions."""
+    k = rng.uniform(0.5, 1.5, (2, 3, 2)) * 2 * np.pi / side          # [axis, wave, (kx, ky)]
+    phase = rng.uniform(0, 2 * np.pi, (2, 3))
+    weight = rng.normal(size=(2, 3)) / np.sqrt(3)
+
+    def move(p: np.ndarray) -> np.ndarray:
+        waves = np.sin(p @ k.transpose(0, 2, 1) + phase[:, None, :])     # [axis, K, wave]
+        return p + amplitude * (waves * weight[:, None, :]).sum(axis=2).T
+    return [(move(p), wid) for p, wid in pieces]
+
+
 def _freehand_pieces(strokes: list[tuple[np.ndarray, int, bool]], f: FreehandConfig,
                      rng: np.random.Generator, w: float, h: float, width: float):
     """Free-hand versions of pixel-space strokes: a list of (points [K, 2], widths [K])."""
@@ -251,6 +270,12 @@ def _freehand_pieces(strokes: list[tuple[np.ndarray, int, bool]], f: FreehandCon
             kept += [(centre + factor * (p - centre) + shift, closed) for p, lab, closed in strokes if lab == label]
     if rng.random() < f.extra_prob:
         kept.append((_stray_stroke(rng, side, w, h), False))
+    if f.partial > 0 and len(kept) > 1 and rng.random() < f.partial:
+        keep = rng.random(len(kept)) < rng.uniform(PARTIAL_KEEP, 1.0)
+        keep[int(rng.integers(len(kept)))] = True
+        kept = [item for item, k in zip(kept, keep) if k]
+    if f.pen_spread > 0:
+        width = width * float(np.exp(rng.uniform(-f.pen_spread / 2, f.pen_spread)))
 
     spacing = side / 96.0
     pieces = []
@@ -293,6 +318,8 @@ def _freehand_pieces(strokes: list[tuple[np.ndarray, int, bool]], f: FreehandCon
                 keep &= np.abs(np.arange(len(pts)) * spacing - centre) > half
             pieces += [(pts[a:b], wid[a:b]) for a, b in _runs(keep) if b - a >= 2]
 
+    if f.elastic > 0:
+        pieces = _elastic(pieces, rng, f.elastic * side, side)
     angle = np.deg2rad(rng.uniform(-f.rotate, f.rotate))
     factor = 1 + rng.uniform(-f.scale, f.scale)
     shift = rng.uniform(-f.translate, f.translate, 2) * side
@@ -331,7 +358,8 @@ def render_sketch(strokes: Sequence[Stroke | np.ndarray], size: int | tuple[int,
             for x, y in pts.tolist():
                 draw.ellipse((x - line / 2, y - line / 2, x + line / 2, y + line / 2), fill=0)
     else:
-        for points, widths in _freehand_pieces(items, freehand, _as_rng(rng), w, h, width):
+        gen = _as_rng(rng)
+        for points, widths in _freehand_pieces(items, freehand, gen, w, h, width):
             pts = to_canvas(points).tolist()
             sizes = np.maximum(np.rint(widths * SUPERSAMPLE), 1).astype(int)
             # one PIL call per run of equal width: points are dense, so joins inside a run need no caps
@@ -342,7 +370,14 @@ def render_sketch(strokes: Sequence[Stroke | np.ndarray], size: int | tuple[int,
                     draw.line([tuple(q) for q in pts[a:b + 1]], fill=0, width=int(sizes[a]))
                 for x, y in (pts[a], pts[b]):
                     draw.ellipse((x - r, y - r, x + r, y + r), fill=0)
-    return np.asarray(canvas.reduce(SUPERSAMPLE), dtype=np.uint8)
+    out = np.asarray(canvas.reduce(SUPERSAMPLE), dtype=np.uint8)
+    if freehand is not None and freehand.active and freehand.pencil > 0:
+        # graphite on paper: each pixel of a line only partly dark, in a grain of 1-2 px
+        coarse = np.kron(gen.random((h // 2 + 1, w // 2 + 1)), np.ones((2, 2)))[:h, :w]
+        grain = coarse * 0.5 + gen.random((h, w)) * 0.5
+        darkness = (255.0 - out) * (1.0 - freehand.pencil * grain)
+        out = np.round(255.0 - darkness).astype(np.uint8)
+    return out
 
 
 def sketch_from_mask(mask, size: int | tuple[int, int] | None = None, *, freehand: FreehandConfig | None = None,

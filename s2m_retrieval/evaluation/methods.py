@@ -15,7 +15,8 @@ import torch
 
 from s2m_retrieval.evaluation.archive_view import ArchiveView
 from s2m_retrieval.pipeline import image_batch, sketch_batch, to_uint8
-from s2m_retrieval.ranking import fuse
+from s2m_retrieval.ranking import DEFAULT_NORMALISATION, NORMALISATIONS, fuse
+from s2m_retrieval.retrieval import DEFAULT_QUERY_CODE, QUERY_CODES
 
 METHODS = ("sketch2medi", "edge", "pix2pix", "embedding")
 FEATURE_BATCH = 64
@@ -42,7 +43,8 @@ class Sketch2MediMethod:
     steps: tuple[int, ...]
     candidates: tuple[int, ...] = (100,)
     alpha: float = 0.5
-    normalisation: str = "minmax"
+    normalisation: str = DEFAULT_NORMALISATION
+    code: str = DEFAULT_QUERY_CODE
     name: str = "sketch2medi"
     recall_k: int = 10
     default_steps: int = field(init=False)
@@ -84,7 +86,7 @@ class Sketch2MediMethod:
             t0 = time.perf_counter()
             with torch.inference_mode():
                 w_plus, _, x_hat = self.engine.pipeline.generate(sketch, steps=steps)
-                vector = self.engine.sketch_vector(w_plus, x_hat)
+                vector = self.engine.sketch_vector(w_plus, x_hat, code=self.code)
             latent, ids, perceptual, stems, fused = self._stages(vector, x_hat, n_max)
             if steps == self.default_steps:
                 seconds = time.perf_counter() - t0
@@ -99,12 +101,19 @@ class Sketch2MediMethod:
                 sub = fuse(latent[:n], perceptual[:n], self.alpha, self.normalisation)
                 lists[self.variant("fused", steps, n)] = [stems[i] for i in np.lexsort((latent[:n], sub))]
             if steps == self.default_steps:
-                # Ablation of the query vector: E's own code instead of the re-inverted x̂.
-                with torch.inference_mode():
-                    vector = self.engine.sketch_vector(w_plus, x_hat, code="sketch")
-                _, _, _, stems, fused = self._stages(vector, x_hat, n_max)
-                lists[self.variant("latent", steps, n_max) + " code=sketch"] = stems
-                lists[self.variant("fused", steps, n_max) + " code=sketch"] = fused
+                # Ablations of the query vector (the other codes) and of the fusion (the other normalisations).
+                for code in QUERY_CODES:
+                    if code == self.code:
+                        continue
+                    with torch.inference_mode():
+                        other = self.engine.sketch_vector(w_plus, x_hat, code=code)
+                    _, _, _, code_stems, code_fused = self._stages(other, x_hat, n_max)
+                    lists[self.variant("latent", steps, n_max) + f" code={code}"] = code_stems
+                    lists[self.variant("fused", steps, n_max) + f" code={code}"] = code_fused
+                for how in NORMALISATIONS:
+                    if how != self.normalisation:
+                        order = np.lexsort((latent, fuse(latent, perceptual, self.alpha, how)))
+                        lists[self.variant("fused", steps, n_max) + f" {how}"] = [stems[i] for i in order]
         return Ranked(lists, seconds)
 
     def _stages(self, vector: np.ndarray, x_hat, n: int):

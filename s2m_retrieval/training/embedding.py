@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.embedding import EmbeddingConfig, SketchImageEmbedding
-from s2m_retrieval.training.encoder import sketch_batches
+from s2m_retrieval.training.index_space import draw_pairs, hard_batch_indices
 from s2m_retrieval.training.latent import (STATE_FILE, TrainProgress, check_steps, default_progress, finish_step,
                                            out_path, restore_state, save_state)
 from s2m_retrieval.training.pairs import PairSet
@@ -33,6 +33,8 @@ class EmbeddingTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     xflip: bool = True               # same augmentation as E's pairs: the comparison stays fair
+    hard_fraction: float = 0.25      # with a code bank: share of a batch drawn as look-alikes, as for E
+    shift: int = 2                   # whole-pixel sketch shift, as for E
     seed: int = 0
     snapshot_every: int = 500
     sample_every: int = 500
@@ -41,6 +43,8 @@ class EmbeddingTrainConfig:
         check_steps(self.steps, self.batch, self.snapshot_every, self.sample_every)
         if self.batch < 2:
             raise BadInputError("the embedding needs batches of at least 2 pairs (the others are the negatives)")
+        if not 0 <= self.hard_fraction <= 0.5 or self.shift < 0:
+            raise BadInputError("hard_fraction must be in [0, 0.5] and shift >= 0")
         if self.lr <= 0 or self.weight_decay < 0:
             raise BadInputError("the embedding needs lr > 0 and weight_decay >= 0")
 
@@ -53,8 +57,11 @@ def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
 
 def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: EmbeddingConfig | None = None,
                     train_config: EmbeddingTrainConfig = EmbeddingTrainConfig(), device: str | torch.device = "cpu",
-                    resume: bool = True, progress: Callable[[TrainProgress], None] | None = None) -> Path:
-    """Train both towers on (sketch, image) pairs; return embedding.pt's path (latest.pt resumes)."""
+                    resume: bool = True, progress: Callable[[TrainProgress], None] | None = None,
+                    hard: torch.Tensor | None = None) -> Path:
+    """Train both towers on (sketch, image) pairs; return embedding.pt's path (latest.pt resumes). `hard`
+    [N, K] (a code bank's nearest stored neighbours) puts look-alike images in the same batches, as E's
+    index-space training does."""
     tc = train_config
     cfg = config or EmbeddingConfig(img_resolution=pairs.resolution)
     if cfg.img_resolution != pairs.resolution:
@@ -71,8 +78,15 @@ def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: Embeddin
     if resume and state_path.exists():
         step = restore_state(state_path, KIND, networks, optimizers, configs, data_gen, device)
     report = progress or default_progress("train embedding", tc.steps, step)
-    draw = sketch_batches(pairs, tc.batch, tc.xflip)
-    meta = {"seed": tc.seed, "train_config": config_to_dict(tc), "data": {**pairs.info, "num_pairs": len(pairs)}}
+    if hard is not None and len(hard) != len(pairs):
+        raise BadInputError(f"hard negatives cover {len(hard)} images, the pairs {len(pairs)}: use one source")
+
+    def draw(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = hard_batch_indices(gen, len(pairs), tc.batch, hard, tc.hard_fraction)
+        return draw_pairs(pairs, idx, gen, tc.xflip, tc.shift)[:2]
+
+    meta = {"seed": tc.seed, "train_config": config_to_dict(tc), "data": {**pairs.info, "num_pairs": len(pairs)},
+            "hard_negatives": hard is not None}
 
     def snapshot(final: bool) -> Path:
         save_state(state_path, KIND, step, networks, optimizers, configs, data_gen, device)

@@ -73,7 +73,9 @@ def _cache_key(source: PhantomSource | Path, size: int, variants: int, limit: in
     else:
         what = {"archive": str(source.resolve()), "stamp": _archive_stamp(source, limit), "limit": limit,
                 "segmenter": None if segmenter is None else os.fspath(segmenter), "fit": policy}
-    return json.dumps({**what, "size": size, "variants": variants}, sort_keys=True)
+    from s2m_retrieval.training.pairs import SKETCH_RECIPE
+
+    return json.dumps({**what, "size": size, "variants": variants, "recipe": SKETCH_RECIPE}, sort_keys=True)
 
 
 def source_pairs(spec: str | os.PathLike, size: int, *, variants: int = DEFAULT_VARIANTS, limit: int | None = None,

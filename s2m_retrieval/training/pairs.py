@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -11,12 +12,19 @@ import torch
 import torch.nn.functional as F
 
 from s2m_retrieval.checkpoint import config_to_dict
-from s2m_retrieval.data.sketch import FreehandConfig, sketch_from_mask
+from s2m_retrieval.data.canonical import CANONICAL_VERSION, canonical_sketch
+from s2m_retrieval.data.sketch import FreehandConfig, mask_contours, render_sketch
 from s2m_retrieval.errors import BadInputError
 
-# Twice the default strengths: E must cope with parts missing, displaced and rescaled (the sketch module's advice).
-TRAIN_FREEHAND = FreehandConfig().scaled(2.0)
-DEFAULT_VARIANTS = 4  # a sketch costs ~30 ms to draw: a few variants per image, drawn once, keep steps cheap
+# Twice the default strengths (parts missing, displaced, rescaled), plus what hands add: partial drawings,
+# bent outlines, any pen width, pencil grain.
+TRAIN_FREEHAND = dataclasses.replace(FreehandConfig().scaled(2.0), partial=0.3, elastic=0.015, pen_spread=0.8,
+                                     pencil=0.6)
+# Contour simplification drawn per sketch: from the traced staircase to few-vertex polylines.
+TRAIN_SMOOTH = (1, 3)
+TRAIN_TOLERANCE = (0.3, 0.9)
+DEFAULT_VARIANTS = 4  # a sketch costs ~20 ms to draw: a few variants per image, drawn once, keep steps cheap
+SKETCH_RECIPE = f"freehand+simplify/2;{CANONICAL_VERSION}"  # changes when training sketches are drawn otherwise
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +56,15 @@ def _sketch_seed(seed: int, index: int, variant: int) -> int:
     return int(np.random.SeedSequence([seed, index, variant]).generate_state(1)[0])
 
 
+def training_sketch(mask: np.ndarray, size: int, freehand: FreehandConfig, seed: int) -> np.ndarray:
+    """One training sketch of a label mask: outlines simplified by a random amount, drawn free-hand, then
+    canonicalised exactly as a query is (uint8 [size, size])."""
+    rng = np.random.default_rng(seed)
+    smooth = int(rng.integers(TRAIN_SMOOTH[0], TRAIN_SMOOTH[1] + 1))
+    strokes = mask_contours(mask, smooth=smooth, tolerance=float(rng.uniform(*TRAIN_TOLERANCE)))
+    return canonical_sketch(render_sketch(strokes, size, freehand=freehand, rng=rng), size)
+
+
 def _resize_u8(images: np.ndarray, size: int) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> uint8 [N, 3, size, size] (antialiased)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
@@ -72,10 +89,10 @@ def make_pairs(images, masks, size: int, *, variants: int = DEFAULT_VARIANTS,
     sketches = np.empty((len(images), variants, size, size), np.uint8)
     for i, (index, mask) in enumerate(zip(indices, masks)):
         for v in range(variants):
-            sketches[i, v] = sketch_from_mask(mask, size, freehand=freehand, seed=_sketch_seed(seed, int(index), v))
+            sketches[i, v] = training_sketch(mask, size, freehand, _sketch_seed(seed, int(index), v))
         if progress is not None:
             progress(i + 1, len(images))
-    info = {"seed": seed, "variants": variants, "freehand": config_to_dict(freehand)}
+    info = {"seed": seed, "variants": variants, "freehand": config_to_dict(freehand), "recipe": SKETCH_RECIPE}
     return PairSet(_resize_u8(images, size), torch.from_numpy(sketches), info)
 
 

@@ -52,14 +52,16 @@ class RefinerTrainConfig:
 def train_refiner(pairs: PairSet, G: Generator, E: Encoder, out_dir: str | os.PathLike,
                   refiner_config: RefinerConfig | None = None, train_config: RefinerTrainConfig = RefinerTrainConfig(),
                   perceptual: PerceptualDistance | None = None, device: str | torch.device = "cpu",
-                  resume: bool = True, progress: Callable[[TrainProgress], None] | None = None) -> Path:
-    """Train H on (sketch, image) pairs, starting from E's W+ each batch; return refiner.pt's path."""
+                  resume: bool = True, progress: Callable[[TrainProgress], None] | None = None,
+                  init: Refiner | None = None) -> Path:
+    """Train H on (sketch, image) pairs, starting from E's W+ each batch; return refiner.pt's path. `init`: an H to
+    fine-tune (e.g. after E was retrained) instead of a fresh one."""
     tc = train_config
     device = torch.device(device)
     if pairs.resolution != G.config.img_resolution or E.config.img_resolution != G.config.img_resolution:
         raise BadInputError(f"pairs ({pairs.resolution} px), encoder ({E.config.img_resolution} px) and generator "
                             f"({G.config.img_resolution} px) must share one resolution")
-    cfg = refiner_config or refiner_config_for(G)
+    cfg = init.config if init is not None else refiner_config or refiner_config_for(G)
     out_dir = out_path(out_dir)
     G = G.to(device).eval().requires_grad_(False)
     E = E.to(device).eval().requires_grad_(False)
@@ -69,6 +71,8 @@ def train_refiner(pairs: PairSet, G: Generator, E: Encoder, out_dir: str | os.Pa
     torch.manual_seed(tc.seed)
     data_gen = torch.Generator().manual_seed(tc.seed)
     H = Refiner(cfg).to(device)
+    if init is not None:
+        H.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
     opt = torch.optim.Adam(H.parameters(), lr=tc.lr)
     networks, optimizers = {"H": H}, {"H": opt}
     configs = {"refiner": cfg, "generator": g_version, "encoder": e_version}
