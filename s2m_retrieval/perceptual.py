@@ -5,6 +5,11 @@ metric of its own (its own name and version in every index and result), small en
 (22 KiB at 64 px against 464 KiB for full seg features), so that a query computes features for x_hat alone.
 Against exact `seg` on phantom images it keeps the order of 100 candidates with Spearman ~0.95 and ~80% of the
 top 10 (benchmarks/bench_retrieval.py --precision).
+
+`seg-dice` compares segmentations instead of features: the segmenter's class probabilities, pooled to 16x16
+(3.5 KiB per image at 64 px, fp16), and 1 - the mean soft DICE over the anatomical structures (background
+left out, V-Net's squared form so identical maps score 1): how well uvula, tonsils, tongue and the rest
+overlap between x_hat and a candidate.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from torch import nn
 
 from s2m_retrieval.errors import BadInputError, CheckpointError, PerceptualWeightsMissing
 
-BACKENDS = ("seg", "lpips-alex", "lpips-vgg", "seg-pool8", "random")
-SEG_BACKENDS = ("seg", "seg-pool8")  # the backends built on a segmenter checkpoint
-POOLED_GRID = {"seg-pool8": 8}       # cacheable backends: side of the grid every layer is pooled to
+BACKENDS = ("seg", "lpips-alex", "lpips-vgg", "seg-pool8", "seg-dice", "random")
+SEG_BACKENDS = ("seg", "seg-pool8", "seg-dice")  # the backends built on a segmenter checkpoint
+POOLED_GRID = {"seg-pool8": 8, "seg-dice": 16}   # cacheable backends: side of the grid every layer is pooled to
 DEFAULT_BACKEND = "seg"  # the only one that needs no download: trained here, shipped as package data
 
 # torchvision's ImageNet checkpoints that lpips builds its trunks from (torchvision.models.*_Weights.IMAGENET1K_V1).
@@ -96,6 +101,25 @@ class PerceptualDistance(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.distance(x, y)
+
+
+class SegmentationOverlap(PerceptualDistance):
+    """`seg-dice`: 1 - mean soft DICE of the segmenter's pooled class probabilities over the structures."""
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"perceptual distance expects images [N, 3, H, W], got {list(x.shape)}")
+        probs = self.backbone(x).softmax(dim=1)[:, 1:]                    # [N, classes - 1, H, W], no background
+        return [F.adaptive_avg_pool2d(probs, self.pool).half().float()]
+
+    def distance_from_features(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        (a,), (b,) = fx, fy
+        # V-Net's soft DICE (squares in the denominator): exactly 1 for identical maps, soft or not.
+        overlap = (a * b).sum(dim=(2, 3))                                # [N, classes - 1]
+        total = a.square().sum(dim=(2, 3)) + b.square().sum(dim=(2, 3))
+        present = total > 1e-3          # a structure neither image has is no evidence either way
+        dice = torch.where(present, 2 * overlap / total.clamp_min(1e-6), torch.zeros_like(total))
+        return 1 - dice.sum(1) / present.sum(1).clamp_min(1)
 
 
 class _LpipsTrunk(nn.Module):
@@ -208,6 +232,9 @@ def _load_seg(checkpoint: str | os.PathLike | None, device: torch.device, name: 
         segmenter.load_state_dict(payload["state_dict"])
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"segmenter checkpoint does not rebuild a Segmenter ({str(exc)[:120]})") from exc
+    if name == "seg-dice":
+        return SegmentationOverlap(name, f"{name}:{version_hash(payload)}", segmenter.eval(),
+                                   pool=POOLED_GRID[name]).to(device)
     return PerceptualDistance(name, f"{name}:{version_hash(payload)}", _SegmenterEncoder(segmenter),
                               pool=POOLED_GRID.get(name)).to(device)
 

@@ -91,6 +91,29 @@ def test_seg_backend_uses_the_segmenter_encoder(tmp_path):
         metric.distance(images(1, size=30), images(1, size=30))
 
 
+def test_seg_dice_compares_segmentations_and_caches_them():
+    import numpy as np
+
+    from s2m_retrieval.data.phantom import make_phantom
+    from s2m_retrieval.pipeline import image_batch
+
+    metric = load_perceptual("seg-dice")                                     # the shipped segmenter
+    assert metric.cacheable and metric.version.startswith("seg-dice:")
+    phantoms = [make_phantom(4, i, 64) for i in range(4)]
+    x = image_batch(np.stack([p[0] for p in phantoms]), 64)
+    check_metric(metric, size=64)
+    rows = metric.pack(metric.features(x))
+    assert rows.shape == (4, 6 * 16 * 16) and rows.dtype == np.float16
+    stored = metric.unpack(rows, [(6, 16, 16)])
+    d = metric.distance_from_features(metric.features(x[:1]), stored)
+    assert float(d[0]) < 1e-3 and bool((d[1:] > 0.05).all())
+    # the distance follows how the true label maps overlap: the closest by masks is the closest by seg-dice
+    masks = [p[1] for p in phantoms]
+    true = [np.mean([2 * ((masks[0] == c) & (m == c)).sum() / max((masks[0] == c).sum() + (m == c).sum(), 1)
+                     for c in range(1, 7) if (masks[0] == c).any() or (m == c).any()]) for m in masks[1:]]
+    assert int(np.argmax(true)) == int(torch.argmin(d[1:]))
+
+
 def test_unknown_backend_is_a_bad_input():
     with pytest.raises(BadInputError, match="seg, lpips-alex"):
         load_perceptual("clip")

@@ -61,7 +61,7 @@ def fitted(losses, k=5):
 
 
 def test_phantom_pairs_are_seeded_variants():
-    a = phantom_pairs(2, 32, seed=4, variants=2, freehand=FreehandConfig().scaled(2.0))
+    a = phantom_pairs(2, 32, seed=4, variants=2)
     b = phantom_pairs(1, 32, seed=4, start=1, variants=2)
     assert a.images.shape == (2, 3, 32, 32) and a.sketches.shape == (2, 2, 32, 32) and a.resolution == 32
     assert torch.equal(a.sketches[1], b.sketches[0]) and torch.equal(a.images[1], b.images[0])
