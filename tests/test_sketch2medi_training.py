@@ -138,6 +138,23 @@ def test_train_refiner_lowers_the_loss(G, pairs, tmp_path):
     assert (tmp_path / "samples" / "refiner0000030.png").is_file()
 
 
+def test_train_refiner_fine_tunes_from_an_init(G, pairs, tmp_path):
+    torch.manual_seed(0)
+    E = Encoder(encoder_config_for(TINY_G, **E_KW)).eval()
+    E.w_avg.copy_(G.w_avg)
+    start = Refiner(refiner_config_for(G, **H_KW))
+    with torch.no_grad():
+        for p in start.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    losses = []
+    tc = RefinerTrainConfig(steps=1, batch=2, lr=1e-12, refine_steps=1, perceptual_weight=0.0, **QUIET)
+    path = train_refiner(pairs, G, E, tmp_path, train_config=tc, init=start, progress=lambda p: losses.append(p))
+    tuned = load_refiner(path)
+    assert tuned.config == start.config                                 # the init's config, not the default one
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(tuned.state_dict().values(),
+                                                              start.state_dict().values()))
+
+
 def test_train_inverter_lowers_the_loss_and_inverts(G, pairs, tmp_path):
     losses = []
     tc = EncoderTrainConfig(steps=30, batch=8, lr=2e-3, iterations=2, **QUIET)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cli.main import _run, app
-from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint
+from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint, version_hash
 from s2m_retrieval.data.sketch import sketch_from_mask
 from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
@@ -56,6 +56,14 @@ def trained(generator, phantom_archive, tmp_path_factory):
            "--config-json", json.dumps({"refiner": {"widths": [8, 16], "head_width": 8, "rank": 2}}))
     invoke(runner, "train", "inverter", "phantom:4:1", "--generator", generator, "--out", root / "i", "--steps", 1,
            "--iterations", 2, *BASE, "--perceptual", "random", "--config-json", json.dumps(TINY))
+    out["index_log"] = invoke(runner, "train", "encoder", phantom_archive, "--generator", generator, "--out",
+                              root / "ei", "--objective", "index", "--inverter", root / "i" / "inverter.pt",
+                              "--init", root / "e" / "encoder.pt", "--steps", 2, *QUICK, "--config-json",
+                              json.dumps({"train": {"negatives": 4, "image_every": 1, "image_batch": 1}})).stdout
+    out["embedding_log"] = invoke(runner, "train", "embedding", phantom_archive, "--res", 32, "--out", root / "emb",
+                                  "--steps", 1, *BASE, "--pairs-per-image", 1, "--hard-negatives",
+                                  root / "ei" / "code_bank.pt", "--config-json",
+                                  json.dumps({"embedding": {"widths": [4, 8], "dim": 8}})).stdout
     out["pix2pix_log"] = invoke(runner, "train", "pix2pix", "phantom:4:1", "--res", 32, "--out", root / "p",
                                 "--steps", 2, *BASE, "--pairs-per-image", 1, "--config-json",
                                 json.dumps({"pix2pix": {"base_channels": 8, "max_channels": 16},
@@ -76,6 +84,16 @@ def test_train_encoder_runs_and_resumes(trained):
     assert not load_checkpoint(root / "e0" / "encoder.pt")["meta"]["with_latent_discriminator"]
 
 
+def test_train_encoder_for_the_index_space(trained):
+    root, out = trained
+    assert "code bank: 6 images + mirrors" in out["index_log"]
+    meta = load_checkpoint(root / "ei" / "encoder.pt", kind="encoder")["meta"]
+    assert meta["objective"] == "index" and meta["step"] == 2 and meta["bank"]["num_images"] == 6
+    assert meta["init_version"] == version_hash(load_checkpoint(root / "e" / "encoder.pt"))
+    assert meta["inverter_version"] == meta["bank"]["inverter_version"]
+    assert load_checkpoint(root / "emb" / "embedding.pt", kind="embedding")["meta"]["hard_negatives"] is True
+
+
 def test_train_refiner_inverter_pix2pix_write_checkpoints(trained):
     root, out = trained
     assert load_checkpoint(root / "h" / "refiner.pt", kind="refiner")["meta"]["train_config"]["refine_steps"] == 2
@@ -89,6 +107,8 @@ def test_train_errors_are_one_line(generator, tmp_path, capsys):
     cases = [(["train", "encoder", "phantom:2", "--generator", tmp_path / "none.pt", "--out", tmp_path / "o"],
               "generator weights not found"),
              (["train", "pix2pix", "phantom:x", "--out", tmp_path / "o"], "bad phantom source"),
+             (["train", "encoder", "phantom:2", "--generator", generator, "--out", tmp_path / "o",
+               "--objective", "pixels"], "--objective must be image or index"),
              (["train", "encoder", tmp_path / "nowhere", "--generator", generator, "--out", tmp_path / "o"],
               "archive folder not found"),
              (["train", "encoder", "phantom:2", "--generator", generator, "--out", tmp_path / "o",
