@@ -17,6 +17,14 @@ class BadImageError(BadInputError):
     """An image file is truncated, not an image, empty or too large."""
 
 
+class UnsupportedImageError(BadImageError):
+    """An image file decodes, but in a format the tool does not accept (see data.image_io.IMAGE_FORMATS)."""
+
+
+class ImageTooLargeError(BadImageError):
+    """An image has more pixels than allowed, or trips Pillow's decompression-bomb limit."""
+
+
 class CheckpointError(S2MError):
     """A checkpoint file is missing, corrupt or of an unknown format."""
 

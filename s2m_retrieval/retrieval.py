@@ -59,12 +59,13 @@ class Result:
 
 def as_grey_sketch(sketch) -> np.ndarray:
     """A uint8 sketch [H, W], [H, W, 3] or [H, W, 4] as grey [H, W]: transparent is paper, any dark channel ink."""
+    from s2m_retrieval.data.image_io import composite
+
     array = np.asarray(sketch)
     if array.dtype != np.uint8:
         raise BadInputError(f"a sketch must be a uint8 image, got {array.dtype}")
     if array.ndim == 3 and array.shape[-1] == 4:
-        alpha = array[..., 3:].astype(np.float32) / 255.0
-        array = (array[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+        array = composite(array, background=255)
     if array.ndim == 3 and array.shape[-1] == 3:
         array = array.min(axis=2)
     if array.ndim != 2 or min(array.shape) == 0:
@@ -82,17 +83,11 @@ def check_sketch(sketch, name: str | os.PathLike | None = None) -> np.ndarray:
 
 
 def read_sketch(path: str | os.PathLike) -> np.ndarray:
-    """A sketch file as grey uint8 [H, W] (see `as_grey_sketch`); unreadable files raise BadImageError."""
-    from PIL import Image
+    """A sketch file as grey uint8 [H, W], decoded as HTTP uploads and archive images are (`image_io`: any mode,
+    EXIF orientation); a missing, unreadable or refused file raises BadImageError naming it."""
+    from s2m_retrieval.data.image_io import decode_pixels, input_file
 
-    from s2m_retrieval.data.archive import read_image
-
-    if not Path(path).is_file():
-        raise BadImageError(f"sketch file not found: {path}")
-    read_image(path)  # validates: decodes, not truncated, not a decompression bomb
-    with Image.open(path) as img:
-        rgba = img.convert("RGBA") if "A" in img.getbands() or "transparency" in img.info else img.convert("RGB")
-        return as_grey_sketch(np.asarray(rgba, dtype=np.uint8))
+    return as_grey_sketch(decode_pixels(input_file(path, "sketch", BadImageError)))
 
 
 def check_options(k: int, n_candidates: int, alpha: float, max_distance: float | None, how: str) -> None:

@@ -168,8 +168,9 @@ def _gif() -> bytes:
 def test_bad_uploads(client):
     blank = _png(np.full((64, 64), 255, np.uint8))
     cases = [
-        (("s.png", b"hello, not an image"), 415, "not a PNG or JPEG"),
-        (("sketch.png", _gif()), 415, "judged by its content"),
+        (("s.png", b"hello, not an image"), 415, "not an image (accepted: PNG, JPEG, BMP, TIFF, WEBP; judged by "
+                                                "content"),
+        (("sketch.png", _gif()), 415, "GIF images are not accepted"),
         (("s.png", _truncated_png()), 400, "unreadable or truncated"),
         (("s.png", b""), 400, "empty file"),
         (("s.png", blank), 400, "sketch is empty: draw the outlines"),
@@ -220,7 +221,7 @@ def test_size_limits(engine):
         wide = _png(np.full((20, 600), 255, np.uint8))
         assert len(wide) < 2000
         _error(small.post("/v1/retrieve", files={"sketch": ("s.png", wide, "image/png")}), 413,
-               "600x20 pixels, the limit is 10000 pixels")
+               "600x20 pixels, the pixel limit is 10000 pixels")
         _error(small.post("/v1/retrieve", json={"sketch": "A" * 4000}), 413, "limit is 2000 bytes")
         huge = small.post("/v1/retrieve", content=b"x" * (limits.max_body_bytes + 1),
                           headers={"content-type": "application/json"})

@@ -5,22 +5,21 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from s2m_retrieval.data.dicom import DICOM_EXTENSIONS, dicom_labels, dicom_size, is_dicom_path, read_dicom
+from s2m_retrieval.data.image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, composite, decode_pixels, input_file,
+                                        is_image_name)
 from s2m_retrieval.errors import ArchiveError, BadImageError, BadInputError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-DEFAULT_MAX_PIXELS = 64_000_000
 FIT_POLICIES = ("crop", "pad")  # how a non-square image becomes square: centre crop, or black bars
 # Folders of an archive that hold derived files rather than archive images.
 RESERVED_DIRS = ("masks", "sketches")
@@ -113,7 +112,8 @@ def scan_archive(root: str | os.PathLike) -> list[ArchiveEntry]:
             if name.startswith("."):
                 continue
             path = Path(dirpath) / name
-            if not name.lower().endswith(IMAGE_EXTENSIONS + DICOM_EXTENSIONS) and not (
+            # Images in refused formats (e.g. .gif) are listed too: the read counts them with the reason.
+            if not (is_image_name(name) or name.lower().endswith(DICOM_EXTENSIONS)) and not (
                     "." not in name and is_dicom_path(path)):
                 continue
             stem = path.stem
@@ -124,48 +124,12 @@ def scan_archive(root: str | os.PathLike) -> list[ArchiveEntry]:
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode one image as RGB uint8 `[H, W, 3]`: EXIF orientation, grey/RGBA/16-bit, DICOM handled."""
-    path = Path(path)
-    if not path.exists():
-        raise BadImageError(f"{path}: file not found")
-    if path.is_dir():
-        raise BadImageError(f"{path}: is a folder, not an image file")
+    """Decode one image as RGB uint8 `[H, W, 3]` (see `image_io.decode_pixels`; alpha composited on black), or
+    a DICOM file's pixels."""
+    input_file(path, error=BadImageError)
     if is_dicom_path(path):
-        return read_dicom(path, max_pixels)[0]
-    try:
-        if path.stat().st_size == 0:
-            raise BadImageError(f"{path}: empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise BadImageError(f"{path}: {w}x{h} exceeds the pixel limit {max_pixels}")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
-    except BadImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImageError(f"{path}: exceeds the decompression-bomb limit ({exc})") from exc
-    except UnidentifiedImageError as exc:
-        raise BadImageError(f"{path}: not an image") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"{path}: unreadable or truncated ({str(exc)[:80]})") from exc
-
-
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Any PIL mode as RGB uint8; 16-bit is scaled by its own range, alpha composited on black."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        grey = np.clip(arr / top * 255 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(black, rgba)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return read_dicom(Path(path), max_pixels)[0]
+    return composite(decode_pixels(path, max_pixels), background=0)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

@@ -26,7 +26,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from s2m_retrieval.errors import BadInputError, DatabaseLockedError, IndexBusyError, S2MError
+from s2m_retrieval.errors import (BadInputError, DatabaseLockedError, ImageTooLargeError, IndexBusyError, S2MError,
+                                  UnsupportedImageError)
 from s2m_retrieval.service import archive_view
 from s2m_retrieval.service.archive_view import ImageNotFound
 from s2m_retrieval.service.metrics import UNMATCHED, ServiceMetrics
@@ -77,7 +78,7 @@ class _HTTPError(S2MError):
         self.status = status
 
 
-STATUS = ((UploadTooLarge, 413), (UnsupportedImage, 415), (ImageNotFound, 404), (OptionError, 422),
+STATUS = ((UploadTooLarge, 413), (ImageTooLargeError, 413), (UnsupportedImage, 415), (UnsupportedImageError, 415), (ImageNotFound, 404), (OptionError, 422),
           (BadInputError, 400), (Busy, 503), (DatabaseLockedError, 503), (IndexBusyError, 503), (S2MError, 500))
 
 

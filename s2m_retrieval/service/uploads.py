@@ -1,22 +1,19 @@
-"""Sketch uploads: the bytes are sniffed (never the file name or the declared type), size-checked, then decoded.
+"""Sketch uploads: size-checked, then decoded by content (never the file name or the declared type).
 
-Errors are domain exceptions: `UploadTooLarge` (HTTP 413), `UnsupportedImage` (415), `BadImageError` (400).
+Errors are domain exceptions: `UploadTooLarge` / `ImageTooLargeError` (HTTP 413), `UnsupportedImageError` (415),
+`BadImageError` (400).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
-import warnings
 
 import numpy as np
 
 from s2m_retrieval.errors import BadImageError, BadInputError
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-JPEG_MAGIC = b"\xff\xd8\xff"
 DATA_URL_RE = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 
 
@@ -25,18 +22,7 @@ class UploadTooLarge(BadInputError):
 
 
 class UnsupportedImage(BadInputError):
-    """An upload is not a PNG or JPEG file."""
-
-
-def sniff(data: bytes) -> str:
-    """"PNG" or "JPEG" from the first bytes; anything else is UnsupportedImage."""
-    if data.startswith(PNG_MAGIC):
-        return "PNG"
-    if data.startswith(JPEG_MAGIC):
-        return "JPEG"
-    if not data:
-        raise BadImageError("the sketch is an empty file")
-    raise UnsupportedImage("the sketch is not a PNG or JPEG file (judged by its content, not its name)")
+    """A request body of a content type the API does not take."""
 
 
 def from_base64(text: str, max_bytes: int) -> bytes:
@@ -52,28 +38,10 @@ def from_base64(text: str, max_bytes: int) -> bytes:
 
 
 def decode_sketch(data: bytes, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 RGB [H, W, 3] or RGBA [H, W, 4] (transparency kept: it means paper)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Image bytes (any accepted format, judged by content) -> uint8 RGB [H, W, 3] or RGBA [H, W, 4]
+    (transparency kept: it means paper), decoded as sketch files are (`image_io.decode_pixels`)."""
+    from s2m_retrieval.data.image_io import decode_pixels
 
     if len(data) > max_bytes:
         raise UploadTooLarge(f"the sketch is {len(data)} bytes, the limit is {max_bytes} bytes")
-    kind = sniff(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=[kind]) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise UploadTooLarge(f"the sketch is {w}x{h} pixels, the limit is {max_pixels} pixels")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                alpha = "A" in img.getbands() or "transparency" in img.info
-                return np.asarray(img.convert("RGBA" if alpha else "RGB"), dtype=np.uint8)
-    except BadInputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UploadTooLarge(f"the sketch exceeds the decompression-bomb limit ({max_pixels} pixels)") from None
-    except UnidentifiedImageError:
-        raise BadImageError(f"the sketch starts like a {kind} file but cannot be decoded") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"the sketch {kind} is unreadable or truncated ({str(exc)[:80]})") from None
+    return decode_pixels(data, max_pixels, name="the sketch")

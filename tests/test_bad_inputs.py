@@ -1,0 +1,132 @@
+"""Bad inputs (issue 19): each one a one-line error with a non-zero exit, or the right answer; never a traceback,
+a silent wrong answer, or a lost edit."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrieval_helpers import phantom_sketch
+from s2m_retrieval.data.archive import ReadStats, iter_batches, read_image, scan_archive
+from s2m_retrieval.errors import BadImageError, BadInputError, UnsupportedImageError
+from s2m_retrieval.retrieval import read_sketch
+from s2m_retrieval.service.uploads import decode_sketch
+
+SKETCH = phantom_sketch()           # [64, 64] uint8, dark strokes on white
+INK = SKETCH < 128
+
+
+def _one_line_error(result, needle: str, code: int | None = None) -> str:
+    """A CLI result that failed with one line on stderr naming `needle`, and no traceback."""
+    assert result.exit_code != 0, result.output
+    if code is not None:
+        assert result.exit_code == code, (result.exit_code, result.stderr)
+    assert "Traceback" not in result.stderr and result.exception is None or isinstance(result.exception,
+                                                                                           SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    return lines[0]
+
+
+def _cli(args, runner):
+    from cli.main import app
+
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _sketch_in_mode(mode: str) -> Image.Image:
+    """The test sketch as a Pillow image of `mode`, with the same strokes (16-bit and float at full range)."""
+    grey = SKETCH.astype(np.float64) / 255.0
+    if mode in ("I;16", "I"):
+        deep = (grey * 65535).round()
+        return Image.fromarray(deep.astype(np.uint16)) if mode == "I;16" else Image.fromarray(deep.astype(np.int32))
+    if mode == "F":
+        return Image.fromarray(grey.astype(np.float32), mode="F")
+    if mode == "1":
+        return Image.fromarray(SKETCH).convert("1", dither=Image.Dither.NONE)
+    if mode in ("LA", "RGBA"):  # ink opaque, paper transparent (any colour underneath)
+        base = Image.fromarray(np.where(INK, 0, 90).astype(np.uint8)).convert(mode[:-1])
+        base.putalpha(Image.fromarray(np.where(INK, 255, 0).astype(np.uint8)))
+        return base
+    return Image.fromarray(SKETCH).convert(mode)
+
+
+MODES = ["1", "L", "LA", "P", "I;16", "I", "F", "RGB", "RGBA", "CMYK", "YCbCr"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_reads_as_the_same_sketch(tmp_path, mode):
+    img = _sketch_in_mode(mode)
+    path = tmp_path / ("s.tif" if mode in ("F", "I", "CMYK", "YCbCr") else "s.png")
+    img.save(path)
+    assert Image.open(path).mode == mode or mode == "YCbCr"  # TIFF stores YCbCr as RGB
+    grey = read_sketch(path)
+    assert grey.shape == SKETCH.shape
+    assert np.array_equal(grey < 128, INK), f"{mode}: {(grey < 128).sum()} ink pixels, want {INK.sum()}"
+    # HTTP decodes the same bytes to the same sketch.
+    from s2m_retrieval.retrieval import as_grey_sketch
+
+    assert np.array_equal(as_grey_sketch(decode_sketch(path.read_bytes(), 1 << 24, 1 << 20)), grey)
+    # The archive reader sees the same structure (transparency on black there, so only opaque modes compare).
+    if "A" not in mode:
+        assert np.array_equal(read_image(path).min(axis=2) < 128, INK)
+
+
+def test_sixteen_bit_grey_keeps_its_strokes_and_scale(tmp_path):
+    deep = np.array([[0, 1000, 32768, 65535]], np.uint16)
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    assert read_image(tmp_path / "d.png")[0, :, 0].tolist() == [0, 4, 128, 255]
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32), mode="F").save(tmp_path / "f.tif")
+    assert read_image(tmp_path / "f.tif")[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_exif_orientation_is_applied_to_cli_sketches(tmp_path):
+    stored = Image.fromarray(SKETCH).transpose(Image.Transpose.ROTATE_90)  # as a phone stores a turned photo
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display: rotate 90 degrees clockwise
+    path = tmp_path / "turned.png"
+    stored.save(path, exif=exif.tobytes())
+    assert np.array_equal(read_sketch(path), SKETCH)
+    assert np.array_equal(read_sketch(path), decode_sketch(path.read_bytes(), 1 << 24, 1 << 20).min(axis=2))
+
+
+def _gif(path: Path) -> Path:
+    Image.fromarray(SKETCH).save(path, format="GIF")
+    return path
+
+
+def test_one_list_of_formats_gif_refused_everywhere(tmp_path):
+    gif = _gif(tmp_path / "s.gif")
+    for read in (read_sketch, read_image, lambda p: decode_sketch(p.read_bytes(), 1 << 24, 1 << 20)):
+        with pytest.raises(UnsupportedImageError, match="GIF images are not accepted"):
+            read(gif)
+    # A build lists it and counts it with its reason (not skipped silently).
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    Image.fromarray(np.stack([SKETCH] * 3, -1)).save(archive / "a.png")
+    shutil.copy(gif, archive / "b.gif")
+    (archive / "notes.txt").write_text("not an image name: not listed")
+    stats = ReadStats()
+    entries = scan_archive(archive)
+    assert [e.rel for e in entries] == ["a.png", "b.gif"]
+    assert sum(len(b.entries) for b in iter_batches(entries, 4, 16, stats=stats)) == 1
+    assert stats.bad_files == [(str(archive / "b.gif"), "GIF images are not accepted")]
+
+
+def test_paths_say_what_they_are(tmp_path):
+    loop = tmp_path / "loop.png"
+    os.symlink(tmp_path / "loop2.png", loop)
+    os.symlink(loop, tmp_path / "loop2.png")
+    cases = [(tmp_path, "is a folder; give a sketch file"), (loop, "Too many levels of symbolic links"),
+             (tmp_path / "absent.png", "sketch file not found")]
+    for path, needle in cases:
+        with pytest.raises(BadImageError, match=needle):
+            read_sketch(path)
+    with pytest.raises(BadImageError, match="Too many levels"):
+        read_image(loop)
