@@ -19,37 +19,54 @@ def sketch(
                                                     "(default: the shipped phantom bundle)."),
 ) -> None:
     """Draw the outlines of the anatomy in IMAGE, the way a clinician sketches it."""
+    import os
+    import tempfile
+
     from PIL import Image
 
-    from s2m_retrieval.data.archive import fit_square, read_image, read_mask
+    from s2m_retrieval.data.archive import fit_square, read_image, read_image_size, read_mask
     from s2m_retrieval.data.classes import NUM_CLASSES
+    from s2m_retrieval.data.image_io import input_file
     from s2m_retrieval.data.sketch import FreehandConfig, is_blank_sketch, sketch_from_mask
     from s2m_retrieval.errors import BadInputError
+    from s2m_retrieval.viz import output_image_format
 
     if size < 8 or size > 2048 or size % 8:
         raise BadInputError(f"--size must be a multiple of 8 between 8 and 2048, got {size}")
-    inputs = [image] + ([mask] if mask is not None else [])
-    if any(out.resolve() == p.resolve() for p in inputs):
+    fmt = output_image_format(out)
+    inputs = [input_file(image)] + ([input_file(mask, "mask")] if mask is not None else [])
+    if any(os.path.realpath(out) == os.path.realpath(p) for p in inputs):
         raise BadInputError(f"--out {out} is an input file; write the sketch somewhere else")
     if mask is not None:
-        label = fit_square(read_mask(mask), size, nearest=True)
+        raw, (h, w) = read_mask(mask), read_image_size(image)
+        if raw.shape[:2] != (h, w):
+            raise BadInputError(f"mask {mask} is {raw.shape[1]}x{raw.shape[0]} pixels, image {image} is {w}x{h}; "
+                                "give the mask of this image")
+        label = fit_square(raw, size, nearest=True)
         if label.max() >= NUM_CLASSES:
             raise BadInputError(f"mask {mask} holds label {int(label.max())}; label maps use ids 0..{NUM_CLASSES - 1}")
         source = f"mask {mask}"
     else:
         from s2m_retrieval.model_files import segmenter_file
-        from s2m_retrieval.segmentation import segment_images
+        from s2m_retrieval.segmentation import check_sketchable, segment_images
 
+        pixels = read_image(image)
+        check_sketchable(pixels, image)
         checkpoint = segmenter if segmenter is not None else segmenter_file(model)
-        label = segment_images([fit_square(read_image(image), size)], checkpoint=checkpoint)[0]
+        label = segment_images([fit_square(pixels, size)], checkpoint=checkpoint)[0]
         source = "segmenter"
     drawing = sketch_from_mask(label, size=size, freehand=FreehandConfig() if freehand else None, seed=seed)
     if is_blank_sketch(drawing):
         raise BadInputError(f"no anatomy outlines found in {source}; nothing to draw")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    Image.fromarray(drawing).save(tmp, format="PNG")
-    tmp.replace(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(drawing).save(fh, format=fmt)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     typer.echo(f"wrote {out} ({size}x{size}, outlines from {source}{', free-hand' if freehand else ''})")
 
 

@@ -9,9 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from s2m_retrieval.checkpoint import shipped_weights
-from s2m_retrieval.errors import CheckpointError
+from s2m_retrieval.errors import BadInputError, CheckpointError
 
 SHIPPED_SEGMENTER = "segmenter"
+MIN_SIDE = 16          # px: smaller images hold no anatomy to outline
+MIN_CONTRAST = 2.0     # grey-level standard deviation below which an image is one colour
+MAX_ROUGHNESS = 0.7    # mean neighbour difference / standard deviation: photos 0.1-0.3, pixel noise ~1.1
 
 
 @functools.lru_cache(maxsize=4)
@@ -40,3 +43,19 @@ def segment_images(images: Sequence[np.ndarray] | np.ndarray,
     from s2m_retrieval.training.segmenter import segment
 
     return segment(cached_segmenter(checkpoint), np.stack(list(images)))
+
+
+def check_sketchable(image: np.ndarray, name: str | os.PathLike) -> None:
+    """Refuse an RGB uint8 image [H, W, 3] the segmenter would invent outlines for: too small, one colour
+    (blank, black) or pixel noise; one BadInputError line naming the file."""
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise BadInputError(f"image {name} is {w}x{h} pixels; an image to sketch needs at least {MIN_SIDE} px a side")
+    grey = image.astype(np.float64).mean(axis=2)
+    spread = float(grey.std())
+    if spread < MIN_CONTRAST:
+        raise BadInputError(f"image {name} is one colour (blank or black): no anatomy to outline")
+    roughness = (np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean()) / 2 / spread
+    if roughness > MAX_ROUGHNESS:
+        raise BadInputError(f"image {name} looks like pixel noise (neighbour differences {roughness:.2f} of its "
+                            f"contrast, photographs stay under {MAX_ROUGHNESS}): no anatomy to outline")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +23,41 @@ SKETCH = phantom_sketch()           # [64, 64] uint8, dark strokes on white
 INK = SKETCH < 128
 
 
-def _one_line_error(result, needle: str, code: int | None = None) -> str:
-    """A CLI result that failed with one line on stderr naming `needle`, and no traceback."""
-    assert result.exit_code != 0, result.output
+@dataclass
+class Run:
+    """What one CLI run through `cli.main` (the one place errors become messages) left behind."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `s2m ARGS...` in this process, as the console script does (domain errors -> one line, exit code)."""
+    from cli.main import _run, app
+
+    def run(*args) -> Run:
+        capsys.readouterr()
+        try:
+            _run(app, [str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return Run(code, out, err)
+
+    return run
+
+
+def _one_line_error(result: Run, needle: str, code: int | None = None) -> str:
+    """A failed run with one line on stderr naming `needle` (and so no traceback)."""
+    assert result.code != 0, result.stdout
     if code is not None:
-        assert result.exit_code == code, (result.exit_code, result.stderr)
-    assert "Traceback" not in result.stderr and result.exception is None or isinstance(result.exception,
-                                                                                           SystemExit)
+        assert result.code == code, (result.code, result.stderr)
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
     return lines[0]
-
-
-def _cli(args, runner):
-    from cli.main import app
-
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def _sketch_in_mode(mode: str) -> Image.Image:
@@ -130,3 +150,41 @@ def test_paths_say_what_they_are(tmp_path):
             read_sketch(path)
     with pytest.raises(BadImageError, match="Too many levels"):
         read_image(loop)
+
+
+def _image(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_sketch_refuses_images_without_anatomy(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    cases = {"blank": (np.full((64, 64, 3), 255, np.uint8), "one colour"),
+             "black": (np.zeros((64, 64, 3), np.uint8), "one colour"),
+             "dot": (np.full((1, 1, 3), 128, np.uint8), "1x1 pixels"),
+             "noise": (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "pixel noise")}
+    for name, (array, needle) in cases.items():
+        out = tmp_path / f"{name}-sketch.png"
+        result = cli("sketch", _image(tmp_path / f"{name}.png", array), "--out", out)
+        _one_line_error(result, needle, code=2)
+        assert not out.exists()
+
+
+def test_sketch_checks_its_mask_and_output_first(cli, phantom_archive, tmp_path):
+    image, mask = phantom_archive / "images" / "ph000000.png", phantom_archive / "masks" / "ph000000.png"
+    small = _image(tmp_path / "small.png", np.asarray(Image.open(mask))[:32, :48])
+    _one_line_error(cli("sketch", image, "--mask", small, "--out", tmp_path / "a.png"),
+                    "mask", code=2)
+    _one_line_error(cli("sketch", image, "--mask", mask, "--out", tmp_path / "x.txt"),
+                    "cannot tell the image format", code=2)
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    _one_line_error(cli("sketch", image, "--mask", mask, "--out", folder), "is a folder", code=2)
+    assert not (tmp_path / "x.txt").exists() and list(folder.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    loop = tmp_path / "loop.png"
+    os.symlink(loop, loop)
+    _one_line_error(cli("sketch", loop, "--out", tmp_path / "b.png"), "Too many levels", code=2)
+    _one_line_error(cli("sketch", tmp_path, "--out", tmp_path / "b.png"), "is a folder", code=2)
+    ok = cli("sketch", image, "--mask", mask, "--out", tmp_path / "s.jpg")
+    assert ok.code == 0 and Image.open(tmp_path / "s.jpg").format == "JPEG"

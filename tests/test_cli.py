@@ -95,7 +95,7 @@ def test_unwritable_output_is_one_line(phantom_archive, tmp_path):
     blocker.write_text("x")
     proc = _s2m("sketch", str(phantom_archive / "images" / "ph000001.png"), "--mask",
                 str(phantom_archive / "masks" / "ph000001.png"), "--out", str(blocker / "sub" / "s.png"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr  # refused before any work
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
