@@ -149,11 +149,10 @@ def _generate_from_sketch(sketch: Path, out: Path, steps: int, only_final: bool,
     from s2m_retrieval.errors import BadInputError, CheckpointError
     from s2m_retrieval.networks.refiner import refine
     from s2m_retrieval.pipeline import Sketch2MedI, sketch_batch, to_uint8
-    from s2m_retrieval.retrieval import check_sketch, read_sketch
+    from s2m_retrieval.retrieval import check_sketch, check_steps, read_sketch
     from s2m_retrieval.viz import contact_sheet
 
-    if steps < 0:
-        raise BadInputError(f"--steps must be >= 0, got {steps}")
+    check_steps(steps)
     drawing = check_sketch(read_sketch(sketch), sketch)
     paths = {"generator": generator, "encoder": encoder} | ({"refiner": refiner} if steps > 0 else {})
     for name, given in paths.items():

@@ -49,7 +49,7 @@ def retrieve(
     from s2m_retrieval.bundle import resolve_model
     from s2m_retrieval.errors import BadInputError
     from s2m_retrieval.metadata_filter import parse_where
-    from s2m_retrieval.retrieval import RetrievalEngine, check_options, check_sketch, read_sketch
+    from s2m_retrieval.retrieval import RetrievalEngine, check_options, check_sketch, check_steps, read_sketch
 
     if query is None and like is None:
         raise BadInputError("give a sketch image (s2m retrieve SKETCH.png) or --like ID_OR_PATH")
@@ -59,6 +59,7 @@ def retrieve(
     if like is not None and steps is not None:
         raise BadInputError("--steps applies to sketch queries; --like skips E and H")
     check_options(k, candidates, alpha, max_distance, normalisation)
+    check_steps(steps)
     if sheet is not None:
         from s2m_retrieval.viz import output_image_format
 
@@ -78,6 +79,9 @@ def retrieve(
         else:
             result = engine.query_like(like, **options)
     from s2m_retrieval.result_view import result_table, write_result_sheet
+
+    if result.provenance.get("note"):
+        typer.echo(f"note: {result.provenance['note']}; pass --steps 0 to ask for that", err=True)
 
     if sheet is not None:
         write_result_sheet(result, sheet)

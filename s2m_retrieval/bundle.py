@@ -183,12 +183,18 @@ def stale_networks(folder: str | os.PathLike, manifest: dict) -> list[str]:
 
 
 def describe(folder: str | os.PathLike) -> dict:
-    """A bundle for `s2m models show`: its manifest (or one built on the fly), where it is, what is stale."""
+    """A bundle for `s2m models show`: what its folder holds now (a manifest's record only for a network whose
+    file is there), where it is, what is stale."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     stale = stale_networks(folder, manifest) if manifest is not None else []
     if manifest is None:
         manifest = build_manifest(folder)
+    else:
+        files, recorded = network_files(folder), manifest.get("networks", {})
+        manifest = {**manifest, "missing": [n for n, p in files.items() if p is None],
+                    "networks": {n: recorded[n] if n in recorded else network_record(p, n)
+                                 for n, p in files.items() if p is not None}}
     return {**manifest, "path": str(folder), "manifest_file": (folder / MANIFEST).is_file(), "stale": stale}
 
 

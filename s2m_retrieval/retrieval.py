@@ -24,6 +24,10 @@ from s2m_retrieval.ranking import (DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALI
 log = logging.getLogger(__name__)
 DEFAULT_K = 10
 DEFAULT_CANDIDATES = 100
+# Upper bounds of one query, for the CLI and the HTTP API alike (a service's limits may only lower them).
+MAX_K = 100
+MAX_CANDIDATES = 1000
+MAX_STEPS = 10
 
 
 @dataclass
@@ -94,12 +98,21 @@ def check_options(k: int, n_candidates: int, alpha: float, max_distance: float |
     """Reject out-of-range query options with one line, before any model or index is opened."""
     if k < 1 or n_candidates < 1:
         raise BadInputError(f"--k and --candidates must be >= 1, got {k} and {n_candidates}")
+    if k > MAX_K or n_candidates > MAX_CANDIDATES:
+        raise BadInputError(f"--k and --candidates may be at most {MAX_K} and {MAX_CANDIDATES}, got {k} and "
+                            f"{n_candidates}")
     if not 0.0 <= alpha <= 1.0:
         raise BadInputError(f"--alpha must be between 0 and 1, got {alpha}")
     if max_distance is not None and not max_distance >= 0:
         raise BadInputError(f"--max-distance must be >= 0, got {max_distance}")
     if how not in NORMALISATIONS:
         raise BadInputError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {how!r}")
+
+
+def check_steps(steps: int | None) -> None:
+    """Refinement steps T of a sketch query (None: H's trained T) must lie in 0..MAX_STEPS."""
+    if steps is not None and not 0 <= steps <= MAX_STEPS:
+        raise BadInputError(f"--steps must be between 0 and {MAX_STEPS}, got {steps}")
 
 
 # How a sketch query becomes an index vector (see RetrievalEngine.sketch_vector): E's own code ("sketch"), x̂
@@ -117,7 +130,7 @@ def _check_code(code: str) -> None:
 class RetrievalEngine:
     """Models + index opened once; `query_sketch` and `query_like` answer queries warm."""
 
-    def __init__(self, reader, pipeline, metric, encoder) -> None:
+    def __init__(self, reader, pipeline, metric, encoder, models_folder: Path | None = None) -> None:
         from index.row_reader import ShardRowReader
         from s2m_retrieval.metadata_filter import LabelFilter
 
@@ -125,6 +138,7 @@ class RetrievalEngine:
         self.pipeline = pipeline    # Sketch2MedI: G, E, H (optional), inverter
         self.metric = metric        # PerceptualDistance the index was built for
         self.encoder = encoder      # InverterEncoder: the index's weighting and inversion settings
+        self.models_folder = models_folder  # the bundle the pipeline came from (None: a pipeline handed in)
         self.labels = LabelFilter(reader.db, reader.stamp.name)
         self.rows = ShardRowReader(reader.shards)
         # A cacheable metric re-ranks from the "features" stored at build time, never from the thumbs.
@@ -159,7 +173,7 @@ class RetrievalEngine:
         except BaseException:
             reader.close()
             raise
-        return cls(reader, pipeline, metric, encoder)
+        return cls(reader, pipeline, metric, encoder, folder)
 
     @property
     def default_steps(self) -> int:
@@ -167,6 +181,16 @@ class RetrievalEngine:
         from s2m_retrieval.pipeline import DEFAULT_REFINE_STEPS
 
         return DEFAULT_REFINE_STEPS if self.pipeline.refiner is not None else 0
+
+    @property
+    def refiner_note(self) -> str | None:
+        """Why sketch queries run E alone (T=0) when no refiner is loaded, naming the missing file; else None."""
+        if self.pipeline.refiner is not None:
+            return None
+        return f"no refiner H ({self._refiner_absence()}): sketch queries run E alone (T=0)"
+
+    def _refiner_absence(self) -> str:
+        return f"{Path(self.models_folder) / 'refiner.pt'} is missing" if self.models_folder else "none is loaded"
 
     def sketch_vector(self, w_plus, x_hat, code: str = DEFAULT_QUERY_CODE) -> np.ndarray:
         """The index vector of a sketch query: the W+ code E gave the sketch ("sketch"), x̂ inverted exactly as
@@ -197,9 +221,12 @@ class RetrievalEngine:
         check_options(k, n_candidates, alpha, max_distance, normalisation)
         _check_code(code)
         grey = check_sketch(sketch)
+        note = self.refiner_note if steps is None else None
         steps = self.default_steps if steps is None else int(steps)
-        if steps < 0:
-            raise BadInputError(f"--steps must be >= 0, got {steps}")
+        check_steps(steps)
+        if steps > 0 and self.pipeline.refiner is None:
+            raise BadInputError(f"--steps {steps} needs the refiner H, but {self._refiner_absence()}; add it to the "
+                                "bundle, or query with --steps 0 (E alone)")
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -211,7 +238,7 @@ class RetrievalEngine:
         timings["code"] = _ms(t0)
         result = self._rank(vector, x_hat, k, n_candidates, alpha, where, max_distance, normalisation, timings)
         result.query, result.x_hat = grey, to_uint8(x_hat)[0]
-        result.provenance |= {"query": "sketch", "steps": steps, "code": code}
+        result.provenance |= {"query": "sketch", "steps": steps, "code": code} | ({"note": note} if note else {})
         return result
 
     def query_like(self, key: int | str | os.PathLike, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,

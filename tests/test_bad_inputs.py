@@ -4,6 +4,7 @@ a silent wrong answer, or a lost edit."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -188,3 +189,42 @@ def test_sketch_checks_its_mask_and_output_first(cli, phantom_archive, tmp_path)
     _one_line_error(cli("sketch", tmp_path, "--out", tmp_path / "b.png"), "is a folder", code=2)
     ok = cli("sketch", image, "--mask", mask, "--out", tmp_path / "s.jpg")
     assert ok.code == 0 and Image.open(tmp_path / "s.jpg").format == "JPEG"
+
+
+def test_bundle_without_refiner_is_said_not_silent(cli, setup, tmp_path):
+    bundle = Path(shutil.copytree(setup.models, tmp_path / "noref"))
+    cli("models", "manifest", bundle)  # a manifest that still records the refiner
+    (bundle / "refiner.pt").unlink()
+    shown = cli("models", "show", bundle)
+    assert "refiner               missing" in shown.stdout and "stale manifest: refiner" in shown.stdout
+    shown = json.loads(cli("models", "show", bundle, "--json").stdout)
+    assert "refiner" in shown["missing"] and "refiner" not in shown["networks"]
+    sketch = _image(tmp_path / "s.png", SKETCH)
+    home = setup.private_home(tmp_path / "home")
+    query = ["retrieve", sketch, "--home", home, "--model", bundle, "--k", "2", "--perceptual", "random"]
+    default = cli(*query)
+    assert default.code == 0 and "T=0" in default.stdout
+    assert default.stderr.strip() == (f"note: no refiner H ({bundle / 'refiner.pt'} is missing): sketch queries "
+                                      "run E alone (T=0); pass --steps 0 to ask for that")
+    _one_line_error(cli(*query, "--steps", "2"), f"--steps 2 needs the refiner H, but {bundle / 'refiner.pt'} "
+                                                   "is missing", code=2)
+    asked = cli(*query, "--steps", "0")
+    assert asked.code == 0 and asked.stderr == ""
+
+
+def test_query_limits_are_one_set_for_cli_and_http(cli, tmp_path):
+    from s2m_retrieval.retrieval import MAX_CANDIDATES, MAX_K, MAX_STEPS
+    from s2m_retrieval.service.app import ServiceLimits
+
+    limits = ServiceLimits()
+    assert (limits.max_k, limits.max_candidates, limits.max_steps) == (MAX_K, MAX_CANDIDATES, MAX_STEPS)
+    with pytest.raises(BadInputError, match="may only lower"):
+        ServiceLimits(max_k=MAX_K + 1)
+    sketch = _image(tmp_path / "s.png", SKETCH)
+    home = tmp_path / "nohome"  # refused before any index is opened
+    _one_line_error(cli("retrieve", sketch, "--home", home, "--k", MAX_K + 1), f"at most {MAX_K}", code=2)
+    _one_line_error(cli("retrieve", sketch, "--home", home, "--candidates", MAX_CANDIDATES + 1), "at most", code=2)
+    _one_line_error(cli("retrieve", sketch, "--home", home, "--steps", MAX_STEPS + 1),
+                    f"between 0 and {MAX_STEPS}", code=2)
+    _one_line_error(cli("generate", sketch, "--out", tmp_path / "g.png", "--steps", 10**6),
+                    f"between 0 and {MAX_STEPS}", code=2)

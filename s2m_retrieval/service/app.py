@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from s2m_retrieval.errors import (BadInputError, DatabaseLockedError, ImageTooLargeError, IndexBusyError, S2MError,
                                   UnsupportedImageError)
+from s2m_retrieval.retrieval import MAX_CANDIDATES, MAX_K, MAX_STEPS
 from s2m_retrieval.service import archive_view
 from s2m_retrieval.service.archive_view import ImageNotFound
 from s2m_retrieval.service.metrics import UNMATCHED, ServiceMetrics
@@ -49,9 +50,9 @@ class ServiceLimits:
 
     max_upload_bytes: int = 4 * 1024 * 1024   # a 512 px canvas PNG is ~20 KB
     max_pixels: int = 2048 * 2048
-    max_k: int = 100
-    max_candidates: int = 1000
-    max_steps: int = 10
+    max_k: int = MAX_K
+    max_candidates: int = MAX_CANDIDATES
+    max_steps: int = MAX_STEPS
     concurrency: int = 2                      # queries on the models at once
     max_queued: int = 64                      # queries waiting beyond those; more get 503
 
@@ -59,6 +60,10 @@ class ServiceLimits:
         bad = [f"{k}={v}" for k, v in asdict(self).items() if not isinstance(v, int) or v < 1]
         if bad:
             raise BadInputError(f"service limits must be positive integers, got {', '.join(bad)}")
+        ceilings = {"max_k": MAX_K, "max_candidates": MAX_CANDIDATES, "max_steps": MAX_STEPS}
+        over = [f"{k}={getattr(self, k)} (at most {v})" for k, v in ceilings.items() if getattr(self, k) > v]
+        if over:
+            raise BadInputError(f"service limits may only lower the query limits: {', '.join(over)}")
 
     @property
     def max_body_bytes(self) -> int:
