@@ -107,3 +107,20 @@ class IndexLock:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+    @staticmethod
+    def held(paths: IndexPaths) -> bool:
+        """Whether a live process holds the index for writing now (a killed one's lock is gone)."""
+        import fcntl
+
+        try:
+            fd = os.open(paths.lock_file, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)

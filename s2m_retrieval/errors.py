@@ -53,6 +53,10 @@ class IndexCorruptError(S2MError):
     """An index file (FAISS, manifest, vector shard) is damaged or unreadable."""
 
 
+class IndexIncompleteError(IndexCorruptError):
+    """An index's FAISS file lags its SQL rows: a build was killed before it saved; rerunning it finishes it."""
+
+
 class VersionMismatchError(S2MError):
     """An index was built by another model version or perceptual metric than the one in use."""
 

@@ -13,7 +13,7 @@ from index.row_reader import ShardRowReader
 from index.shards import ShardStore
 from index.stamp import IndexStamp, read_stamp
 from index.store import VectorStore
-from s2m_retrieval.errors import IndexCorruptError, IndexMissingError
+from s2m_retrieval.errors import IndexCorruptError, IndexIncompleteError, IndexMissingError
 from s2m_retrieval.index_sync import check_owner
 from s2m_retrieval.storage.db import Database, open_database, resolve_home
 
@@ -97,6 +97,23 @@ class IndexReader:
         self.close()
 
 
+def _check_complete(paths: IndexPaths, stamp: IndexStamp, store: VectorStore, db: Database) -> None:
+    """Refuse an index whose FAISS file lags its SQL rows because a build was killed before saving it (queries
+    would silently miss those images); a build still running is fine (its snapshot is what there is)."""
+    from index.layout import IndexLock
+    from s2m_retrieval.storage import catalog
+
+    with db.session() as s:
+        rows = catalog.count_vectors(s, stamp.name)
+        sources = [b.source for b in catalog.recent_builds(s, stamp.name, limit=20) if b.source not in (None, "files")]
+    if rows == store.ntotal or IndexLock.held(paths):
+        return
+    again = f"s2m index build {sources[0] if sources else 'ARCHIVE'}"
+    raise IndexIncompleteError(f"index {stamp.name!r} is incomplete: {rows} images are recorded but its FAISS file "
+                               f"holds {store.ntotal} (a build was interrupted before saving it); finish it with "
+                               f"`{again} --name {stamp.name}` (it resumes)")
+
+
 def open_index(*, name: str = "default", home=None, db_url: str | None = None, model_version: str | None = None,
                metric: str | None = None, dim: int | None = None) -> IndexReader:
     """Open an index for queries; a stamp that disagrees with the model in use raises VersionMismatchError."""
@@ -113,6 +130,7 @@ def open_index(*, name: str = "default", home=None, db_url: str | None = None, m
         if store.dim != stamp.dim:
             raise IndexCorruptError(f"FAISS file {paths.faiss_file} has dim {store.dim}, its stamp says "
                                     f"{stamp.dim}; rebuild: {stamp.rebuild_hint()}")
+        _check_complete(paths, stamp, store, db)
     except BaseException:
         db.dispose()
         raise

@@ -22,7 +22,10 @@ def _disk(paths: IndexPaths) -> dict:
 
 
 def index_info(*, name: str = "default", home=None, db_url: str | None = None) -> dict:
-    """Stamp, counts (SQL rows, FAISS vectors), disk use and recent builds of an index, as plain data."""
+    """Stamp, counts (SQL rows, FAISS vectors), disk use and recent builds of an index, as plain data.
+
+    A build recorded as running while no process holds the index was killed: it is shown as interrupted.
+    """
     paths = index_paths(resolve_home(home), name).require()
     stamp = read_stamp(paths.manifest)
     db = open_database(paths.home, db_url)
@@ -37,6 +40,10 @@ def index_info(*, name: str = "default", home=None, db_url: str | None = None) -
                       for b in catalog.recent_builds(s, name)]
     finally:
         db.dispose()
+    if not IndexLock.held(paths):
+        for b in builds:
+            if b["status"] == "running":
+                b["status"] = "interrupted"
     try:
         faiss_count = VectorStore.load(paths.faiss_file, mmap=True).ntotal if paths.faiss_file.is_file() else None
     except IndexCorruptError:

@@ -228,3 +228,32 @@ def test_query_limits_are_one_set_for_cli_and_http(cli, tmp_path):
                     f"between 0 and {MAX_STEPS}", code=2)
     _one_line_error(cli("generate", sketch, "--out", tmp_path / "g.png", "--steps", 10**6),
                     f"between 0 and {MAX_STEPS}", code=2)
+
+
+def test_index_killed_before_faiss_is_incomplete_not_empty(cli, setup, tmp_path):
+    from index.layout import index_paths
+    from index.store import VectorStore
+    from index.stamp import read_stamp
+
+    home = setup.private_home(tmp_path / "home")
+    paths = index_paths(home, "default")
+    stamp = read_stamp(paths.manifest)
+    VectorStore.create(stamp.dim, stamp.factory).save(paths.faiss_file)  # as a build killed before its first save
+    sketch = _image(tmp_path / "s.png", SKETCH)
+    line = _one_line_error(cli("retrieve", sketch, "--home", home, "--model", setup.models, "--perceptual",
+                               "random"), "index 'default' is incomplete: 24 images are recorded but its FAISS file "
+                                          "holds 0")
+    assert f"`s2m index build {setup.archive} --name default` (it resumes)" in line
+
+
+def test_killed_build_is_shown_interrupted(setup, tmp_path):
+    from s2m_retrieval.index_report import index_info
+    from s2m_retrieval.storage import catalog
+    from s2m_retrieval.storage.db import open_database
+
+    home = setup.private_home(tmp_path / "home")
+    db = open_database(home)
+    with db.session(write=True) as s:  # what a build killed by -9 leaves: its row still says running
+        catalog.start_build(s, "default", 1, "Flat", str(setup.archive))
+    db.dispose()
+    assert index_info(home=home)["builds"][0]["status"] == "interrupted"
