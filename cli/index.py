@@ -132,6 +132,10 @@ def add(
     finally:
         bar.close()
     _report(summary, as_json)
+    if summary.bad and not (summary.added or summary.replaced or summary.skipped):
+        from s2m_retrieval.errors import BadImageError
+
+        raise BadImageError(f"none of the {len(summary.bad)} files given was added (reasons above)")
 
 
 @app.command("remove")

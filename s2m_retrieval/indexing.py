@@ -364,11 +364,11 @@ def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, 
 def add_files(files: Sequence[str | Path], encoder: ArchiveEncoder, *, home=None, db_url: str | None = None,
               options: BuildOptions = BuildOptions(), progress: Progress | None = None) -> BuildSummary:
     """Index individual image files (no labels); an unchanged file is skipped, a changed one replaced."""
+    from s2m_retrieval.data.image_io import input_file
+
     entries, seen = [], set()
     for f in files:
-        path = Path(f).resolve()
-        if not path.is_file():
-            raise BadInputError(f"image file not found: {f}")
+        path = input_file(f).resolve()  # a missing file, a folder or a symlink loop: one line, before any work
         if path not in seen:
             seen.add(path)
             entries.append(ArchiveEntry(path=path, stem=path.stem, rel=path.name))

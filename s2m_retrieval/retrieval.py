@@ -307,10 +307,13 @@ class RetrievalEngine:
 
         text = str(key)
         name = self.reader.stamp.name
+        image_id = catalog.as_image_id(key)
         with self.reader.db.session() as s:
-            if isinstance(key, int) or text.isdigit():
-                found = catalog.find_image(s, name, int(text))
+            if image_id is not None:
+                found = catalog.find_image(s, name, image_id)
                 matches = {} if found is None else {found: None}
+            elif isinstance(key, int):
+                matches = {}
             else:
                 paths = sorted({os.path.abspath(text), os.path.realpath(text)})
                 matches = catalog.match_images(s, name, text, paths)

@@ -144,7 +144,7 @@ def test_paths_say_what_they_are(tmp_path):
     loop = tmp_path / "loop.png"
     os.symlink(tmp_path / "loop2.png", loop)
     os.symlink(loop, tmp_path / "loop2.png")
-    cases = [(tmp_path, "is a folder; give a sketch file"), (loop, "Too many levels of symbolic links"),
+    cases = [(tmp_path, "is a folder; give the sketch file itself"), (loop, "Too many levels of symbolic links"),
              (tmp_path / "absent.png", "sketch file not found")]
     for path, needle in cases:
         with pytest.raises(BadImageError, match=needle):
@@ -257,3 +257,92 @@ def test_killed_build_is_shown_interrupted(setup, tmp_path):
         catalog.start_build(s, "default", 1, "Flat", str(setup.archive))
     db.dispose()
     assert index_info(home=home)["builds"][0]["status"] == "interrupted"
+
+
+def test_corrupt_sqlite_is_one_line_and_left_alone(cli, setup, tmp_path):
+    home = setup.private_home(tmp_path / "home")
+    db = home / "s2m.db"
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    os.truncate(db, 8192)
+    before = db.read_bytes()
+    sketch = _image(tmp_path / "s.png", SKETCH)
+    for args in (["index", "info"], ["index", "verify"], ["index", "remove", "3"],
+                 ["retrieve", sketch, "--model", setup.models, "--perceptual", "random"]):
+        _one_line_error(cli(*args, "--home", home), f"the SQLite database {db} is damaged", code=1)
+    assert db.read_bytes() == before
+
+
+def test_ids_beyond_64_bits_name_no_image(cli, setup, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.service.app import create_app
+    from s2m_retrieval.storage.catalog import as_image_id
+
+    huge = str(2**70)
+    assert as_image_id(huge) is None and as_image_id(" 12") == 12 and as_image_id("١٢") is None
+    home = setup.private_home(tmp_path / "home")
+    _one_line_error(cli("retrieve", "--like", huge, "--home", home, "--model", setup.models), "no image with that id",
+                    code=2)
+    _one_line_error(cli("index", "remove", huge, "--home", home), f"none of {huge} is in index", code=2)
+    assert cli("index", "verify", "--home", home).code == 0
+    with RetrievalEngine.open("default", home=home, models=setup.models) as engine, \
+            TestClient(create_app(engine)) as client:
+        for response in (client.get(f"/v1/images/{huge}"), client.get(f"/v1/images/{huge}/meta"),
+                         client.get("/v1/images/-1/meta"), client.post("/v1/retrieve", json={"like": int(huge)})):
+            assert 400 <= response.status_code < 500, (response.status_code, response.text)
+            assert isinstance(response.json()["detail"], str)
+
+
+def _manifest(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def test_manifests_and_labels_are_read_by_one_reader(tmp_path, phantom_archive):
+    from s2m_retrieval.errors import ArchiveError
+    from s2m_retrieval.evaluation.manifest import read_manifest
+
+    _image(tmp_path / "s.png", SKETCH)
+    bom = _manifest(tmp_path / "bom.csv", "\ufeffsketch,target_id,grade\ns.png,ph000001,2\n")
+    assert [(q.sketch.name, q.target_id, q.labels) for q in read_manifest(bom)] == [("s.png", "ph000001",
+                                                                                      {"grade": 2})]
+    bad = {"more fields": ("sketch,target_id\ns.png,ph000001,extra\n", "line 2: 3 fields, the header has 2"),
+           "latin-1": ("sketch,target_id,note\ns.png,x,caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+           "folder": (f"sketch,target_id\n{tmp_path},x\n", "line 2: " + f"{tmp_path} is a folder")}
+    for name, (text, needle) in bad.items():
+        with pytest.raises(BadInputError, match=needle):
+            read_manifest(_manifest(tmp_path / f"{name}.csv", text))
+    archive = Path(shutil.copytree(phantom_archive, tmp_path / "archive"))
+    labels = archive / "labels.csv"
+    _manifest(labels, b"\xef\xbb\xbf" + labels.read_bytes())
+    assert scan_archive(archive)[0].labels["tonsil_grade"] is not None  # Excel's BOM is accepted
+    _manifest(labels, labels.read_text(encoding="utf-8-sig") + "ph999,1,2,3,4,5,6,7,8,9,10,11,12\n")
+    with pytest.raises(ArchiveError, match="fields, the header has"):
+        scan_archive(archive)
+
+
+def test_eval_cli_on_bad_manifests_is_one_line(cli, setup, tmp_path):
+    _image(tmp_path / "s.png", SKETCH)
+    for name, text, needle in (("extra", "sketch,target_id\ns.png,ph000001,extra\n", "line 2: 3 fields"),
+                               ("latin1", "sketch,target_id\ns.png,caf\xe9\n".encode("latin-1"), "not UTF-8")):
+        manifest = _manifest(tmp_path / f"{name}.csv", text)
+        _one_line_error(cli("eval", manifest, "--out", tmp_path / f"r-{name}", "--home", setup.home, "--model",
+                            setup.models), needle, code=2)
+
+
+def test_index_add_rejections(cli, setup, tmp_path):
+    home = setup.private_home(tmp_path / "home")
+    empty, text = tmp_path / "empty.png", tmp_path / "text.png"
+    empty.write_bytes(b"")
+    text.write_text("not an image")
+    loop = tmp_path / "loop.png"
+    os.symlink(loop, loop)
+    add = ["index", "add", "--home", home, "--encoder", setup.encoder_spec]
+    result = cli(*add, empty, text, _gif(tmp_path / "g.gif"))
+    _one_line_error(result, "none of the 3 files given was added", code=2)
+    assert "bad 3" in result.stdout
+    _one_line_error(cli(*add, loop), "Too many levels of symbolic links", code=2)
+    _one_line_error(cli(*add, tmp_path), "is a folder; give the image file itself", code=2)
+    assert cli("index", "verify", "--home", home).code == 0

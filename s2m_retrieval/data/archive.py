@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections import Counter
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from s2m_retrieval.data.csv_table import read_table
 from s2m_retrieval.data.dicom import DICOM_EXTENSIONS, dicom_labels, dicom_size, is_dicom_path, read_dicom
 from s2m_retrieval.data.image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, composite, decode_pixels, input_file,
                                         is_image_name)
@@ -69,14 +69,13 @@ def _read_labels(root: Path) -> dict[str, dict]:
     path = root / "labels.csv"
     if not path.is_file():
         return {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        if "id" not in cols and "file" not in cols:
-            raise ArchiveError(f"{path} needs an 'id' or 'file' column (has {', '.join(cols) or 'none'})")
-        rows = {}
-        for row in reader:
-            key = Path(row["file"]).stem if row.get("file") else row["id"]
+    cols, table = read_table(path, ArchiveError)
+    if "id" not in cols and "file" not in cols:
+        raise ArchiveError(f"{path} needs an 'id' or 'file' column (has {', '.join(cols) or 'none'})")
+    rows = {}
+    for _, row in table:
+        key = Path(row["file"]).stem if row.get("file") else row.get("id")
+        if key:
             rows[key] = {k: parse_value(v) for k, v in row.items() if k not in ("file",)}
     return rows
 

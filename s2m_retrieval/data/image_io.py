@@ -37,9 +37,9 @@ def input_file(path: str | os.PathLike, what: str = "image", error: type[BadInpu
     except OSError as exc:  # ELOOP (symlink loop), EACCES on a parent, ENAMETOOLONG, ...
         raise error(f"{what} file {path} cannot be opened: {exc.strerror or exc}") from None
     if stat.S_ISDIR(mode):
-        raise error(f"{path} is a folder; give a {what} file")
+        raise error(f"{path} is a folder; give the {what} file itself")
     if not stat.S_ISREG(mode):
-        raise error(f"{path} is not a regular file; give a {what} file")
+        raise error(f"{path} is not a regular file; give the {what} file itself")
     if not os.access(path, os.R_OK):
         raise error(f"{what} file {path} is not readable (permission denied)")
     return path

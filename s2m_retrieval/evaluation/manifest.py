@@ -152,32 +152,34 @@ def read_manifest(path: str | os.PathLike, relevance: tuple[str, ...] = ()) -> l
     """The manifest's queries; a missing column, an unreadable or missing sketch file, or an empty manifest is a
     one-line BadInputError naming the file (and line)."""
     from s2m_retrieval.data.archive import parse_value
+    from s2m_retrieval.data.csv_table import read_table
+    from s2m_retrieval.data.image_io import input_file
 
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise BadInputError(f"query manifest not found: {path}")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        missing = [c for c in (*REQUIRED, *relevance) if c not in columns]
-        if missing:
-            raise BadInputError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(columns) or 'none'}; "
-                                f"a manifest is sketch,target_id[,label columns])")
-        queries = []
-        for line, row in enumerate(reader, start=2):
-            if not row.get("sketch"):
-                raise BadInputError(f"{path} line {line}: empty sketch path")
-            sketch = Path(row["sketch"])
-            sketch = sketch if sketch.is_absolute() else path.parent / sketch
-            if not sketch.is_file():
-                raise BadInputError(f"{path} line {line}: sketch file not found: {sketch}")
-            for c in relevance:
-                if row.get(c) in (None, ""):
-                    raise BadInputError(f"{path} line {line}: no value in relevance column {c!r}")
-            labels = {k: parse_value(v) for k, v in row.items() if k not in REQUIRED and v not in (None, "")}
-            queries.append(Query(sketch=sketch, target_id=(row["target_id"] or "").strip() or None, labels=labels))
+    columns, table = read_table(path)
+    missing = [c for c in (*REQUIRED, *relevance) if c not in columns]
+    if missing:
+        raise BadInputError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(columns) or 'none'}; "
+                            f"a manifest is sketch,target_id[,label columns])")
+    queries = []
+    for line, row in table:
+        if not row.get("sketch"):
+            raise BadInputError(f"{path} line {line}: empty sketch path")
+        sketch = Path(row["sketch"])
+        sketch = sketch if sketch.is_absolute() else path.parent / sketch
+        try:
+            input_file(sketch, "sketch")
+        except BadInputError as exc:
+            raise BadInputError(f"{path} line {line}: {exc}") from None
+        for c in relevance:
+            if row.get(c) in (None, ""):
+                raise BadInputError(f"{path} line {line}: no value in relevance column {c!r}")
+        labels = {k: parse_value(v) for k, v in row.items() if k not in REQUIRED and v not in (None, "")}
+        queries.append(Query(sketch=sketch, target_id=(row["target_id"] or "").strip() or None, labels=labels))
     if not queries:
         raise BadInputError(f"{path}: the manifest has no queries")
     return queries

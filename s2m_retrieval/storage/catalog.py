@@ -138,8 +138,26 @@ def count_vectors(session: Session, index_name: str) -> int:
     return session.scalar(select(func.count()).select_from(Vector).where(Vector.index_name == index_name)) or 0
 
 
+MAX_IMAGE_ID = 2**63 - 1  # SQL's BIGINT / SQLite's INTEGER
+
+
+def as_image_id(key: int | str) -> int | None:
+    """The image id a user key means (an int, or a string of digits, within SQL's 64-bit range), else None: the
+    one id parser of the CLI, the service and removals (a longer number names no image, it is no error)."""
+    if isinstance(key, str):
+        key = key.strip()
+        if not key.isascii() or not key.isdigit():
+            return None
+        key = int(key)
+    return key if isinstance(key, int) and 0 <= key <= MAX_IMAGE_ID else None
+
+
 def find_image(session: Session, index_name: str, key: int | Sequence[str]) -> int | None:
     """The image id, having a vector in the index, of an id or of any of some candidate paths."""
+    if isinstance(key, int):
+        key = as_image_id(key)
+        if key is None:
+            return None
     cond = Image.id == key if isinstance(key, int) else Image.path.in_(list(key))
     return session.scalar(select(Image.id).join(Vector, Vector.image_id == Image.id)
                           .where(cond, Vector.index_name == index_name).limit(1))
@@ -148,8 +166,8 @@ def find_image(session: Session, index_name: str, key: int | Sequence[str]) -> i
 def match_images(session: Session, index_name: str, key: str, paths: Sequence[str]) -> dict[int, str]:
     """Images of the index a user key names: internal id, one of `paths`, file stem or labels `id`; {id: path}."""
     conds = [Image.path.in_(list(paths)), Image.stem == key, Image.labels["id"].as_string() == key]
-    if key.isdigit():
-        conds.append(Image.id == int(key))
+    if as_image_id(key) is not None:
+        conds.append(Image.id == as_image_id(key))
     stmt = (select(Image.id, Image.path).join(Vector, Vector.image_id == Image.id)
             .where(or_(*conds), Vector.index_name == index_name))
     return dict(session.execute(stmt).all())

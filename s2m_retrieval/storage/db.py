@@ -111,18 +111,23 @@ def is_lock_error(exc: BaseException) -> bool:
 
 @contextmanager
 def translate_errors(url: str) -> Iterator[None]:
-    """Turn driver errors into one-line domain errors (locked, cannot connect)."""
-    from sqlalchemy.exc import OperationalError
+    """Turn driver errors into one-line domain errors (locked, cannot connect, a damaged SQLite file)."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
 
     try:
         yield
-    except OperationalError as exc:
-        if is_lock_error(exc):
+    except DBAPIError as exc:
+        if isinstance(exc, OperationalError) and is_lock_error(exc):
             raise DatabaseLockedError(
                 f"database {display_url(url)} is locked by another process; wait for it to finish "
                 f"(or raise S2M_DB_TIMEOUT, now {busy_timeout_s():g} s) and rerun") from None
         first = str(getattr(exc, "orig", exc)).strip().splitlines()
-        raise DatabaseError(f"database {display_url(url)}: {first[0][:200] if first else type(exc).__name__}") from None
+        text = first[0][:200] if first else type(exc).__name__
+        damaged = sqlite_file(url) if ("malformed" in text or "not a database" in text) else None
+        if damaged is not None:
+            raise DatabaseError(f"the SQLite database {damaged} is damaged ({text}); nothing was changed: restore "
+                                "it from a backup, or move it aside and rebuild the indexes with --rebuild") from None
+        raise DatabaseError(f"database {display_url(url)}: {text}") from None
 
 
 @dataclass
