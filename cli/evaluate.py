@@ -42,12 +42,17 @@ def make_queries(
     """Draw free-hand query sketches of archive images into a manifest (sketch,target_id,<labels>)."""
     from tqdm import tqdm
 
+    from s2m_retrieval.data.archive import ReadStats
     from s2m_retrieval.evaluation.manifest import make_queries as make
 
+    stats = ReadStats()
     with tqdm(total=n, unit="sketch", desc="queries", disable=None, leave=False) as bar:
         path = make(archive, out, n, seed, style=style, in_index=in_index, segmenter=segmenter,
-                    progress=bar.update)
-    typer.echo(f"{n} queries ({style} style) of {archive}: {path}")
+                    progress=bar.update, stats=stats)
+    skipped = f"; skipped {stats.n_bad} unreadable images" if stats.n_bad else ""
+    typer.echo(f"{n} queries ({style} style) of {archive}: {path}{skipped}")
+    for file, reason in stats.bad_files[:10]:
+        typer.echo(f"  bad: {file}: {reason}")
 
 
 @app.command("retrieval")

@@ -159,7 +159,7 @@ def _check_shards(shards: ShardStore, stamp, rows, report: VerifyReport) -> None
             try:
                 array = shards.read(shard, key)
             except IndexCorruptError as exc:
-                broken.append(str(exc))
+                broken.append(str(exc).rsplit("; ", 1)[0])  # the one hint comes once, after the list
                 continue
             if len(array) <= last_row or list(array.shape[1:]) != list(stamp.arrays.get(key, array.shape[1:])):
                 broken.append(f"{shard}.{key} has shape {array.shape}, rows up to {last_row} are referenced")

@@ -346,3 +346,32 @@ def test_index_add_rejections(cli, setup, tmp_path):
     _one_line_error(cli(*add, loop), "Too many levels of symbolic links", code=2)
     _one_line_error(cli(*add, tmp_path), "is a folder; give the image file itself", code=2)
     assert cli("index", "verify", "--home", home).code == 0
+
+
+def test_make_queries_skips_bad_images(tmp_path, phantom_archive):
+    from s2m_retrieval.errors import ArchiveError
+    from s2m_retrieval.evaluation.manifest import make_queries, read_manifest
+
+    archive = Path(shutil.copytree(phantom_archive, tmp_path / "archive"))
+    reference = read_manifest(make_queries(phantom_archive, tmp_path / "ref", n=5, seed=3))
+    target = reference[0].target_id
+    (archive / "masks" / f"{target}.png").write_bytes(b"broken")
+    stats = ReadStats()
+    queries = read_manifest(make_queries(archive, tmp_path / "q", n=5, seed=3, stats=stats))
+    assert len(queries) == 5 and target not in {q.target_id for q in queries}
+    assert [q.target_id for q in queries[:4]] == [q.target_id for q in reference[1:]]  # the others are kept
+    assert stats.n_bad == 1 and stats.bad_files[0][0].endswith(f"{target}.png")
+    with pytest.raises(ArchiveError, match="too few readable images for --n 24"):
+        make_queries(archive, tmp_path / "all", n=24, seed=3)
+    assert not (tmp_path / "all" / "manifest.csv").exists() and not list((tmp_path / "all" / "sketches").iterdir())
+
+
+def test_verify_gives_its_hint_once(setup, tmp_path):
+    from index.layout import index_paths
+    from s2m_retrieval.index_report import verify_index
+
+    home = setup.private_home(tmp_path / "home")
+    shard = sorted(index_paths(home, "default").shards.glob("*.vectors.npy"))[0]
+    shard.write_bytes(b"xx")
+    problems = verify_index(home=home).problems
+    assert len(problems) == 1 and problems[0].count("--rebuild") == 1, problems

@@ -94,16 +94,19 @@ def draw_query(mask: np.ndarray, style: QueryStyle, seed: int, image: np.ndarray
 
 def make_queries(archive: str | os.PathLike, out: str | os.PathLike, n: int, seed: int = 0, *,
                  style: str = "unseen", in_index: bool = True, segmenter: str | os.PathLike | None = None,
-                 progress=None) -> Path:
+                 progress=None, stats=None) -> Path:
     """Draw `n` free-hand sketches of archive images picked at random (seeded) and write OUT/manifest.csv.
 
     Masks come from the archive's masks/ when it has them, else from the segmenter
     (a checkpoint; default the shipped one). With `in_index` the target
     ids name the images (they are expected in the index); without, the targets are held out and left empty.
+    An image (or mask) that does not decode is skipped, counted in `stats` (a ReadStats) with its reason, and
+    replaced by the next one of a seeded order; too few good images is an error that leaves no manifest.
     """
     from PIL import Image
 
-    from s2m_retrieval.data.archive import read_image, read_mask, scan_archive
+    from s2m_retrieval.data.archive import ReadStats, read_image, read_mask, scan_archive
+    from s2m_retrieval.errors import BadImageError
 
     if style not in QUERY_STYLES:
         raise BadInputError(f"unknown sketch style {style!r}; choose one of {', '.join(QUERY_STYLES)}")
@@ -116,23 +119,38 @@ def make_queries(archive: str | os.PathLike, out: str | os.PathLike, n: int, see
     manifest = out / MANIFEST_NAME
     if manifest.exists():
         raise BadInputError(f"{manifest} already exists; give another --out or remove it")
-    picked = sorted(np.random.default_rng(seed).choice(len(entries), size=n, replace=False).tolist())
-    chosen = [entries[i] for i in picked]
+    stats = stats if stats is not None else ReadStats()
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(entries), size=n, replace=False).tolist())
+    chosen = set(picked)
+    spare = [i for i in rng.permutation(len(entries)).tolist() if i not in chosen]  # replacements, in order
     columns: list[str] = []
-    for e in chosen:
-        columns += [c for c in e.labels if c not in columns and c not in ("id", "file")]
+    for i in picked:
+        columns += [c for c in entries[i].labels if c not in columns and c not in ("id", "file")]
     (out / "sketches").mkdir(parents=True, exist_ok=True)
     rows = []
-    for j, entry in enumerate(chosen):
-        if entry.mask_path is not None:
-            mask = read_mask(entry.mask_path)
-        else:
-            from s2m_retrieval.segmentation import segment_images
+    while picked:
+        index = picked.pop(0)
+        entry = entries[index]
+        try:
+            if entry.mask_path is not None:
+                mask = read_mask(entry.mask_path)
+            else:
+                from s2m_retrieval.segmentation import segment_images
 
-            mask = segment_images([read_image(entry.path)], segmenter)[0]
-        # A seed per (run seed, query) so one query's sketch never depends on which others were drawn.
-        sketch = draw_query(mask, QUERY_STYLES[style], seed=seed * 1_000_003 + picked[j],
-                            image=read_image(entry.path) if QUERY_STYLES[style].source == "edges" else None)
+                mask = segment_images([read_image(entry.path)], segmenter)[0]
+            # A seed per (run seed, query) so one query's sketch never depends on which others were drawn.
+            sketch = draw_query(mask, QUERY_STYLES[style], seed=seed * 1_000_003 + index,
+                                image=read_image(entry.path) if QUERY_STYLES[style].source == "edges" else None)
+        except BadImageError as exc:
+            stats.record_bad(entry.path, str(exc).split(": ", 1)[-1])
+            if not spare:
+                for row in rows:  # nothing half-written: this run's sketches go with its manifest
+                    (out / row["sketch"]).unlink(missing_ok=True)
+                raise ArchiveError(f"{archive} has too few readable images for --n {n} ({stats.n_bad} unreadable "
+                                   f"of {len(entries)})") from None
+            picked.append(spare.pop(0))
+            continue
         name = f"sketches/{entry.stem}.png"
         Image.fromarray(sketch).save(out / name)
         rows.append({"sketch": name, "target_id": entry.stem if in_index else "",
