@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from s2m_retrieval.errors import ArchiveError
 # Queries: phantoms past the archive's last index, so none of them is stored in it.
 N_QUERIES = 6
 SHOW_K = 5
+MARKER = ".s2m-demo.json"  # what an earlier demo made in its --out (its archive's settings), so a rerun may reuse it
 
 
 def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str], None] = print,
@@ -36,12 +39,14 @@ def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str]
     archive = out / "archive"
     if out.exists() and not out.is_dir():
         raise ArchiveError(f"--out {out} is a file; give a folder")
-    if archive.exists():
-        raise ArchiveError(f"{archive} already exists (an earlier demo); pass another --out or remove it")
-    t0 = time.perf_counter()
-    with tqdm(total=n, unit="img", desc="phantom archive", disable=None) as bar:
-        write_phantom_archive(archive, n=n, size=64, seed=seed, workers=None, progress=bar.update)
-    echo(f"archive: {n} phantoms in {archive} ({n / (time.perf_counter() - t0):.0f} images/s)")
+    if _reuse_or_clear(out, n, seed):
+        echo(f"archive: reusing the {n} phantoms an earlier demo made in {archive}")
+    else:
+        t0 = time.perf_counter()
+        with tqdm(total=n, unit="img", desc="phantom archive", disable=None) as bar:
+            write_phantom_archive(archive, n=n, size=64, seed=seed, workers=None, progress=bar.update)
+        (out / MARKER).write_text(json.dumps({"n": n, "seed": seed}) + "\n", encoding="utf-8")
+        echo(f"archive: {n} phantoms in {archive} ({n / (time.perf_counter() - t0):.0f} images/s)")
 
     # Held-out queries: phantoms past the archive's last index, never stored in it.
     queries = out / "queries"
@@ -65,6 +70,27 @@ def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str]
     return "\n".join(lines)
 
 
+def _reuse_or_clear(out: Path, n: int, seed: int) -> bool:
+    """True when `out` holds the archive of an earlier demo with the same --n and --seed (reused as is); an
+    earlier demo's archive and index of other settings are removed (the demo made them); an archive folder the
+    demo did not make is never touched (ArchiveError)."""
+    archive, marker = out / "archive", out / MARKER
+    if not archive.exists():
+        return False
+    if not marker.is_file():
+        raise ArchiveError(f"{archive} exists and was not made by s2m demo; pass another --out")
+    try:
+        made = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        made = None
+    if made == {"n": n, "seed": seed} and (archive / "labels.csv").is_file():
+        return True
+    for folder in (archive, out / "home"):
+        shutil.rmtree(folder, ignore_errors=True)
+    marker.unlink()
+    return False
+
+
 def _retrieve(out: Path, archive: Path, queries: Path, held_out, models, perceptual, echo) -> list[str]:
     """Index the archive with the inverter, retrieve every query sketch, write one contact sheet per query."""
     from tqdm import tqdm
@@ -83,11 +109,12 @@ def _retrieve(out: Path, archive: Path, queries: Path, held_out, models, percept
             bar.update(done)
 
         summary = build_index(archive, encoder, home=home, options=BuildOptions(name="demo"), progress=progress)
-    echo(f"index: {summary.added} images in {home} at {summary.images_per_s:.1f} images/s")
+    echo(f"index: {summary.total} images in {home} ({summary.added} encoded, {summary.images_per_s:.1f} "
+         "images/s)")
     del encoder
     results = out / "results"
     results.mkdir(exist_ok=True)
-    lines = [f"index 'demo': {summary.added} images ({home}; query it with "
+    lines = [f"index 'demo': {summary.total} images ({home}; query it with "
              f"`s2m retrieve SKETCH.png --home {home} --index demo`)"]
     matches = []
     with RetrievalEngine.open("demo", home=home, models=models, perceptual=perceptual) as engine:

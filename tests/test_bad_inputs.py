@@ -375,3 +375,19 @@ def test_verify_gives_its_hint_once(setup, tmp_path):
     shard.write_bytes(b"xx")
     problems = verify_index(home=home).problems
     assert len(problems) == 1 and problems[0].count("--rebuild") == 1, problems
+
+
+def test_demo_reruns_in_its_folder_but_never_over_a_users(cli, setup, tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", out, "--n", "30", "--model", setup.models, "--perceptual", "random"]
+    assert cli(*args).code == 0
+    again = cli(*args)
+    assert again.code == 0 and "reusing the 30 phantoms" in again.stdout and "index 'demo': 30 images" in again.stdout
+    other = cli(*args[:4], "24", *args[5:])
+    assert other.code == 0 and "index 'demo': 24 images" in other.stdout
+    assert len(list((out / "archive" / "images").glob("*.png"))) == 24
+    users = tmp_path / "mine"
+    (users / "archive").mkdir(parents=True)
+    (users / "archive" / "keep.png").write_bytes(b"x")
+    _one_line_error(cli("demo", "--out", users, "--n", "30"), "was not made by s2m demo", code=1)
+    assert (users / "archive" / "keep.png").read_bytes() == b"x"
