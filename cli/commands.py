@@ -146,7 +146,7 @@ def _generate_from_sketch(sketch: Path, out: Path, steps: int, only_final: bool,
     from PIL import Image
 
     from s2m_retrieval.model_files import bundle_or_given
-    from s2m_retrieval.errors import BadInputError, CheckpointError
+    from s2m_retrieval.errors import CheckpointError
     from s2m_retrieval.networks.refiner import refine
     from s2m_retrieval.pipeline import Sketch2MedI, sketch_batch, to_uint8
     from s2m_retrieval.retrieval import check_sketch, check_steps, read_sketch

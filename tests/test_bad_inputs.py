@@ -3,7 +3,6 @@ a silent wrong answer, or a lost edit."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
