@@ -31,7 +31,7 @@ def _resize(x: torch.Tensor, res: int) -> torch.Tensor:
 def sketch_batch(sketch, res: int) -> torch.Tensor:
     """uint8 sketch(es) [H, W], [H, W, 3|4] or [B, H, W] (dark strokes on white) -> canonical sketches
     [B, 1, res, res] in [-1, 1] (`data.canonical`: the form every network that reads sketches is trained on)."""
-    from s2m_retrieval.data.canonical import canonical_sketch, grey_page
+    from s2m_retrieval.data.canonical import as_grey_sketch, canonical_sketch
 
     array = np.asarray(sketch)
     if array.dtype != np.uint8:
@@ -41,7 +41,7 @@ def sketch_batch(sketch, res: int) -> torch.Tensor:
         raise BadInputError(f"a sketch must be [H, W], [H, W, 3|4] or [B, H, W], got shape {array.shape}")
     out = []
     for i, page in enumerate(pages):
-        grey = np.round(grey_page(page) * 255).astype(np.uint8)
+        grey = as_grey_sketch(page)
         if is_blank_sketch(grey):
             raise BadInputError(f"sketch {i} is blank: draw the outlines to search for (dark strokes on white)")
         out.append(canonical_sketch(grey, res))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from s2m_retrieval.data.canonical import as_grey_sketch
 from s2m_retrieval.data.sketch import is_blank_sketch
 from s2m_retrieval.errors import BadImageError, BadInputError, IndexCorruptError
 from s2m_retrieval.ranking import (DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS, cached_perceptual_distances,
@@ -59,22 +60,6 @@ class Result:
         """JSON-ready: hits, candidates, timings, provenance (no image arrays)."""
         return {"hits": [asdict(h) for h in self.hits], "candidates": self.candidates,
                 "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()}, "provenance": self.provenance}
-
-
-def as_grey_sketch(sketch) -> np.ndarray:
-    """A uint8 sketch [H, W], [H, W, 3] or [H, W, 4] as grey [H, W]: transparent is paper, any dark channel ink."""
-    from s2m_retrieval.data.image_io import composite
-
-    array = np.asarray(sketch)
-    if array.dtype != np.uint8:
-        raise BadInputError(f"a sketch must be a uint8 image, got {array.dtype}")
-    if array.ndim == 3 and array.shape[-1] == 4:
-        array = composite(array, background=255)
-    if array.ndim == 3 and array.shape[-1] == 3:
-        array = array.min(axis=2)
-    if array.ndim != 2 or min(array.shape) == 0:
-        raise BadInputError(f"a sketch must be an [H, W], [H, W, 3] or [H, W, 4] image, got shape {array.shape}")
-    return array
 
 
 def check_sketch(sketch, name: str | os.PathLike | None = None) -> np.ndarray:

@@ -20,20 +20,21 @@ INK_FRACTION = 0.25     # how far from paper towards the darkest ink a pixel mus
 MIN_CONTRAST = 0.12      # darkest ink vs paper, as a fraction of full scale; less is an empty page
 
 
-def grey_page(sketch) -> np.ndarray:
-    """A uint8 drawing [H, W], [H, W, 3] or [H, W, 4] -> float [H, W] in [0, 1], paper 1: a transparent canvas
-    is white paper, any dark channel is ink."""
+def as_grey_sketch(sketch) -> np.ndarray:
+    """A uint8 sketch [H, W], [H, W, 3] or [H, W, 4] as grey uint8 [H, W]: transparent is paper, any dark
+    channel ink."""
+    from s2m_retrieval.data.image_io import composite
+
     array = np.asarray(sketch)
     if array.dtype != np.uint8:
         raise BadInputError(f"a sketch must be a uint8 image, got {array.dtype}")
     if array.ndim == 3 and array.shape[-1] == 4:
-        alpha = array[..., 3:].astype(np.float32) / 255.0
-        array = array[..., :3] * alpha + 255.0 * (1.0 - alpha)
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        array = composite(array, background=255)
+    if array.ndim == 3 and array.shape[-1] == 3:
         array = array.min(axis=2)
     if array.ndim != 2 or min(array.shape) == 0:
-        raise BadInputError(f"a sketch must be [H, W], [H, W, 3] or [H, W, 4], got shape {np.shape(sketch)}")
-    return np.asarray(array, np.float32) / 255.0
+        raise BadInputError(f"a sketch must be an [H, W], [H, W, 3] or [H, W, 4] image, got shape {array.shape}")
+    return array
 
 
 def ink_mask(page: np.ndarray) -> np.ndarray:
@@ -56,7 +57,7 @@ def canonical_sketch(sketch, size: int, width: float | None = None) -> np.ndarra
     if size < 8:
         raise BadInputError(f"canonical sketch side must be >= 8, got {size}")
     work = size * WORK_FACTOR
-    page = grey_page(sketch)
+    page = as_grey_sketch(sketch).astype(np.float32) / 255.0
     if page.shape != (work, work):
         page = np.asarray(Image.fromarray(page, mode="F").resize((work, work), Image.BILINEAR
                                                                   if min(page.shape) < work else Image.BOX))
