@@ -148,11 +148,13 @@ def remove(
     home: Path = HOME,
     db: str = DB,
 ) -> None:
-    """Remove images from an index by image id, path, file stem or labels id; prints the paths removed."""
+    """Remove images from an index by image id, path, file stem or labels id; prints the paths removed.
+    Builds and rebuilds of the index leave them out afterwards, until `s2m index add` names them again."""
     from s2m_retrieval.index_sync import remove_entries
 
     report = remove_entries(items, name=name, home=home, db_url=db)
-    typer.echo(f"removed {len(report.removed)} from index {name!r}; {report.total} vectors left")
+    typer.echo(f"removed {len(report.removed)} from index {name!r}; {report.total} vectors left (later builds leave "
+               "them out; `s2m index add PATH` brings one back)")
     for path in sorted(report.removed.values()):
         typer.echo(f"  removed: {path}")
     for key in report.not_found:

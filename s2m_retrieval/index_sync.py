@@ -209,7 +209,11 @@ def _resolve_keys(session, name: str, keys: Sequence[str]) -> tuple[dict[int, st
 
 
 def remove_entries(keys: Sequence[str], *, name: str = "default", home=None, db_url: str | None = None) -> RemoveReport:
-    """Remove images (by id, path, file stem or labels id) from an index: SQL rows, FAISS, unreferenced shards."""
+    """Remove images (by id, path, file stem or labels id) from an index: SQL rows, FAISS, unreferenced shards.
+
+    The removal is remembered: later builds and rebuilds of the index leave the paths out until `add_files`
+    names them again.
+    """
     paths = index_paths(resolve_home(home), name).require()
     with open_for_write(home, name, db_url) as handle:
         stamp = read_stamp(paths.manifest)
@@ -223,6 +227,7 @@ def remove_entries(keys: Sequence[str], *, name: str = "default", home=None, db_
                 s, version=stamp.model_version, name=stamp.model_name, dim=stamp.dim, metric=stamp.metric, config={})
             build_id = catalog.start_build(s, name, version.id, stamp.factory, source="remove")
             catalog.delete_vectors(s, name, sorted(found))
+            catalog.exclude_paths(s, name, found.values())  # later builds of the archive leave them out
         store, _ = load_store_for_write(paths, stamp)
         resync(handle, stamp, store)
         collect_garbage(handle, name)

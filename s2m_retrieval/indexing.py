@@ -28,8 +28,8 @@ from s2m_retrieval.build_reader import PlanItem, plan, prefetch, read_batches
 from s2m_retrieval.data.archive import ArchiveEntry, ReadStats, scan_archive
 from s2m_retrieval.encoding import ArchiveEncoder, check_outputs
 from s2m_retrieval.errors import ArchiveError, BadInputError, VersionMismatchError
-from s2m_retrieval.index_sync import (WriteHandle, claim, collect_garbage, load_store_for_write, open_for_write,
-                                      resync, save_index, sync_store)
+from s2m_retrieval.index_sync import (WriteHandle, check_owner, claim, collect_garbage, load_store_for_write,
+                                      open_for_write, resync, save_index, sync_store)
 from s2m_retrieval.storage import catalog
 from s2m_retrieval.storage.catalog import ImageRecord
 from s2m_retrieval.storage.db import resolve_home
@@ -65,6 +65,8 @@ class BuildSummary:
     removed: int = 0
     bad: list[tuple[str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    excluded: int = 0  # archive files left out because the user removed them (`s2m index remove`)
+    lost: list[str] = field(default_factory=list)  # indexed before a --rebuild, gone from disk: not re-indexed
     total: int = 0
     seconds: float = 0.0
     faiss_rebuilt: bool = False
@@ -88,11 +90,15 @@ class BuildSummary:
             out.append("the FAISS file was missing or damaged and was rebuilt from the stored vectors")
         out += [f"  bad: {path}: {reason}" for path, reason in self.bad[:max_listed]]
         out += [f"  missing on disk: {path}" for path in self.missing[:max_listed]]
-        hidden = max(0, len(self.bad) - max_listed) + max(0, len(self.missing) - max_listed)
+        out += [f"  no longer on disk, not in the rebuilt index: {path}" for path in self.lost[:max_listed]]
+        hidden = sum(max(0, len(x) - max_listed) for x in (self.bad, self.missing, self.lost))
         if hidden:
             out.append(f"  ... and {hidden} more (see --json)")
         if self.missing and not self.removed:
             out.append("  files missing on disk are still indexed; pass --prune to remove them")
+        if self.excluded:
+            out.append(f"  left out {self.excluded} files removed with `s2m index remove` "
+                       "(`s2m index add PATH` brings one back)")
         return out
 
 
@@ -141,6 +147,7 @@ class BatchWriter:
         # Part of every shard name, so shards of builds against other databases (same build ids) never collide.
         self.token = secrets.token_hex(3)
         self.committed = 0
+        self.added = self.replaced = 0
         self.train_at = 0
 
     def write(self, items: Sequence[PlanItem], arrays: dict[str, np.ndarray],
@@ -153,7 +160,12 @@ class BatchWriter:
                                labels=dict(it.entry.labels)) for it, (h, w) in zip(items, sizes)]
         with self.h.db.session(write=True) as s:
             stored = catalog.record_batch(s, self.stamp.name, self.model_version_id, shard, records)
+            n_replaced = sum(rep for _, _, rep in stored)
+            # In the same transaction: a build killed later still shows what it committed.
+            catalog.update_build_counts(s, self.build_id, n_added=self.added + len(stored) - n_replaced,
+                                        n_replaced=self.replaced + n_replaced)
         self.committed += len(stored)
+        self.added, self.replaced = self.added + len(stored) - n_replaced, self.replaced + n_replaced
         replaced = np.array([iid for iid, _, rep in stored if rep], dtype=np.int64)
         ids = np.array([iid for iid, _, _ in stored], dtype=np.int64)
         if self.in_sync and (not len(replaced) or self.store.supports_remove):
@@ -254,6 +266,8 @@ def _build(encoder: ArchiveEncoder, home, db_url: str | None, options: BuildOpti
     with open_for_write(home, options.name, db_url) as handle:
         stamp = read_stamp(handle.paths.manifest) if handle.paths.exists() else None
         if options.rebuild:
+            if stamp is not None and _owned(handle, stamp):  # another database's index starts over empty
+                entries = _with_indexed(handle, options.name, entries, summary)
             _wipe(handle, options.name)
             stamp = None
         elif stamp is not None:
@@ -284,6 +298,32 @@ def _build(encoder: ArchiveEncoder, home, db_url: str | None, options: BuildOpti
             raise
 
 
+def _owned(handle: WriteHandle, stamp: IndexStamp) -> bool:
+    try:
+        check_owner(handle.paths, stamp, handle.db, handle.database_id)
+    except BadInputError:
+        return False
+    return True
+
+
+def _with_indexed(handle: WriteHandle, name: str, entries: Sequence[ArchiveEntry],
+                  summary: BuildSummary) -> list[ArchiveEntry]:
+    """--rebuild: the archive's entries plus every image the index holds from elsewhere (`index add`, other
+    archives), with its stored labels, so the rebuilt index has the images it had; files gone from disk are listed."""
+    with handle.db.session() as s:
+        indexed = catalog.indexed_images(s, name)
+    have = {os.path.abspath(e.path) for e in entries}
+    out = list(entries)
+    for path, stem, labels in indexed:
+        if path in have:
+            continue
+        if os.path.isfile(path):
+            out.append(ArchiveEntry(path=Path(path), stem=stem, rel=Path(path).name, labels=labels))
+        else:
+            summary.lost.append(path)
+    return out
+
+
 def _forget_lost_shards(handle: WriteHandle, name: str) -> None:
     """Rows whose shard file is gone (folder deleted by hand) are dropped, so their files get encoded again."""
     with handle.db.session() as s:
@@ -306,6 +346,13 @@ def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, 
     store, summary.faiss_rebuilt = load_store_for_write(handle.paths, stamp)
     _, synced = resync(handle, stamp, store)
 
+    with handle.db.session(write=True) as s:
+        if root is None:  # files the user named: adding one again undoes its removal
+            catalog.include_paths(s, stamp.name, sorted({os.path.abspath(e.path) for e in entries}))
+        removed = catalog.excluded_paths(s, stamp.name)
+    if removed:
+        kept = [e for e in entries if os.path.abspath(e.path) not in removed]
+        summary.excluded, entries = len(entries) - len(kept), kept
     stats = ReadStats()
     todo, summary.skipped = plan(entries, known, stats, engine.hashes(entries))
     writer = BatchWriter(handle, stamp, store, model_version_id=model_version_id, build_id=summary.build_id,

@@ -181,6 +181,38 @@ def test_add_files_and_missing_index(archive, tmp_path):
         verify_index(home=home, name="other")
 
 
+def test_removals_and_additions_survive_builds_and_rebuilds(archive, tmp_path):
+    home = tmp_path / "home"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    extra = outside / "extra.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(extra)
+    _build(archive, home)
+    assert add_files([extra], ENC, home=home).added == 1
+    gone = archive / "images" / "ph000007.png"
+    assert list(remove_entries([str(gone)], home=home).removed.values()) == [str(gone)]
+    paths = lambda: sorted(p for (p,) in _sql(home, "SELECT i.path FROM images i JOIN vectors v ON v.image_id = i.id"))
+    expected = sorted({str(p) for p in (archive / "images").glob("*.png")} - {str(gone)} | {str(extra)})
+    assert paths() == expected
+
+    again = _build(archive, home)  # the removed file is still in the archive: it stays out
+    assert (again.added, again.excluded, again.total) == (0, 1, 24) and paths() == expected
+    assert any("left out 1 files removed" in line for line in again.lines())
+    rebuilt = _build(archive, home, rebuild=True)  # the same set: the added file back, the removed one not
+    assert (rebuilt.added, rebuilt.excluded, rebuilt.total) == (24, 1, 24) and paths() == expected
+    labels = _sql(home, "SELECT labels FROM images WHERE path LIKE '%ph000002.png'")[0][0]
+    assert "tonsil_grade" in labels  # archive images keep their labels through the rebuild
+    assert _faiss_ids(home) == _sql_ids(home) and verify_index(home=home).ok
+
+    extra.unlink()  # a file gone from disk cannot be re-encoded: the rebuild says so
+    lost = _build(archive, home, rebuild=True)
+    assert lost.lost == [str(extra)] and lost.total == 23
+    assert any("not in the rebuilt index" in line for line in lost.lines())
+
+    assert add_files([gone], ENC, home=home).added == 1  # naming it again undoes the removal
+    assert _build(archive, home).excluded == 0 and str(gone) in paths()
+
+
 def _write_tiny_archive(root: Path, n: int) -> None:
     (root / "images").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -234,6 +266,10 @@ def test_kill_9_and_resume(tmp_path):
     assert _faiss_ids(home) == _sql_ids(home)
     statuses = [s for (s,) in _sql(home, "SELECT status FROM index_builds ORDER BY id")]
     assert statuses == ["interrupted", "interrupted", "done"], (statuses, killed_at)
+    # Each killed build records the rows it committed (at least what was counted before the kill), and the
+    # three builds' counts add up to the images indexed.
+    added = [a for (a,) in _sql(home, "SELECT n_added FROM index_builds ORDER BY id")]
+    assert added[0] >= killed_at[0] and added[0] + added[1] >= killed_at[1] and sum(added) == n, (added, killed_at)
     report = verify_index(home=home)
     assert report.ok and not report.warnings, (report.problems, report.warnings)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from s2m_retrieval.storage.models import Image, IndexBuild, Meta, ModelVersion, Vector, utcnow
+from s2m_retrieval.storage.models import Image, IndexBuild, Meta, ModelVersion, RemovedImage, Vector, utcnow
 
 # Bound on bound parameters per statement (SQLite's limit is 32766; stay far below it).
 CHUNK = 500
@@ -136,6 +136,42 @@ def delete_shard_rows(session: Session, index_name: str, shards: Sequence[str]) 
 def count_vectors(session: Session, index_name: str) -> int:
     """Number of vector rows of an index."""
     return session.scalar(select(func.count()).select_from(Vector).where(Vector.index_name == index_name)) or 0
+
+
+def indexed_images(session: Session, index_name: str) -> list[tuple[str, str, dict]]:
+    """(path, stem, labels) of every image the index holds, by path."""
+    stmt = (select(Image.path, Image.stem, Image.labels).join(Vector, Vector.image_id == Image.id)
+            .where(Vector.index_name == index_name).order_by(Image.path))
+    return [(p, stem, dict(labels or {})) for p, stem, labels in session.execute(stmt)]
+
+
+def exclude_paths(session: Session, index_name: str, paths: Iterable[str]) -> None:
+    """Record paths the user removed from an index, so that later builds of it leave them out."""
+    have = excluded_paths(session, index_name)
+    fresh = sorted(set(paths) - have)
+    if fresh:
+        now = utcnow()
+        session.execute(insert(RemovedImage), [{"index_name": index_name, "path": p, "removed_at": now}
+                                               for p in fresh])
+
+
+def excluded_paths(session: Session, index_name: str) -> set[str]:
+    """Paths removed from an index by the user (builds leave them out)."""
+    return set(session.scalars(select(RemovedImage.path).where(RemovedImage.index_name == index_name)))
+
+
+def include_paths(session: Session, index_name: str, paths: Sequence[str]) -> int:
+    """Forget removals of these paths (the user adds them back); returns how many were removed before."""
+    gone = 0
+    for chunk in _chunks(list(paths)):
+        gone += session.execute(delete(RemovedImage).where(RemovedImage.index_name == index_name,
+                                                           RemovedImage.path.in_(chunk))).rowcount
+    return gone
+
+
+def update_build_counts(session: Session, build_id: int, **counts: int) -> None:
+    """Counts of a build so far (kept current while it runs, so a killed build shows what it committed)."""
+    session.execute(update(IndexBuild).where(IndexBuild.id == build_id).values(**counts))
 
 
 MAX_IMAGE_ID = 2**63 - 1  # SQL's BIGINT / SQLite's INTEGER

@@ -113,3 +113,16 @@ class Vector(Base):
     shard: Mapped[str] = mapped_column(String(64))
     row: Mapped[int] = mapped_column(Integer)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RemovedImage(Base):
+    """A path the user removed from an index (`s2m index remove`): builds and rebuilds of the index leave it out
+    until `s2m index add` names it again."""
+
+    __tablename__ = "removed_images"
+    __table_args__ = (UniqueConstraint("index_name", "path"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    index_name: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(String(4096))
+    removed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
