@@ -104,10 +104,14 @@ def faiss_message(exc: BaseException) -> str:
     """The useful tail of a FAISS C++ error (its first line is a source location)."""
     text = " ".join(str(exc).split())
     if "Error: " in text:
-        return text.split("Error: ")[-1][:160]
-    # "Error in <signature> at <file>:<line>: <message>"
-    match = re.search(r" at \S+:\d+: (.*)$", text)
-    return (match.group(1) if match else text)[:160]
+        text = text.split("Error: ")[-1]
+    else:  # "Error in <signature> at <file>:<line>: <message>"
+        match = re.search(r" at \S+:\d+: (.*)$", text)
+        text = match.group(1) if match else text
+    # A short read reports errno of the last call, which succeeded: "read error in F: 5 != 96 (Success)".
+    text = re.sub(r"^'[^']*' failed: ", "", text)
+    text = re.sub(r"read error in ?\S*: (\d+) != (\d+) \(Success\)", r"file ends early (read \1 of \2 items)", text)
+    return text[:160]
 
 
 def core_index(index: faiss.Index) -> faiss.Index:

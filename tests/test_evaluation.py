@@ -209,3 +209,15 @@ def test_sketch2medi_method_ranks_as_the_engine_queries(setup):
         ranked = method.rank(phantom_sketch())
         result = engine.query_sketch(phantom_sketch(), k=10, n_candidates=20)
     assert ranked.lists[method.timed][:10] == [Path(h.path).stem for h in result.hits]
+
+
+def test_report_notes_name_the_relevance_or_its_absence():
+    from s2m_retrieval.evaluation.report import markdown_table
+
+    report = {"variants": {"edge": {"method": "edge", "acc@1": 0.5}}, "ks": [1, 10], "n_queries": 2,
+              "manifest": "m.csv", "index": "eval", "index_size": 9, "factory": "Flat", "perceptual": "seg",
+              "relevance": [], "latency_ms": {}}
+    plain = markdown_table(report)
+    assert "no category metrics (give --relevance" in plain and "same" not in plain
+    graded = markdown_table(report | {"relevance": ["tonsil_grade"]})
+    assert "relevant = same tonsil_grade as the query" in graded

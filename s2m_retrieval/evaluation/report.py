@@ -40,8 +40,9 @@ def markdown_table(report: dict) -> str:
              f"({report['index_size']} images, {report['factory']}), perceptual {report['perceptual']}.",
              "found: share of targets anywhere in the method's list (for Sketch2MedI: among the FAISS candidates, "
              "the first stage's recall@N).",
-             f"P@k and mAP@{max(report['ks'])}: relevant = same {', '.join(report['relevance']) or '-'} as the "
-             "query; latency: the timed variant of each method (one query, warm)."]
+             (f"P@k and mAP@{max(report['ks'])}: relevant = same {', '.join(report['relevance'])} as the query; "
+              if report["relevance"] else "no category metrics (give --relevance COLUMNS for P@k and mAP); ")
+             + "latency: the timed variant of each method (one query, warm)."]
     if report.get("faiss_recall") is not None:
         notes.append(f"FAISS recall@{report['faiss_recall']['k']} vs exact search: {report['faiss_recall']['value']:.3f}")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
