@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 
 from s2m_retrieval.data.canonical import as_grey_sketch
 from s2m_retrieval.data.sketch import is_blank_sketch
-from s2m_retrieval.errors import BadImageError, BadInputError, IndexCorruptError
+from s2m_retrieval.errors import BadImageError, BadInputError, IndexCorruptError, VersionMismatchError
 from s2m_retrieval.ranking import (DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS, cached_perceptual_distances,
                                    fuse, perceptual_distances)
 
@@ -128,6 +129,8 @@ class RetrievalEngine:
         self.rows = ShardRowReader(reader.shards)
         # A cacheable metric re-ranks from the "features" stored at build time, never from the thumbs.
         self.feature_shapes = _feature_shapes(metric, encoder.resolution, reader.stamp) if metric.cacheable else None
+        self._manifest_mtime = _mtime(reader.paths.manifest)
+        self._refresh_lock = threading.Lock()
 
     @classmethod
     def open(cls, name: str = "default", home=None, db_url: str | None = None, models=None,
@@ -392,6 +395,29 @@ class RetrievalEngine:
                 "index_size": self.reader.store.ntotal, "alpha": alpha, "normalisation": how,
                 "n_candidates": n_candidates, "where": [str(c) for c in conditions], "max_distance": max_distance}
 
+    def refresh(self) -> bool:
+        """Reopen the index if a build, add or remove rewrote its manifest since it was opened (the models stay
+        loaded); True when it did. An index rebuilt with other models is a VersionMismatchError."""
+        from index.row_reader import ShardRowReader
+        from s2m_retrieval.index_reader import open_index
+        from s2m_retrieval.metadata_filter import LabelFilter
+
+        with self._refresh_lock:
+            seen = _mtime(self.reader.paths.manifest)
+            if seen is None or seen == self._manifest_mtime:
+                return False
+            old = self.reader
+            new = open_index(name=old.stamp.name, home=old.paths.home, db_url=old.db.url)
+            fields = ("model_version", "metric", "dim", "weighting", "resolution")
+            if any(getattr(new.stamp, f) != getattr(old.stamp, f) for f in fields):
+                new.close()
+                raise VersionMismatchError(f"index {old.stamp.name!r} was rebuilt with other models since it was "
+                                           "opened; restart to load them")
+            self.reader, self.labels, self.rows = new, LabelFilter(new.db, new.stamp.name), ShardRowReader(new.shards)
+            self._manifest_mtime = seen
+            old.close()  # queries still running on it finish: disposing keeps checked-out connections
+            return True
+
     def close(self) -> None:
         """Release the database connections."""
         self.reader.close()
@@ -416,6 +442,13 @@ def _feature_shapes(metric, resolution: int, stamp) -> list[tuple[int, int, int]
                                 f"features of shape {want} (it has {stamp.arrays.get('features')}); rebuild it: "
                                 f"{stamp.rebuild_hint()}")
     return shapes
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _ms(t0: float) -> float:

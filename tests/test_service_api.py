@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import re
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -331,3 +332,28 @@ def test_concurrent_queries_and_a_full_queue(engine, monkeypatch):
             finally:
                 release.set()
             assert first.result()[0] == 200 and second.result()[0] == 200
+
+
+def test_served_index_follows_adds_and_removes_without_restart(setup, tmp_path):
+    from s2m_retrieval.data.phantom import make_phantom
+    from s2m_retrieval.encoding import load_encoder
+    from s2m_retrieval.index_sync import remove_entries
+    from s2m_retrieval.indexing import add_files
+    from s2m_retrieval.retrieval import RetrievalEngine
+
+    home = setup.private_home(tmp_path / "home")
+    new = tmp_path / "new.png"
+    Image.fromarray(make_phantom(5, 3)[0]).save(new)
+    with RetrievalEngine.open("default", home=home, models=setup.models) as engine, \
+            TestClient(create_app(engine)) as c:
+        assert c.get("/healthz").json()["images"] == 24
+        add_files([new], load_encoder(setup.encoder_spec), home=home)
+        assert c.get("/healthz").json()["images"] == 25
+        with sqlite3.connect(home / "s2m.db") as conn:
+            (new_id,), = conn.execute("SELECT id FROM images WHERE path = ?", (str(new),)).fetchall()
+        answer = c.post("/v1/retrieve", json={"like": new_id, "k": 5})
+        assert answer.status_code == 200 and answer.json()["provenance"]["like_id"] == new_id, answer.text
+        assert c.get(f"/v1/images/{new_id}/meta").status_code == 200
+        remove_entries([str(new)], home=home)
+        assert c.get(f"/v1/images/{new_id}/meta").status_code == 404
+        assert c.get("/v1/index").json()["images"] == 24

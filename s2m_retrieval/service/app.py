@@ -132,7 +132,12 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
     limits = limits or ServiceLimits()
     metrics = ServiceMetrics(engine)
     runner = QueryRunner(limits, metrics)
-    columns = archive_view.label_columns(engine)  # a snapshot, like the engine's index
+    snapshot = {"columns": archive_view.label_columns(engine)}
+
+    def fresh() -> None:
+        """Serve what the index holds now: builds, adds and removes since the last request are picked up."""
+        if engine.refresh():
+            snapshot["columns"] = archive_view.label_columns(engine)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -152,7 +157,7 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/healthz", tags=["service"])
+    @app.get("/healthz", tags=["service"], dependencies=[Depends(fresh)])
     async def healthz() -> dict:
         """Liveness: the index is open (no authentication)."""
         return {"status": "ok", "index": engine.reader.stamp.name, "images": int(engine.reader.store.ntotal)}
@@ -165,12 +170,12 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
 
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    v1 = APIRouter(prefix=f"/{API_VERSION}", dependencies=guard, tags=["v1"])
+    v1 = APIRouter(prefix=f"/{API_VERSION}", dependencies=[*guard, Depends(fresh)], tags=["v1"])
 
     @v1.get("/index", response_model=IndexOut)
     async def index_info() -> dict:
         """Size, model and metric versions of the served index, its label columns, the service's limits."""
-        return archive_view.index_stats(engine) | {"label_columns": columns, "limits": asdict(limits)}
+        return archive_view.index_stats(engine) | {"label_columns": snapshot["columns"], "limits": asdict(limits)}
 
     @v1.post("/retrieve", response_model=RetrieveOut, openapi_extra=_request_body(RetrieveOptions, "A sketch query (sketch) or \"more like this\" (like)."))
     async def retrieve(request: Request) -> dict:
