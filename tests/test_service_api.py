@@ -338,7 +338,7 @@ def test_served_index_follows_adds_and_removes_without_restart(setup, tmp_path):
     from s2m_retrieval.data.phantom import make_phantom
     from s2m_retrieval.encoding import load_encoder
     from s2m_retrieval.index_sync import remove_entries
-    from s2m_retrieval.indexing import add_files
+    from s2m_retrieval.indexing import BuildOptions, add_files, build_index
     from s2m_retrieval.retrieval import RetrievalEngine
 
     home = setup.private_home(tmp_path / "home")
@@ -357,3 +357,7 @@ def test_served_index_follows_adds_and_removes_without_restart(setup, tmp_path):
         remove_entries([str(new)], home=home)
         assert c.get(f"/v1/images/{new_id}/meta").status_code == 404
         assert c.get("/v1/index").json()["images"] == 24
+        other = load_encoder(f"inverter:models={setup.other_models},perceptual=random")
+        build_index(setup.archive, other, home=home, options=BuildOptions(rebuild=True))
+        gone = c.get("/v1/index")  # rebuilt with other models than the service holds: say so, do not guess
+        assert gone.status_code == 503 and "restart" in gone.json()["detail"]

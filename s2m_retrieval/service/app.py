@@ -26,8 +26,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from s2m_retrieval.errors import (BadInputError, DatabaseLockedError, ImageTooLargeError, IndexBusyError, S2MError,
-                                  UnsupportedImageError)
+from s2m_retrieval.errors import (BadInputError, DatabaseLockedError, ImageTooLargeError, IndexBusyError,
+                                  IndexIncompleteError, S2MError, UnsupportedImageError, VersionMismatchError)
 from s2m_retrieval.retrieval import MAX_CANDIDATES, MAX_K, MAX_STEPS
 from s2m_retrieval.service import archive_view
 from s2m_retrieval.service.archive_view import ImageNotFound
@@ -84,7 +84,9 @@ class _HTTPError(S2MError):
 
 
 STATUS = ((UploadTooLarge, 413), (ImageTooLargeError, 413), (UnsupportedImage, 415), (UnsupportedImageError, 415), (ImageNotFound, 404), (OptionError, 422),
-          (BadInputError, 400), (Busy, 503), (DatabaseLockedError, 503), (IndexBusyError, 503), (S2MError, 500))
+          (BadInputError, 400), (Busy, 503), (DatabaseLockedError, 503), (IndexBusyError, 503),
+          # The index changed under the service into something it cannot serve (killed build, other models).
+          (IndexIncompleteError, 503), (VersionMismatchError, 503), (S2MError, 500))
 
 
 def error_status(exc: S2MError) -> int:
