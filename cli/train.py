@@ -51,12 +51,14 @@ def generator(
     path = train_generator(data, out, g_config=g_config, train_config=t_config, device=_device(device),
                            resume=not fresh)
     typer.echo(f"generator: {path}")
+    _curves_note(out)
 
 
 @app.command("segmenter")
 def segmenter(
     archive: Path = typer.Argument(..., help="Archive folder with masks/ (label maps, same stems)."),
-    out: Path = typer.Option(..., "--out", help="Checkpoint file to write."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint file to write (training curves: beside it, in "
+                                                 "<name>_curves/)."),
     res: int = typer.Option(64, "--res", help="Training resolution."),
     steps: int = typer.Option(2000, "--steps", help="Optimizer steps."),
     batch: int = typer.Option(16, "--batch", help="Batch size."),
@@ -86,6 +88,7 @@ def segmenter(
     images, masks, entries = load_archive_arrays(archive, res, with_masks=True, limit=limit, stats=stats)
     typer.echo(f"training on {len(entries)} images with masks from {archive}"
                + (f" ({stats.n_bad} skipped: no mask or unreadable)" if stats.n_bad else ""))
+    curves = out.parent / f"{out.stem}_curves"
     with tqdm(total=steps, unit="step", desc="train segmenter", disable=None) as bar:
         def progress(step, total, loss):
             bar.update(step - bar.n)
@@ -93,11 +96,12 @@ def segmenter(
 
         metrics = train_segmenter(images, masks, SegTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed),
                                   SegmenterConfig(img_resolution=res), out_path=out, device=_device(device),
-                                  progress=progress)
+                                  progress=progress, curves_dir=curves)
     for k, d in enumerate(metrics["dice"]):
         typer.echo(f"  DICE {CLASS_NAMES.get(k, k):32s} {'n/a' if d is None else f'{d:.3f}'}")
     typer.echo(f"held-out mean DICE (without background): {metrics['mean_dice']:.3f} "
                f"on {metrics['n_val']} images; wrote {out}")
+    _curves_note(curves)
 
 
 # --- Sketch2MedI networks (E + D_latent, H, inverter) and the pix2pix baseline --------------------------------
@@ -233,6 +237,11 @@ def _done(name: str, path: Path, out: Path, last: dict) -> None:
     typer.echo(f"{name}: {path}")
     typer.echo(f"resume state: {out / 'latest.pt'} (rerun with a larger --steps to continue); "
                f"sample grids: {out / 'samples'}/")
+    _curves_note(out)
+
+
+def _curves_note(run_dir: Path) -> None:
+    typer.echo(f"training curves: {run_dir / 'curves.png'}, {run_dir / 'tb'}/ (tensorboard --logdir {run_dir})")
 
 
 @app.command("encoder")

@@ -119,7 +119,8 @@ def train_all(
     from s2m_retrieval.bundle import read_manifest
 
     metrics = read_manifest(out)["metrics"]
-    typer.echo(f"model bundle: {out} (manifest {manifest.name}, sample grids in {out / 'samples'}/)")
+    typer.echo(f"model bundle: {out} (manifest {manifest.name}, sample grids in {out / 'samples'}/, training curves "
+               f"in {out / 'train'}/<stage>/: tensorboard --logdir {out / 'train'})")
     fd = metrics["domain_fd"]
     typer.echo(f"  domain FD {fd['generated']:.4g} (real vs real {fd['real_vs_real_floor']:.4g}, blurred real "
                f"{fd['blurred_real_baseline']:.4g}); perceptual metric {metrics['perceptual_metric']}")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.embedding import EmbeddingConfig, SketchImageEmbedding
+from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.index_space import draw_pairs, hard_batch_indices
 from s2m_retrieval.training.latent import (STATE_FILE, TrainProgress, check_steps, default_progress, finish_step,
                                            out_path, restore_state, save_state)
@@ -77,7 +78,8 @@ def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: Embeddin
     step = 0
     if resume and state_path.exists():
         step = restore_state(state_path, KIND, networks, optimizers, configs, data_gen, device)
-    report = progress or default_progress("train embedding", tc.steps, step)
+    curves = TrainCurves(out_dir, step, optimizers)
+    report = curves.wrap(progress or default_progress("train embedding", tc.steps, step))
     if hard is not None and len(hard) != len(pairs):
         raise BadInputError(f"hard negatives cover {len(hard)} images, the pairs {len(pairs)}: use one source")
 
@@ -115,7 +117,7 @@ def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: Embeddin
             raise BadInputError(f"embedding training diverged at step {step} (loss {fitted}); lower the learning rate")
         accuracy = (logits.argmax(dim=1) == torch.arange(len(logits), device=device)).float().mean().item()
         report(TrainProgress(step, tc.steps, fitted, {"batch_acc": accuracy}, time.perf_counter() - t0))
-        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, lambda: None, snapshot)
+        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, lambda: None, snapshot, curves)
     return snapshot(final=True)
 
 

@@ -17,6 +17,7 @@ from s2m_retrieval.networks.encoders import (Encoder, EncoderConfig, LatentDiscr
                                              encoder_config_for)
 from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.perceptual import PerceptualDistance
+from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.gan import save_image_grid
 from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, adversarial_loss, as_float,
                                            check_steps, default_progress, delta_loss, finish_step, latent_d_step,
@@ -131,7 +132,8 @@ def fit_w_encoder(kind: str, draw: DrawBatch, fixed: tuple[torch.Tensor, torch.T
     step = 0
     if resume and state_path.exists():
         step = restore_state(state_path, kind, networks, optimizers, configs, data_gen, device)
-    report = progress or default_progress(f"train {kind}", tc.steps, step)
+    curves = TrainCurves(out_dir, step, optimizers)
+    report = curves.wrap(progress or default_progress(f"train {kind}", tc.steps, step))
     avg_image = average_image(G, E.w_avg) if enc_cfg.extra_channels else None
     meta = {"generator_version": g_version, "perceptual": perceptual.version, "seed": tc.seed,
             "train_config": config_to_dict(tc), "data": data_info}
@@ -186,7 +188,7 @@ def fit_w_encoder(kind: str, draw: DrawBatch, fixed: tuple[torch.Tensor, torch.T
         if not math.isfinite(fitted):
             raise BadInputError(f"{kind} training diverged at step {step} (loss {fitted}); lower the learning rate")
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
-        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot)
+        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot, curves)
     return snapshot(final=True)
 
 

@@ -17,6 +17,8 @@ from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from s2m_retrieval.training.augment import POLICIES, diff_augment
+from s2m_retrieval.training.curves import TrainCurves
+from s2m_retrieval.training.latent import finish_step
 from s2m_retrieval.training.state import STATE_FORMAT, atomic_save, load_train_state, rng_state, set_rng_state
 
 STATE_FILE = "latest.pt"
@@ -192,7 +194,8 @@ def train_generator(images: torch.Tensor, out_dir: str | os.PathLike, g_config: 
 
     fixed_z = None
     total_steps = step + max(0, math.ceil((tc.total_kimg * 1000 - nimg) / tc.batch))
-    report = progress or _default_progress(total_steps, step)
+    curves = TrainCurves(out_dir, step, {"G": opt_G, "D": opt_D})
+    report = curves.wrap(progress or _default_progress(total_steps, step))
 
     def snapshot() -> Path:
         atomic_save({"format": STATE_FORMAT, "step": step, "nimg": nimg,
@@ -253,8 +256,6 @@ def train_generator(images: torch.Tensor, out_dir: str | os.PathLike, g_config: 
 
         report(TrainProgress(step, total_steps, nimg / 1000, loss_g.item(), loss_d.item(),
                              None if r1 is None else r1.item(), time.perf_counter() - t0))
-        if step % tc.sample_every == 0 or step == total_steps:
-            write_samples()
-        if step % tc.snapshot_every == 0 and step < total_steps:
-            snapshot()
+        finish_step(step, total_steps, tc.sample_every, tc.snapshot_every, write_samples, lambda final: snapshot(),
+                    curves)
     return snapshot()

@@ -28,6 +28,7 @@ from s2m_retrieval.latent_space import DEFAULT_WEIGHTING, LatentWeighting, vecto
 from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.perceptual import PerceptualDistance
+from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.gan import save_image_grid
 from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, as_float, check_steps,
                                            default_progress, finish_step, model_version, out_path,
@@ -267,7 +268,8 @@ def train_index_encoder(pairs: PairSet, bank: CodeBank, E: Encoder, G: Generator
     step = 0
     if resume and state_path.exists():
         step = restore_state(state_path, "index_encoder", networks, optimizers, configs, data_gen, device)
-    report = progress or default_progress("train encoder (index space)", tc.steps, step)
+    curves = TrainCurves(out_dir, step, optimizers)
+    report = curves.wrap(progress or default_progress("train encoder (index space)", tc.steps, step))
     meta = {"generator_version": g_version, "inverter_version": bank.info.get("inverter_version"),
             "perceptual": None if perceptual is None else perceptual.version, "seed": tc.seed,
             "objective": "index", "init_version": init_version, "tau": tau, "weighting": weighting.spec(),
@@ -316,5 +318,5 @@ def train_index_encoder(pairs: PairSet, bank: CodeBank, E: Encoder, G: Generator
             raise BadInputError(f"index-space encoder training diverged at step {step} (loss {fitted}); "
                                 "lower the learning rate")
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
-        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot)
+        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot, curves)
     return snapshot(final=True)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from s2m_retrieval.checkpoint import config_to_dict, version_hash
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.perceptual import PerceptualDistance, load_perceptual
+from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.state import STATE_FORMAT, atomic_save, load_train_state, rng_state, set_rng_state
 
 STATE_FILE = "latest.pt"
@@ -161,9 +162,17 @@ def out_path(out_dir: str | os.PathLike) -> Path:
 
 
 def finish_step(step: int, total: int, sample_every: int, snapshot_every: int,
-                write_samples: Callable[[], None], snapshot: Callable[..., object]) -> None:
-    """The end of every loop step: sample grids on schedule and at the end, resumable snapshots between."""
+                write_samples: Callable[[], None], snapshot: Callable[..., object],
+                curves: TrainCurves | None = None) -> None:
+    """The end of every loop step: sample grids on schedule and at the end, resumable snapshots between; the
+    run's curves get each grid, are flushed with each snapshot and closed (curves.png) at the end."""
     if step % sample_every == 0 or step == total:
         write_samples()
+        if curves is not None:
+            curves.samples()
     if step % snapshot_every == 0 and step < total:
         snapshot(final=False)
+        if curves is not None:
+            curves.flush()
+    if step == total and curves is not None:
+        curves.close()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.pix2pix import PatchDiscriminator, PatchDiscriminatorConfig, Pix2PixConfig, UNetGenerator
+from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.encoder import sketch_batches
 from s2m_retrieval.training.gan import save_image_grid
 from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, finish_step, as_float, check_steps,
@@ -84,7 +85,8 @@ def train_pix2pix(pairs: PairSet, out_dir: str | os.PathLike, config: Pix2PixCon
     step = 0
     if resume and state_path.exists():
         step = restore_state(state_path, KIND, networks, optimizers, configs, data_gen, device)
-    report = progress or default_progress("train pix2pix", tc.steps, step)
+    curves = TrainCurves(out_dir, step, optimizers)
+    report = curves.wrap(progress or default_progress("train pix2pix", tc.steps, step))
     draw = sketch_batches(pairs, tc.batch, tc.xflip)
     n = min(SAMPLE_ROWS, len(pairs))
     fixed = (as_float(pairs.sketches[:n, 0][:, None]).to(device), as_float(pairs.images[:n]).to(device))
@@ -130,7 +132,7 @@ def train_pix2pix(pairs: PairSet, out_dir: str | os.PathLike, config: Pix2PixCon
             raise BadInputError(f"pix2pix training diverged at step {step} (L1 {fitted}); lower the learning rate")
         terms = {"l1": fitted, "adv": adv.item(), "d": d_loss.item()}
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
-        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot)
+        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot, curves)
     return snapshot(final=True)
 
 

@@ -17,6 +17,7 @@ from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.refiner import Refiner, RefinerConfig, add_deltas, refine, refiner_config_for
 from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.perceptual import PerceptualDistance
+from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.encoder import sketch_batches
 from s2m_retrieval.training.gan import save_image_grid
 from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, finish_step, as_float, check_steps,
@@ -80,7 +81,8 @@ def train_refiner(pairs: PairSet, G: Generator, E: Encoder, out_dir: str | os.Pa
     step = 0
     if resume and state_path.exists():
         step = restore_state(state_path, "refiner", networks, optimizers, configs, data_gen, device)
-    report = progress or default_progress("train refiner", tc.steps, step)
+    curves = TrainCurves(out_dir, step, optimizers)
+    report = curves.wrap(progress or default_progress("train refiner", tc.steps, step))
     draw = sketch_batches(pairs, tc.batch, tc.xflip)
     n = min(SAMPLE_ROWS, len(pairs))
     fixed = (as_float(pairs.sketches[:n, 0][:, None]).to(device), as_float(pairs.images[:n]).to(device))
@@ -126,5 +128,5 @@ def train_refiner(pairs: PairSet, G: Generator, E: Encoder, out_dir: str | os.Pa
         if not math.isfinite(fitted):
             raise BadInputError(f"refiner training diverged at step {step} (loss {fitted}); lower the learning rate")
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
-        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot)
+        finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot, curves)
     return snapshot(final=True)

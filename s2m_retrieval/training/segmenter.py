@@ -16,6 +16,7 @@ from s2m_retrieval.checkpoint import config_from_dict, config_to_dict, load_chec
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.metrics import dice_per_class, mean_dice
 from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
+from s2m_retrieval.training.curves import TrainCurves, steps_per_point
 
 KIND = "segmenter"
 
@@ -146,12 +147,14 @@ def segment(model: Segmenter, images, batch: int = 32) -> np.ndarray:
 def train_segmenter(images, masks, config: SegTrainConfig = SegTrainConfig(),
                     seg_config: SegmenterConfig = SegmenterConfig(), out_path: str | os.PathLike | None = None,
                     device: str | torch.device = "cpu",
-                    progress: Callable[[int, int, float], None] | None = None) -> dict:
+                    progress: Callable[[int, int, float], None] | None = None,
+                    curves_dir: str | os.PathLike | None = None) -> dict:
     """Train a Segmenter on uint8 images [N, H, W, 3] and masks [N, H, W]; save it to `out_path`; return metrics.
 
     Images are resized to `seg_config.img_resolution`. A seeded `val_fraction` of the pairs is
     held out and scored with per-class DICE (NaN = class absent from both; see `dice_per_class`).
     `progress(step, steps, loss)` is called after every step. Same seed and data: same weights on CPU.
+    `curves_dir`: a run folder for the training curves (tb/, curves.png: loss, lr, held-out DICE).
     """
     x, y = _prepare(images, masks, seg_config)
     if len(x) < 2:
@@ -169,6 +172,7 @@ def train_segmenter(images, masks, config: SegTrainConfig = SegTrainConfig(),
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
     losses = []
+    curves = TrainCurves(curves_dir, 0, {"segmenter": opt})
     started = time.perf_counter()
     model.train()
     for step in range(config.steps):
@@ -180,6 +184,8 @@ def train_segmenter(images, masks, config: SegTrainConfig = SegTrainConfig(),
         opt.step()
         sched.step()
         losses.append(loss.item())
+        curves.add(step + 1, {"loss/fitted": losses[-1]}, steps_per_point(config.steps),
+                   last=step + 1 == config.steps, timed=True)
         if progress is not None:
             progress(step + 1, config.steps, losses[-1])
 
@@ -199,6 +205,9 @@ def train_segmenter(images, masks, config: SegTrainConfig = SegTrainConfig(),
         "n_val": n_val,
         "seconds": time.perf_counter() - started,
     }
+    held_out = {f"heldout/dice_{k}": d for k, d in enumerate(dice)} | {"heldout/mean_dice": mean_dice(dice)}
+    curves.metrics(config.steps, {k: v for k, v in held_out.items() if not math.isnan(v)})
+    curves.close()
     if out_path is not None:
         meta = {k: metrics[k] for k in ("dice", "mean_dice", "steps", "seed", "n_train", "n_val", "loss_end")}
         meta["train_config"] = config_to_dict(config)

@@ -118,7 +118,8 @@ def _segmenter_stage(run: StageRun) -> None:
             run.progress("segmenter", step, total, loss)
 
     metrics = train_segmenter(images, masks, SegTrainConfig(steps=steps, batch=o.batch("segmenter"), seed=o.seed),
-                              cfg, out_path=run_dir / "segmenter.pt", device=run.device, progress=progress)
+                              cfg, out_path=run_dir / "segmenter.pt", device=run.device, progress=progress,
+                              curves_dir=run_dir)
     _segmenter_grid(load_segmenter(run_dir / "segmenter.pt"), images, run_dir / "samples" / "segmenter.png")
     run.echo(f"segmenter: held-out mean DICE {metrics['mean_dice']:.3f} on {metrics['n_val']} images")
     _latest_sample(run_dir, run.out, "segmenter")
