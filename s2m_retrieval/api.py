@@ -147,8 +147,8 @@ def build_index(archive: PathLike, name: str = "default", *, home: PathLike | No
 def add_images(files: Sequence[PathLike], name: str = "default", *, home: PathLike | None = None,
                models: PathLike | Bundle | None = None, progress: Progress | None = None, fit: str | None = None,
                perceptual: str | None = None, db_url: str | None = None) -> BuildReport:
-    """Add image files (without labels) to an index, as `build_index` does for a folder; an open `Index` is a
-    snapshot, open it again to see them."""
+    """Add image files (without labels) to an index, as `build_index` does for a folder (an open `Index` sees
+    them after `refresh()`)."""
     from s2m_retrieval.indexing import BuildOptions, add_files
 
     return _build(add_files, list(files), name, home, models, progress, fit, perceptual, db_url,
@@ -167,7 +167,8 @@ def remove_images(keys: Sequence[int | str], name: str = "default", *, home: Pat
 def open_index(name: str = "default", *, home: PathLike | None = None, models: PathLike | Bundle | None = None,
                device: str = "cpu", db_url: str | None = None) -> Index:
     """Open index `name` with the bundle that built it (default: the shipped one): models loaded and the index
-    memory-mapped once, queries answered warm. Use it as a context manager or call `close()`."""
+    memory-mapped once, queries answered warm from that snapshot (`Index.refresh` takes in later changes). Use it
+    as a context manager or call `close()`."""
     from s2m_retrieval.retrieval import RetrievalEngine
 
     return Index(RetrievalEngine.open(name, home=home, db_url=db_url, models=_models_folder(models, home),
@@ -239,6 +240,11 @@ class Index:
         steps = self._engine.default_steps if steps is None else steps
         check_steps(steps)
         return _x_hat(self._engine.pipeline, _sketch(sketch), steps)
+
+    def refresh(self) -> bool:
+        """Pick up what a build, add or remove changed since the index was opened (the models stay loaded); True
+        when something had. An index rebuilt with other models is an error: open it again."""
+        return self._engine.refresh()
 
     def close(self) -> None:
         """Release the database connections."""

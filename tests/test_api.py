@@ -120,11 +120,12 @@ def test_build_add_and_remove(tmp_path, setup):
     assert calls[0] == (0, 6) and calls[-1] == (6, 6) and isinstance(report, s2m.BuildReport)
     again = s2m.build_index(archive, "mine", **options)
     assert (again.added, again.skipped, again.total) == (0, 6, 6)
-    added = s2m.add_images([extra], "mine", **options)
-    assert (added.added, added.total) == (1, 7)
-    assert s2m.remove_images(["ph000000", 2], "mine", home=tmp_path / "home") == 2
     with s2m.open_index("mine", home=tmp_path / "home", models=s2m.load_bundle(setup.models)) as opened:
-        assert len(opened) == 5
+        assert len(opened) == 6 and not opened.refresh()
+        added = s2m.add_images([extra], "mine", **options)
+        assert (added.added, added.total) == (1, 7) and len(opened) == 6
+        assert s2m.remove_images(["ph000000", 2], "mine", home=tmp_path / "home") == 2
+        assert opened.refresh() and len(opened) == 5
         assert "ph000007" in {h.archive_id for h in opened.query(phantom_sketch(), k=5)}
 
 
