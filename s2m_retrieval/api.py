@@ -51,7 +51,9 @@ class BuildReport:
     replaced: int                      # files whose content changed since they were indexed
     skipped: int                       # unchanged files (same sha256): nothing to do
     removed: int
+    excluded: int                      # archive files left out because they were removed (`remove_images`)
     bad: tuple[tuple[str, str], ...]   # (file, reason) of each file that could not be read
+    missing: tuple[str, ...]           # indexed files gone from disk (still indexed; remove them to drop them)
     total: int                         # images in the index afterwards
     seconds: float
 
@@ -279,8 +281,8 @@ def _build(run, source, name, home, models, progress, fit, perceptual, db_url, o
     summary = run(source, encoder, home=home, db_url=db_url, options=options,
                   progress=report if progress is not None else None)
     return BuildReport(name=summary.name, added=summary.added, replaced=summary.replaced, skipped=summary.skipped,
-                       removed=summary.removed, bad=tuple(tuple(b) for b in summary.bad), total=summary.total,
-                       seconds=summary.seconds)
+                       removed=summary.removed, excluded=summary.excluded, bad=tuple(tuple(b) for b in summary.bad),
+                       missing=tuple(summary.missing), total=summary.total, seconds=summary.seconds)
 
 
 def _rgb(image) -> np.ndarray:

@@ -127,6 +127,8 @@ def test_build_add_and_remove(tmp_path, setup):
         assert s2m.remove_images(["ph000000", 2], "mine", home=tmp_path / "home") == 2
         assert opened.refresh() and len(opened) == 5
         assert "ph000007" in {h.archive_id for h in opened.query(phantom_sketch(), k=5)}
+    later = s2m.build_index(archive, "mine", **options)  # removed images stay out of later builds
+    assert (later.added, later.excluded, later.total, later.missing) == (0, 2, 5, ())
 
 
 def test_load_bundle_and_draw_sketch(setup, phantom_archive):
