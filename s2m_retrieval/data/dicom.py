@@ -62,11 +62,11 @@ def read_dicom(path: str | os.PathLike, max_pixels: int) -> tuple[np.ndarray, ob
         kind = getattr(ds, "SOPClassUID", None)
         name = getattr(kind, "name", kind) or "unknown SOP class"
         raise BadImageError(f"{path}: DICOM without pixel data ({name}), not an image")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    frames, rows, cols = (_count(ds, tag, path, default) for tag, default in
+                          (("NumberOfFrames", 1), ("Rows", 0), ("Columns", 0)))
     if frames != 1:
         raise BadImageError(f"{path}: DICOM holds {frames} frames, not a single 2D image; export each frame "
                             "as its own file")
-    rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
     if rows * cols > max_pixels:
         raise BadImageError(f"{path}: {cols}x{rows} exceeds the pixel limit {max_pixels}")
     try:
@@ -76,6 +76,17 @@ def read_dicom(path: str | os.PathLike, max_pixels: int) -> tuple[np.ndarray, ob
         raise BadImageError(f"{path}: DICOM pixel data cannot be decoded ({getattr(syntax, 'name', syntax)}; "
                             f"{str(exc)[:60]})") from exc
     return _to_rgb(pixels, ds, path), ds
+
+
+def _count(ds, tag: str, path: Path, default: int) -> int:
+    """An integer tag of the dataset; a malformed value (e.g. NumberOfFrames '1A') is a bad file, not a crash."""
+    try:
+        value = getattr(ds, tag, default)
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        raise BadImageError(f"{path}: DICOM tag {tag} is malformed ({str(getattr(ds, tag, ''))[:20]!r})") from None
+    except Exception as exc:  # pydicom parses a value lazily and may raise its own types
+        raise BadImageError(f"{path}: DICOM tag {tag} cannot be read ({type(exc).__name__})") from None
 
 
 def _to_rgb(pixels: np.ndarray, ds, path: Path) -> np.ndarray:
