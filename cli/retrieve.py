@@ -30,9 +30,10 @@ def retrieve(
     where: str = typer.Option(None, "--where", help="Metadata filter, e.g. 'tonsil_grade>=3, mallampati!=1'."),
     max_distance: float = typer.Option(None, "--max-distance", help="Drop candidates farther than this in W+."),
     like: str = typer.Option(None, "--like", help="Query with an archive image (id or path) instead of a sketch."),
-    code: str = typer.Option("reinvert", "--code",
-                             help="Query vector: reinvert (x_hat through the archive inverter, as archive images) "
-                                  "or sketch (E's own W+ code)."),
+    code: str = typer.Option(None, "--code",
+                             help="Query vector: sketch (E's own W+ code, the default: E is trained for the index "
+                                  "space), reinvert (x_hat through the archive inverter, as archive images) or "
+                                  "blend (the mean of both)."),
     normalisation: str = typer.Option(DEFAULT_NORMALISATION, "--normalisation",
                                       help="How distances are normalised before fusing: minmax or rank."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
@@ -75,7 +76,7 @@ def retrieve(
     with RetrievalEngine.open(index, home=home, db_url=db, models=models, perceptual=perceptual,
                               device=device) as engine:
         if sketch is not None:
-            result = engine.query_sketch(sketch, steps=steps, code=code, **options)
+            result = engine.query_sketch(sketch, steps=steps, **({"code": code} if code else {}), **options)
         else:
             result = engine.query_like(like, **options)
     from s2m_retrieval.result_view import result_table, write_result_sheet

@@ -15,7 +15,7 @@ from s2m_retrieval.fake_encoder import FakeEncoder, FakeEncoderConfig
 from s2m_retrieval.index_reader import open_index
 from s2m_retrieval.index_report import verify_index
 from s2m_retrieval.index_sync import remove_entries
-from s2m_retrieval.indexing import BuildOptions, build_index
+from s2m_retrieval.indexing import BuildOptions, add_files, build_index
 
 ENC = FakeEncoder(FakeEncoderConfig(resolution=16, grid=4, thumb=4, dim=32))
 FACTORY = "OPQ8_32,IVF4,PQ8x4"  # OPQ trains on 8-bit codes: 256 vectors at least
@@ -70,7 +70,9 @@ def test_pq_index_removal_and_incremental_add(pq_home):
     with open_index(home=pq_home) as reader:
         _, i = reader.search(vectors[7:8], 3)
         assert int(ids[7]) not in i[0].tolist()
-    assert build_index(Path(path).parent.parent, ENC, home=pq_home).added == 1  # the file is still in the archive
+    again = build_index(Path(path).parent.parent, ENC, home=pq_home)  # still in the archive: the removal sticks
+    assert (again.added, again.excluded) == (0, 1)
+    assert add_files([path], ENC, home=pq_home).added == 1  # added back incrementally into the trained PQ index
     assert verify_index(home=pq_home).ok
 
 

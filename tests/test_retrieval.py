@@ -131,20 +131,20 @@ def test_sketch_query_returns_k_rows_sorted_by_score(engine, setup):
     assert [h.latent_distance for h in latent_only.hits] == sorted(h.latent_distance for h in latent_only.hits)
 
 
-def test_the_query_vector_is_the_reinverted_x_hat_unless_asked_for_e_code(engine):
+def test_the_query_vector_is_e_code_unless_asked_for_the_reinverted_x_hat(engine):
     import torch
 
     with torch.inference_mode():
         w_plus, _, x_hat = engine.pipeline.generate(phantom_sketch(), steps=2)
-        from_x_hat = engine.sketch_vector(w_plus, x_hat)
-        from_e = engine.sketch_vector(w_plus, x_hat, code="sketch")
+        from_x_hat = engine.sketch_vector(w_plus, x_hat, code="reinvert")
+        from_e = engine.sketch_vector(w_plus, x_hat)
     # re-inversion is what archive images go through: x̂'s own thumb gives the same vector
     from s2m_retrieval.pipeline import to_uint8
 
     assert np.allclose(from_x_hat, engine.encoder.vectors(engine.encoder.w_plus(to_uint8(x_hat))), atol=1e-5)
     assert np.allclose(from_e, engine.encoder.vectors(w_plus)) and not np.allclose(from_e, from_x_hat)
-    reinvert = engine.query_sketch(phantom_sketch(), k=5, steps=2, alpha=1.0)
-    sketch = engine.query_sketch(phantom_sketch(), k=5, steps=2, alpha=1.0, code="sketch")
+    reinvert = engine.query_sketch(phantom_sketch(), k=5, steps=2, alpha=1.0, code="reinvert")
+    sketch = engine.query_sketch(phantom_sketch(), k=5, steps=2, alpha=1.0)
     assert reinvert.provenance["code"] == "reinvert" and sketch.provenance["code"] == "sketch"
     assert [h.latent_distance for h in reinvert.hits] != [h.latent_distance for h in sketch.hits]
 
