@@ -1,10 +1,17 @@
 """Domain exceptions; only the CLI and the service turn them into messages and exit codes."""
 
 
+# Control characters and line separators as their escapes (messages embed file names and CSV cells as given).
+_ESCAPES = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160), 0x2028, 0x2029)}
+
+
 class S2MError(Exception):
     """Base of every error the tool reports to a user as one line."""
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return super().__str__().translate(_ESCAPES)
 
 
 class BadInputError(S2MError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -51,9 +52,10 @@ def runner():
 PG_ENV = "S2M_TEST_POSTGRES_URL"
 
 
-@pytest.fixture
-def postgres_url():
-    """A fresh, empty PostgreSQL database (created and dropped around the test) from $S2M_TEST_POSTGRES_URL."""
+@contextmanager
+def fresh_postgres_database():
+    """The URL of a new, empty PostgreSQL database from $S2M_TEST_POSTGRES_URL, dropped afterwards (skips the
+    test where no server is configured)."""
     base = os.environ.get(PG_ENV)
     if not base:
         if os.environ.get("S2M_REQUIRE_POSTGRES"):
@@ -72,6 +74,13 @@ def postgres_url():
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database (created and dropped around the test) from $S2M_TEST_POSTGRES_URL."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

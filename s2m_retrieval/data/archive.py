@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -81,15 +82,19 @@ def _read_labels(root: Path) -> dict[str, dict]:
 
 
 def parse_value(text: str | None):
-    """CSV cells as int, float or string, so filters can compare numbers."""
+    """CSV cells as int, float or string, so filters can compare numbers. "nan", "inf", "1e999" stay text, as
+    `--where` reads them: JSON has no such numbers (SQLite's JSON functions and PostgreSQL refuse them)."""
     if text is None:
         return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
 
 
 def scan_archive(root: str | os.PathLike) -> list[ArchiveEntry]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -137,7 +138,8 @@ def _plain(element):
         return None
     many = type(value).__name__ == "MultiValue" or isinstance(value, (list, tuple))
     if element.VR in _NUMERIC_VRS and not many:
-        return _NUMERIC_VRS[element.VR](value)
+        number = _NUMERIC_VRS[element.VR](value)
+        return number if math.isfinite(number) else str(value)  # JSON has no NaN or infinity
     if element.VR == "UI":
         name = getattr(value, "name", "")
         return str(name) if name and name != str(value) else str(value)

@@ -36,6 +36,8 @@ def input_file(path: str | os.PathLike, what: str = "image", error: type[BadInpu
         raise error(f"{what} file not found: {path}") from None
     except OSError as exc:  # ELOOP (symlink loop), EACCES on a parent, ENAMETOOLONG, ...
         raise error(f"{what} file {path} cannot be opened: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL in the name (a manifest cell can hold one): no file can have that name
+        raise error(f"{what} file not found: {path} (the name holds a NUL character)") from None
     if stat.S_ISDIR(mode):
         raise error(f"{path} is a folder; give the {what} file itself")
     if not stat.S_ISREG(mode):
