@@ -32,8 +32,8 @@ from s2m_retrieval.retrieval import MAX_CANDIDATES, MAX_K, MAX_STEPS
 from s2m_retrieval.service import archive_view
 from s2m_retrieval.service.archive_view import ImageNotFound
 from s2m_retrieval.service.metrics import UNMATCHED, ServiceMetrics
-from s2m_retrieval.service.schemas import (GenerateOptions, ImageMetaOut, IndexOut, OptionError, RetrieveOptions,
-                                           RetrieveOut, parse_options)
+from s2m_retrieval.service.schemas import (ErrorOut, GenerateOptions, ImageMetaOut, IndexOut, OptionError,
+                                           RetrieveOptions, RetrieveOut, parse_options)
 from s2m_retrieval.service.uploads import UnsupportedImage, UploadTooLarge, decode_sketch, from_base64
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,18 @@ STATUS = ((UploadTooLarge, 413), (ImageTooLargeError, 413), (UnsupportedImage, 4
           (IndexIncompleteError, 503), (VersionMismatchError, 503), (S2MError, 500))
 
 
+ERRORS = {400: "Bad input: an unreadable sketch, bad options or filter.", 401: "Missing or wrong token.",
+          404: "No such image in the served index.", 411: "No Content-Length header.",
+          413: "The upload or its pixels exceed the service's limits.", 415: "Not an accepted content type or image "
+          "format.", 422: "An option is missing, unknown, of the wrong type or out of range.",
+          503: "Busy, or the index changed into one the service cannot serve; retry later."}
+
+
+def _errors(*codes: int) -> dict:
+    """OpenAPI responses of these error statuses: each a one-line JSON `detail`."""
+    return {code: {"model": ErrorOut, "description": ERRORS[code]} for code in codes}
+
+
 def error_status(exc: S2MError) -> int:
     """The HTTP status of a domain error."""
     return next(status for kind, status in STATUS if isinstance(exc, kind))
@@ -101,12 +113,13 @@ def _message(exc: Exception) -> str:
 
 
 class QueryRunner:
-    """The query thread pool with a bounded queue; counts what it holds in the in-flight gauge."""
+    """The query thread pool with a bounded queue; counts what it holds in the in-flight gauge. The threads start
+    with the first query after each start of the app, so an app served again after a shutdown still answers."""
 
     def __init__(self, limits: ServiceLimits, metrics: ServiceMetrics) -> None:
         self.limits = limits
         self.metrics = metrics
-        self.pool = ThreadPoolExecutor(max_workers=limits.concurrency, thread_name_prefix="s2m-query")
+        self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._held = 0
 
@@ -116,9 +129,12 @@ class QueryRunner:
             if self._held >= self.limits.concurrency + self.limits.max_queued:
                 raise Busy(f"the service is busy ({self._held} queries running or queued); retry in a moment")
             self._held += 1
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.limits.concurrency, thread_name_prefix="s2m-query")
+            pool = self._pool
         self.metrics.in_flight.inc()
         try:
-            return await asyncio.wrap_future(self.pool.submit(fn))
+            return await asyncio.wrap_future(pool.submit(fn))
         finally:
             with self._lock:
                 self._held -= 1
@@ -126,7 +142,10 @@ class QueryRunner:
 
     def close(self) -> None:
         """Stop the threads (queued queries are dropped)."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def create_app(engine, limits: ServiceLimits | None = None, token: str | None = None) -> FastAPI:
@@ -152,6 +171,7 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
     app.state.engine, app.state.limits, app.state.metrics = engine, limits, metrics
     _install_edges(app, metrics)
     guard = [Depends(_bearer(token))] if token else []
+    guarded = _errors(401) if token else {}
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -159,27 +179,29 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/healthz", tags=["service"], dependencies=[Depends(fresh)])
+    @app.get("/healthz", tags=["service"], dependencies=[Depends(fresh)], responses=_errors(503))
     async def healthz() -> dict:
         """Liveness: the index is open (no authentication)."""
         return {"status": "ok", "index": engine.reader.stamp.name, "images": int(engine.reader.store.ntotal)}
 
     @app.get("/metrics", tags=["service"], dependencies=guard, response_class=Response,
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}} | guarded)
     async def metrics_page() -> Response:
         """Request counts, latency histograms, query stage times, queries in flight, index size."""
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    v1 = APIRouter(prefix=f"/{API_VERSION}", dependencies=[*guard, Depends(fresh)], tags=["v1"])
+    v1 = APIRouter(prefix=f"/{API_VERSION}", dependencies=[*guard, Depends(fresh)], tags=["v1"],
+                   responses=_errors(503) | guarded)
 
     @v1.get("/index", response_model=IndexOut)
     async def index_info() -> dict:
         """Size, model and metric versions of the served index, its label columns, the service's limits."""
         return archive_view.index_stats(engine) | {"label_columns": snapshot["columns"], "limits": asdict(limits)}
 
-    @v1.post("/retrieve", response_model=RetrieveOut, openapi_extra=_request_body(RetrieveOptions, "A sketch query (sketch) or \"more like this\" (like)."))
+    @v1.post("/retrieve", response_model=RetrieveOut, responses=_errors(400, 404, 411, 413, 415, 422),
+             openapi_extra=_request_body(RetrieveOptions, "A sketch query (sketch) or \"more like this\" (like)."))
     async def retrieve(request: Request) -> dict:
         """Top-k archive images for a sketch (PNG/JPEG upload or base64 JSON) or for an indexed image (like)."""
         fields, data = await _read_body(request, limits)
@@ -208,7 +230,8 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
 
     @v1.post("/generate", response_class=Response,
              openapi_extra=_request_body(GenerateOptions, "A sketch to turn into an image."),
-             responses={200: {"content": {"image/png": {}}, "description": "x_hat, the generated image."}})
+             responses={200: {"content": {"image/png": {}}, "description": "x_hat, the generated image."}}
+             | _errors(400, 411, 413, 415, 422))
     async def generate(request: Request) -> Response:
         """The generated image x_hat of a sketch (E, then T refinement steps of H), as PNG."""
         fields, data = await _read_body(request, limits)
@@ -231,7 +254,7 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
         return Response(png, media_type="image/png", headers={"X-S2M-Steps": str(steps)})
 
     @v1.get("/images/{image_id}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "description": "The image as PNG."}})
+            responses={200: {"content": {"image/png": {}}, "description": "The image as PNG."}} | _errors(404, 422))
     def image(image_id: int, size: Literal["thumb", "original"] = Query("thumb", description=(
             "thumb: the stored thumbnail the re-rank uses; original: the archive file, re-encoded as PNG."))
               ) -> Response:
@@ -239,7 +262,7 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
         png = archive_view.image_png(engine, image_id, size)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
-    @v1.get("/images/{image_id}/meta", response_model=ImageMetaOut)
+    @v1.get("/images/{image_id}/meta", response_model=ImageMetaOut, responses=_errors(404, 422))
     def image_meta(image_id: int) -> dict:
         """An indexed image's file name, size and labels."""
         return archive_view.image_meta(engine, image_id)

@@ -51,6 +51,12 @@ def parse_options(model: type[BaseModel], fields: dict) -> BaseModel:
         raise OptionError("; ".join(problems)) from None
 
 
+class ErrorOut(BaseModel):
+    """Every refusal and failure: one line saying what was wrong and what to do."""
+
+    detail: str
+
+
 class HitOut(BaseModel):
     """One ranked result."""
 
