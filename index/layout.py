@@ -15,7 +15,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 @dataclass(frozen=True)
 class IndexPaths:
-    """Files of one index: `<home>/indexes/<name>/{index.faiss, manifest.json, shards/, .lock}`."""
+    """Files of one index: `<home>/indexes/<name>/{index.faiss, manifest.json, shards/, .lock, rebuild.json}`."""
 
     home: Path
     name: str
@@ -39,6 +39,11 @@ class IndexPaths:
     def shards(self) -> Path:
         """Per-batch `.npy` arrays, the durable copy of every vector and thumbnail."""
         return self.root / "shards"
+
+    @property
+    def rebuild_file(self) -> Path:
+        """The images a `--rebuild` is re-encoding, kept until a build finishes: a killed rebuild loses none."""
+        return self.root / "rebuild.json"
 
     @property
     def lock_file(self) -> Path:

@@ -11,7 +11,7 @@ from index.shards import ShardStore
 from index.stamp import read_stamp
 from index.store import VectorStore
 from s2m_retrieval.errors import IndexCorruptError
-from s2m_retrieval.index_sync import check_owner
+from s2m_retrieval.index_sync import check_owner, rebuild_list
 from s2m_retrieval.storage import catalog
 from s2m_retrieval.storage.db import display_url, open_database, resolve_home
 
@@ -104,6 +104,10 @@ def verify_index(*, name: str = "default", home=None, db_url: str | None = None,
         _check_faiss(paths, stamp, sql_ids, report)
         _check_shards(ShardStore(paths.shards), stamp, rows, report)
 
+        unfinished = {path for path, _, _ in rebuild_list(paths)} - {r.path for r in rows}
+        if unfinished:
+            report.problems.append(f"a rebuild was interrupted with {len(unfinished)} images still to encode "
+                                   f"({_sample(unfinished)}); rerun `s2m index build` to finish it")
         gone = [r.path for r in rows if not Path(r.path).is_file()]
         report.checked["image_files"] = len(rows) - len(gone)
         if gone:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -180,6 +181,34 @@ def resync(handle: WriteHandle, stamp: IndexStamp, store: VectorStore) -> tuple[
     if report.changed or synced != stamp.synced_vector_id or not handle.paths.faiss_file.is_file():
         save_index(handle.paths, store, stamp, synced)
     return report, synced
+
+
+REBUILD_FORMAT = "s2m-rebuild/1"
+
+
+def write_rebuild_list(paths: IndexPaths, images: Sequence[tuple[str, str, dict]]) -> None:
+    """Record the (path, stem, labels) a rebuild is to re-encode, atomically, before it wipes anything."""
+    tmp = paths.rebuild_file.with_name(f".{paths.rebuild_file.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"format": REBUILD_FORMAT, "images": [list(image) for image in images]}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, paths.rebuild_file)
+
+
+def rebuild_list(paths: IndexPaths) -> list[tuple[str, str, dict]]:
+    """The images of an interrupted rebuild (none when no rebuild was interrupted)."""
+    try:
+        data = json.loads(paths.rebuild_file.read_text(encoding="utf-8"))
+        if data.get("format") != REBUILD_FORMAT:
+            raise ValueError(f"format {data.get('format')!r}")
+        return [(str(path), str(stem), dict(labels)) for path, stem, labels in data["images"]]
+    except FileNotFoundError:
+        return []
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise IndexCorruptError(f"{paths.rebuild_file} (the images of an interrupted rebuild) is damaged ({exc}); "
+                                "delete it and rerun the build with --rebuild (images only that list held are "
+                                "then left out)") from None
 
 
 @dataclass

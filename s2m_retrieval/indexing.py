@@ -29,7 +29,8 @@ from s2m_retrieval.data.archive import ArchiveEntry, ReadStats, scan_archive
 from s2m_retrieval.encoding import ArchiveEncoder, check_outputs
 from s2m_retrieval.errors import ArchiveError, BadInputError, VersionMismatchError
 from s2m_retrieval.index_sync import (WriteHandle, check_owner, claim, collect_garbage, load_store_for_write,
-                                      open_for_write, resync, save_index, sync_store)
+                                      open_for_write, rebuild_list, resync, save_index, sync_store,
+                                      write_rebuild_list)
 from s2m_retrieval.storage import catalog
 from s2m_retrieval.storage.catalog import ImageRecord
 from s2m_retrieval.storage.db import resolve_home
@@ -266,8 +267,12 @@ def _build(encoder: ArchiveEncoder, home, db_url: str | None, options: BuildOpti
     with open_for_write(home, options.name, db_url) as handle:
         stamp = read_stamp(handle.paths.manifest) if handle.paths.exists() else None
         if options.rebuild:
+            images = rebuild_list(handle.paths)  # a rebuild killed before: its images are still to come
             if stamp is not None and _owned(handle, stamp):  # another database's index starts over empty
-                entries = _with_indexed(handle, options.name, entries, summary)
+                with handle.db.session() as s:
+                    images += catalog.indexed_images(s, options.name)
+            entries = _with_images(entries, images, summary)
+            write_rebuild_list(handle.paths, [(os.path.abspath(e.path), e.stem, dict(e.labels)) for e in entries])
             _wipe(handle, options.name)
             stamp = None
         elif stamp is not None:
@@ -306,20 +311,21 @@ def _owned(handle: WriteHandle, stamp: IndexStamp) -> bool:
     return True
 
 
-def _with_indexed(handle: WriteHandle, name: str, entries: Sequence[ArchiveEntry],
-                  summary: BuildSummary) -> list[ArchiveEntry]:
-    """--rebuild: the archive's entries plus every image the index holds from elsewhere (`index add`, other
-    archives), with its stored labels, so the rebuilt index has the images it had; files gone from disk are listed."""
-    with handle.db.session() as s:
-        indexed = catalog.indexed_images(s, name)
+def _with_images(entries: Sequence[ArchiveEntry], images: Sequence[tuple[str, str, dict]],
+                 summary: BuildSummary) -> list[ArchiveEntry]:
+    """The entries plus the `images` (path, stem, labels) they lack: for a rebuild, those the index holds from
+    elsewhere (`index add`, other archives) and those a killed rebuild had still to encode, so the rebuilt index
+    has the images it had (any later build finishes a killed rebuild the same way); files gone from disk are
+    listed as lost."""
     have = {os.path.abspath(e.path) for e in entries}
     out = list(entries)
-    for path, stem, labels in indexed:
+    for path, stem, labels in images:
         if path in have:
             continue
+        have.add(path)
         if os.path.isfile(path):
             out.append(ArchiveEntry(path=Path(path), stem=stem, rel=Path(path).name, labels=labels))
-        else:
+        elif path not in summary.lost:
             summary.lost.append(path)
     return out
 
@@ -350,6 +356,8 @@ def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, 
         if root is None:  # files the user named: adding one again undoes its removal
             catalog.include_paths(s, stamp.name, sorted({os.path.abspath(e.path) for e in entries}))
         removed = catalog.excluded_paths(s, stamp.name)
+    if not options.rebuild:  # any build finishes a rebuild that was killed (a rebuild merged them itself)
+        entries = _with_images(entries, rebuild_list(handle.paths), summary)
     if removed:
         kept = [e for e in entries if os.path.abspath(e.path) not in removed]
         summary.excluded, entries = len(entries) - len(kept), kept
@@ -406,6 +414,7 @@ def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, 
     with handle.db.session(write=True) as s:
         catalog.finish_build(s, summary.build_id, "done", n_added=summary.added, n_skipped=summary.skipped,
                              n_replaced=summary.replaced, n_removed=summary.removed, n_bad=len(summary.bad))
+    handle.paths.rebuild_file.unlink(missing_ok=True)  # every image of a rebuild is in: nothing left to resume
 
 
 def add_files(files: Sequence[str | Path], encoder: ArchiveEncoder, *, home=None, db_url: str | None = None,
