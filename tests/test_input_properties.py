@@ -22,7 +22,7 @@ from s2m_retrieval.metadata_filter import OPS, LabelFilter, parse_where
 from s2m_retrieval.storage.catalog import MAX_IMAGE_ID, as_image_id
 
 # Derandomized: the same examples on every run (tests are deterministic); no example database in the checkout.
-PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=150,
+PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=250,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 TEXT = st.characters(exclude_categories=("Cs",))  # anything UTF-8 can hold
 
@@ -325,7 +325,7 @@ def _fill(db, root: Path, rows: list[dict[str, str]]) -> dict[int, dict]:
 LABEL_ROWS = st.lists(st.fixed_dictionaries({}, optional={c: CELLS for c in COLUMNS}), min_size=1, max_size=6)
 
 
-@settings(PROPERTY, max_examples=120)
+@settings(PROPERTY, max_examples=150)
 @given(rows=LABEL_ROWS, where=where_texts())
 def test_valid_filters_agree_with_python(label_db, tmp_path_factory, rows, where):
     text, conds = where
@@ -350,7 +350,7 @@ def test_valid_filters_agree_with_python(label_db, tmp_path_factory, rows, where
 WHERE_JUNK = st.text(TEXT, max_size=30) | st.text(st.sampled_from("ab1 ,=!<>'\"._-;AND\t\n"), max_size=30)
 
 
-@settings(PROPERTY, max_examples=300)
+@settings(PROPERTY, max_examples=1000)
 @given(text=WHERE_JUNK)
 def test_any_where_text_is_a_filter_or_one_line(fixed_db, text):
     try:
@@ -363,7 +363,7 @@ def test_any_where_text_is_a_filter_or_one_line(fixed_db, text):
 
 # --- image ids ---------------------------------------------------------------------------------------------------
 
-@settings(PROPERTY, max_examples=400)
+@settings(PROPERTY, max_examples=1000)
 @given(key=st.text(TEXT, max_size=24) | st.integers().map(str) | st.integers(-2**70, 2**70).map(lambda i: f" {i}\t")
        | st.integers())
 def test_any_key_is_an_image_id_or_none(key):
@@ -376,7 +376,7 @@ def test_any_key_is_an_image_id_or_none(key):
     assert got == want and (got is None or type(got) is int)
 
 
-@settings(PROPERTY, max_examples=150)
+@settings(PROPERTY, max_examples=300)
 @given(key=st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=24)
        | st.integers(0, 2**70).map(str))
 def test_any_key_names_images_or_none_without_error(fixed_db, key):
