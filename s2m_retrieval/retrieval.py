@@ -367,7 +367,8 @@ class RetrievalEngine:
         t0 = time.perf_counter()
         latent, ids = self._search(vector, max(n_candidates, k), allow)
         if max_distance is not None:
-            latent, ids = latent[latent <= max_distance], ids[latent <= max_distance]
+            keep = latent.astype(np.float64) <= max_distance  # a bound beyond float32's range must not overflow
+            latent, ids = latent[keep], ids[keep]
         timings["search"] = _ms(t0)
         t0 = time.perf_counter()
         latent, ids, rows = self._still_indexed(latent, ids)
