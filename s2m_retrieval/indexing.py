@@ -147,8 +147,7 @@ class BatchWriter:
         self.seq = 0
         # Part of every shard name, so shards of builds against other databases (same build ids) never collide.
         self.token = secrets.token_hex(3)
-        self.committed = 0
-        self.added = self.replaced = 0
+        self.added = self.replaced = 0  # rows committed by this run: new images, and new vectors of changed ones
         self.train_at = 0
 
     def write(self, items: Sequence[PlanItem], arrays: dict[str, np.ndarray],
@@ -161,13 +160,12 @@ class BatchWriter:
                                labels=dict(it.entry.labels)) for it, (h, w) in zip(items, sizes)]
         with self.h.db.session(write=True) as s:
             stored = catalog.record_batch(s, self.stamp.name, self.model_version_id, shard, records)
-            n_replaced = sum(rep for _, _, rep in stored)
+            replaced = np.array([iid for iid, _, rep in stored if rep], dtype=np.int64)
             # In the same transaction: a build killed later still shows what it committed.
-            catalog.update_build_counts(s, self.build_id, n_added=self.added + len(stored) - n_replaced,
-                                        n_replaced=self.replaced + n_replaced)
-        self.committed += len(stored)
-        self.added, self.replaced = self.added + len(stored) - n_replaced, self.replaced + n_replaced
-        replaced = np.array([iid for iid, _, rep in stored if rep], dtype=np.int64)
+            catalog.update_build_counts(s, self.build_id, n_added=self.added + len(stored) - len(replaced),
+                                        n_replaced=self.replaced + len(replaced))
+        self.added += len(stored) - len(replaced)
+        self.replaced += len(replaced)
         ids = np.array([iid for iid, _, _ in stored], dtype=np.int64)
         if self.in_sync and (not len(replaced) or self.store.supports_remove):
             self.store.remove(replaced)
@@ -175,7 +173,7 @@ class BatchWriter:
             self.synced_id = max(vid for _, vid, _ in stored)
         elif self.in_sync:
             self.in_sync = False  # HNSW cannot drop the old vector: one rebuild from the shards at the end
-        elif not self.store.is_trained and self.train_at and self.committed >= self.train_at:
+        elif not self.store.is_trained and self.train_at and self.added + self.replaced >= self.train_at:
             _, self.synced_id = resync(self.h, self.stamp, self.store)
             self.in_sync = self.store.is_trained
             self.last_save = time.monotonic()
