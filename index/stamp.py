@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from index.atomic import write_json
 from s2m_retrieval.errors import IndexCorruptError, VersionMismatchError
 
 FORMAT = "s2m-index/1"
@@ -65,13 +65,7 @@ def write_stamp(path: Path, stamp: IndexStamp) -> None:
         stamp.created_at = _now()
     stamp.updated_at = _now()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(dataclasses.asdict(stamp), fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_json(path, dataclasses.asdict(stamp), fsync=True, indent=2, sort_keys=True)
 
 
 def read_stamp(path: Path) -> IndexStamp:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from index.atomic import write_json
 from s2m_retrieval.checkpoint import load_checkpoint, shipped_weights, version_hash
 from s2m_retrieval.errors import BadInputError, CheckpointError
 
@@ -145,16 +145,7 @@ def write_manifest(folder: str | os.PathLike, manifest: dict) -> Path:
     """Write bundle.json atomically (temp file + rename)."""
     folder = Path(folder)
     path = folder / MANIFEST
-    fd, tmp = tempfile.mkstemp(prefix=MANIFEST + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json(path, manifest, indent=2, sort_keys=True)
     return path
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.atomic import write_json
 from index.layout import IndexLock, IndexPaths, index_paths
 from index.shards import ShardStore
 from index.stamp import IndexStamp, read_stamp, write_stamp
@@ -188,12 +189,7 @@ REBUILD_FORMAT = "s2m-rebuild/1"
 
 def write_rebuild_list(paths: IndexPaths, images: Sequence[tuple[str, str, dict]]) -> None:
     """Record the (path, stem, labels) a rebuild is to re-encode, atomically, before it wipes anything."""
-    tmp = paths.rebuild_file.with_name(f".{paths.rebuild_file.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"format": REBUILD_FORMAT, "images": [list(image) for image in images]}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, paths.rebuild_file)
+    write_json(paths.rebuild_file, {"format": REBUILD_FORMAT, "images": [list(image) for image in images]}, fsync=True)
 
 
 def rebuild_list(paths: IndexPaths) -> list[tuple[str, str, dict]]:

@@ -15,10 +15,11 @@ import csv
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from index.atomic import replacing
 
 TB_DIR = "tb"
 CSV_FILE = "scalars.csv"
@@ -191,14 +192,8 @@ def _keep_rows_until(path: Path, step: int) -> None:
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step] if rows else [CSV_FIELDS]
     if len(kept) == len(rows):
         return
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows(kept)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(kept)
 
 
 def read_scalars(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
@@ -250,13 +245,6 @@ def draw_curves(run_dir: str | os.PathLike) -> Path | None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = run_dir / PNG_FILE
-    fd, tmp = tempfile.mkstemp(prefix=PNG_FILE + ".", suffix=".tmp", dir=run_dir)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
