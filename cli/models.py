@@ -90,7 +90,7 @@ def manifest(
 @app.command("compact")
 def compact(
     folder: Path = typer.Argument(..., help="Bundle folder, e.g. s2m_retrieval/weights."),
-    names: str = typer.Option("encoder,refiner,inverter", "--networks",
+    names: str = typer.Option("encoder,refiner,inverter,projector", "--networks",
                               help="Networks whose weights to store as float16 (comma-separated)."),
 ) -> None:
     """Store networks' weights as float16 (half the size) and re-stamp the checkpoints that record them; then

@@ -23,12 +23,12 @@ def retrieve(
     index: str = typer.Option("default", "--index", "--name", help="Index name (a folder under HOME/indexes/)."),
     steps: int = typer.Option(None, "--steps", help="Refinement steps T of H (default: H's trained T; 0 without H)."),
     candidates: int = typer.Option(DEFAULT_CANDIDATES, "--candidates",
-                                   help="FAISS candidates (by weighted W+ distance) to re-rank."),
+                                   help="FAISS candidates (by latent distance) to re-rank."),
     alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha",
                                 help="Score = alpha * latent + (1 - alpha) * perceptual, each normalised over the "
                                      "candidates; 1 skips the perceptual re-rank."),
     where: str = typer.Option(None, "--where", help="Metadata filter, e.g. 'tonsil_grade>=3, mallampati!=1'."),
-    max_distance: float = typer.Option(None, "--max-distance", help="Drop candidates farther than this in W+."),
+    max_distance: float = typer.Option(None, "--max-distance", help="Drop candidates farther than this in the index's latent space (0..2 with a projector)."),
     like: str = typer.Option(None, "--like", help="Query with an archive image (id or path) instead of a sketch."),
     code: str = typer.Option(None, "--code",
                              help="Query vector: sketch (E's own W+ code, the default: E is trained for the index "

@@ -340,6 +340,84 @@ def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter
     _done("encoder", path, out, last)
 
 
+@app.command("projector")
+def projector(
+    archive: str = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, code_bank.pt, sketch_codes.pt, projector.pt."),
+    generator: Path = GENERATOR,
+    encoder_path: Path = typer.Option(None, "--encoder", help="The sketch encoder E whose codes the projector "
+                                                              "reads (default: the shipped one)."),
+    inverter_path: Path = typer.Option(None, "--inverter", help="The inverter whose codes the index stores "
+                                                                "(default: the shipped one)."),
+    bank: Path = typer.Option(None, "--bank", help="Code bank cache (default OUT/code_bank.pt; the one of "
+                                                   "`train encoder --objective index` on the same source fits)."),
+    steps: int = typer.Option(3000, "--steps", help=STEPS_HELP),
+    batch: int = typer.Option(512, "--batch", help="Batch size (the other pairs of a batch are the negatives)."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (cosine decay to 0)."),
+    dim: int = typer.Option(256, "--dim", help="Size of the retrieval space (the index's vector length)."),
+    hidden: int = typer.Option(0, "--hidden", help="0: linear heads; N: one hidden layer of N units."),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    pairs_per_image: int = PAIRS_PER_IMAGE,
+    pairs_cache: Path = PAIRS_CACHE,
+    limit: int = LIMIT,
+    segmenter: Path = PAIR_SEGMENTER,
+    snapshot_every: int = SNAPSHOT_EVERY,
+    threads: int = THREADS,
+    device: str = DEVICE,
+    fresh: bool = FRESH,
+    config_json: str = CONFIG_JSON,
+) -> None:
+    """Train the retrieval-space projector P: E frozen, two heads fitted so that E's code of a sketch and the
+    stored code of the sketched image meet on one unit sphere (InfoNCE, stored look-alikes in the batches).
+    A bundle with projector.pt builds its indexes in that space."""
+    from tqdm import tqdm
+
+    from s2m_retrieval.checkpoint import load_checkpoint, version_hash
+    from s2m_retrieval.latent_space import DEFAULT_WEIGHTING
+    from s2m_retrieval.networks.projector import ProjectorConfig
+    from s2m_retrieval.training.index_space import BANK_FILE, cached_code_bank
+    from s2m_retrieval.training.projector import CODES_FILE, ProjectorTrainConfig, cached_code_table, train_projector
+    from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter
+
+    dev = _setup(threads, device)
+    parts = _overrides(config_json, {"projector", "train"})
+    tc = _replace(ProjectorTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, snapshot_every=snapshot_every,
+                                       sample_every=snapshot_every), parts.get("train", {}))
+    G = _load_g(generator, dev)
+    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache)
+    payloads = {name: load_checkpoint(_weights(path, name), kind=name)
+                for name, path in (("encoder", encoder_path), ("inverter", inverter_path))}
+    E, inverter = load_encoder(payloads["encoder"], dev), load_inverter(payloads["inverter"], dev)
+    weighting = DEFAULT_WEIGHTING
+
+    def bar(desc: str):
+        return tqdm(unit="img", desc=desc, disable=None, leave=False)
+
+    def follow(b):
+        def progress(done: int, total: int) -> None:
+            b.total = total
+            b.update(done - b.n)
+        return progress
+
+    with bar("invert the bank") as b:
+        code_bank = cached_code_bank(bank or out / BANK_FILE, pairs.images, inverter, G, weighting,
+                                     source=f"{archive}|limit={limit}", device=dev, progress=follow(b))
+    with bar("encode the sketches") as b:
+        codes = cached_code_table(out / CODES_FILE, pairs, E, weighting, tc.shift, tc.seed, device=dev,
+                                  progress=follow(b))
+    typer.echo(f"code bank: {code_bank.num_images} images + mirrors; sketch codes: {tuple(codes.shape[:3])}, "
+               f"{codes.shape[3]}-d")
+    config = _replace(ProjectorConfig(in_dim=codes.shape[3], weighting=weighting.spec(), dim=dim, hidden=hidden),
+                      parts.get("projector", {}))
+    meta = {"generator_version": version_hash(load_checkpoint(_weights(generator, "generator"), kind="generator")),
+            "encoder_version": version_hash(payloads["encoder"]),
+            "inverter_version": version_hash(payloads["inverter"]),
+            "data": {**pairs.info, "num_pairs": len(pairs)}}
+    report, last = _progress("train projector", out, tc.steps, fresh)
+    path = train_projector(codes, code_bank, out, config, tc, meta, dev, resume=not fresh, progress=report)
+    _done("projector", path, out, last)
+
+
 @app.command("refiner")
 def refiner(
     archive: str = typer.Argument(..., help=SOURCE_HELP),

@@ -37,7 +37,8 @@ class Hit:
     path: str                          # the archive file, absolute
     score: float                       # alpha * latent + (1 - alpha) * perceptual, each min-max normalised over
                                        # the re-ranked candidates, in [0, 1]
-    latent_distance: float             # weighted W+ distance to the query's code (Euclidean, unitless)
+    latent_distance: float             # distance to the query's code in the index's space (weighted W+, or the
+                                       # projector's unit sphere: 0..2), Euclidean, unitless
     perceptual_distance: float | None  # x̂ (or the "like" image) vs the image's thumbnail; None when alpha = 1
     labels: dict                       # the image's labels.csv row: the clinical metadata
 
@@ -221,7 +222,7 @@ class Index:
               alpha: float = 0.5, where: str | None = None, max_distance: float | None = None) -> list[Hit]:
         """The k archive images most like a sketch: E (+ `steps` of H, default H's trained T) makes x̂, FAISS
         returns `candidates` by W+ distance, they are re-ranked by perceptual distance and fused by `alpha`
-        (1: W+ distance only). `where` filters on labels ("tonsil_grade>=3, mallampati=2"), `max_distance`
+        (1: latent distance only). `where` filters on labels ("tonsil_grade>=3, mallampati=2"), `max_distance`
         drops candidates farther in W+."""
         result = self._engine.query_sketch(_sketch(sketch), k=k, n_candidates=candidates, steps=steps, alpha=alpha,
                                            where=where, max_distance=max_distance)

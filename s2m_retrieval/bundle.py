@@ -22,10 +22,11 @@ NETWORKS = {
     "latent_discriminator": "nothing at query time (kept to continue training the encoder)",
     "refiner": "refinement steps of sketch queries (optional)",
     "inverter": "indexing an archive",
+    "projector": "the retrieval space of indexes built with the bundle (optional: without it, weighted W+)",
 }
 # Checkpoint meta keys worth showing in a manifest (the rest stay in the checkpoint).
 _TRAINED_KEYS = ("step", "kimg", "seed", "num_images", "mean_dice", "n_train", "n_val", "perceptual",
-                 "generator_version", "encoder_version", "with_latent_discriminator", "train_config")
+                 "generator_version", "encoder_version", "inverter_version", "with_latent_discriminator", "train_config")
 
 
 def shipped_folder() -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint, version_hash
 
 # Dependency order: a network's version is final before anything that records it is rewritten.
-ORDER = ("generator", "segmenter", "encoder", "inverter", "refiner", "pix2pix", "embedding")
+ORDER = ("generator", "segmenter", "encoder", "inverter", "refiner", "projector", "pix2pix", "embedding")
 
 
 def compact_bundle(folder: str | os.PathLike, names: tuple[str, ...]) -> dict[str, tuple[int, int]]:

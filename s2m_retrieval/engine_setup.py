@@ -14,13 +14,14 @@ from s2m_retrieval.pipeline import Sketch2MedI
 
 
 def load_pipeline(models: str | os.PathLike | None, device: str = "cpu") -> Sketch2MedI:
-    """G, E, the inverter and (when present) H from a models folder, else from the shipped weights."""
+    """G, E, the inverter and (when present) H and the projector from a models folder, else from the shipped
+    weights."""
     from s2m_retrieval.model_files import model_files
 
     files = model_files(models, ("generator", "encoder", "inverter"), "retrieval with sketches")
     return Sketch2MedI.from_checkpoints(generator=files["generator"], encoder=files["encoder"],
                                         refiner=files["refiner"], inverter=files["inverter"], perceptual=None,
-                                        device=device)
+                                        device=device, projector=files["projector"])
 
 
 def stored_config(reader: IndexReader) -> dict:
@@ -82,10 +83,20 @@ def index_encoder(pipeline: Sketch2MedI, metric: PerceptualDistance, config: dic
                                    + (f" (model bundle {', '.join(repr(n) for n in names)})" if names else "")
                                    + f", the loaded models are {show(loaded)}; {use}, or rebuild it with these "
                                    f"models ({stamp.rebuild_hint()} --model ...)")
-    encoder = InverterEncoder(pipeline.G, pipeline.inverter, metric, versions=loaded,
+    projector = None
+    if config.get("projector") is not None:  # the index's space: built through a projector, searched through it
+        have = pipeline.versions.get("projector")
+        if have != config["projector"]:
+            raise VersionMismatchError(
+                f"index {stamp.name!r} stores vectors of projector {config['projector']}, the loaded models "
+                + (f"have projector {have}" if have else "have no projector.pt")
+                + f"; query with the model bundle it was built with, or rebuild it ({stamp.rebuild_hint()})")
+        projector = pipeline.projector
+    encoder = InverterEncoder(pipeline.G, pipeline.inverter, metric, versions={**loaded, "projector": have}
+                              if projector is not None else loaded,
                               weighting=LatentWeighting.from_dict(config["weighting"]),
                               iterations=config["iterations"], optimise_steps=config["optimise_steps"],
-                              fit=config.get("fit", "crop"), device=device)
+                              fit=config.get("fit", "crop"), device=device, projector=projector)
     stamp.check(model_version=encoder.version, metric=encoder.metric, dim=encoder.dim)
     if encoder.weighting != stamp.weighting:
         raise IndexCorruptError(f"index {stamp.name!r}: stamp weighting {stamp.weighting} disagrees with its model "

@@ -1,4 +1,5 @@
-"""The real archive encoder: inverter (ReStyle iterations, optional optimisation) -> W+ -> weighted FAISS vector."""
+"""The real archive encoder: inverter (ReStyle iterations, optional optimisation) -> W+ -> weighted vector -> (the
+bundle's projector P, when it has one) -> FAISS vector."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.latent_space import DEFAULT_WEIGHTING, LatentWeighting, w_plus_to_vectors
 from s2m_retrieval.networks.encoders import Encoder
+from s2m_retrieval.networks.projector import LatentProjector
 from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.perceptual import SEG_BACKENDS, PerceptualDistance
 
@@ -25,22 +27,26 @@ FORMAT = "inverter/1"
 
 
 class InverterEncoder:
-    """ArchiveEncoder over G + the inverter: vectors are weighted W+ codes, thumbs the images at G's resolution.
+    """ArchiveEncoder over G + the inverter: vectors are weighted W+ codes, projected into the retrieval space by P
+when a projector is given (`query_vectors` maps E's codes of sketches into the same space), thumbs the images
+at G's resolution.
 
     Thumbs (uint8, 12 KiB at 64 px) are what the perceptual re-rank reads at query time, so it never decodes
     archive files; full perceptual features are too big to store per image (~464 KiB for seg at 64 px), but a
     cacheable metric's compact ones ("seg-pool8", 22 KiB) are stored as "features" and re-ranked from directly.
     `version` hashes what the stored arrays depend on: G and inverter weights, the inversion settings, the
-    weighting, and the perceptual metric (used by optimisation steps, and the metric the re-rank is for).
-    The sketch encoder E and the refiner H are not in it: they can be retrained against the same G without
-    re-indexing the archive (Sketch2MedI.from_checkpoints checks they were trained against this G).
+    weighting, the projector, and the perceptual metric (used by optimisation steps, and the metric the re-rank
+    is for). The sketch encoder E and the refiner H are not in it: they can be retrained against the same G
+    without re-indexing the archive (Sketch2MedI.from_checkpoints checks they were trained against this G; a
+    projector is trained on E's codes, so a new E needs a new projector, and that one a new index).
     """
 
     name = "inverter"
 
     def __init__(self, G: Generator, inverter: Encoder, perceptual: PerceptualDistance, *, versions: dict[str, str],
                  weighting: LatentWeighting = DEFAULT_WEIGHTING, iterations: int | None = None,
-                 optimise_steps: int = 0, fit: str = "crop", device: str | torch.device = "cpu") -> None:
+                 optimise_steps: int = 0, fit: str = "crop", device: str | torch.device = "cpu",
+                 projector: LatentProjector | None = None) -> None:
         from s2m_retrieval.data.archive import FIT_POLICIES
 
         if fit not in FIT_POLICIES:
@@ -60,44 +66,65 @@ class InverterEncoder:
         self.optimise_steps = int(optimise_steps)
         self.versions = {"generator": versions["generator"], "inverter": versions["inverter"]}
         self.w_avg = self.G.w_avg.detach().cpu().numpy()
-        self.dim = weighting.dim(G.num_ws, G.config.w_dim)
+        self.w_plus_dim = weighting.dim(G.num_ws, G.config.w_dim)
+        self.projector = None if projector is None else projector.to(self.device).eval().requires_grad_(False)
+        if projector is not None:
+            pc = projector.config
+            if (pc.in_dim, pc.weighting) != (self.w_plus_dim, weighting.spec()):
+                raise CheckpointError(f"the projector reads {pc.in_dim}-d vectors of weighting {pc.weighting}, the "
+                                      f"index's are {self.w_plus_dim}-d of {weighting.spec()}: retrain it "
+                                      f"(`s2m train projector`) or build with the weighting it was trained for")
+            self.versions["projector"] = versions["projector"]
+        self.dim = self.w_plus_dim if projector is None else projector.config.dim
 
     @classmethod
     def load(cls, models: str | os.PathLike | None = None, perceptual: str = INDEX_BACKEND,
              weighting: LatentWeighting = DEFAULT_WEIGHTING, iterations: int | None = None,
-             optimise_steps: int = 0, device: str = "cpu", fit: str = "crop") -> InverterEncoder:
-        """From a model bundle (name or folder; None: the shipped one); only generator.pt and inverter.pt are read."""
+             optimise_steps: int = 0, device: str = "cpu", fit: str = "crop",
+             projector: bool = True) -> InverterEncoder:
+        """From a model bundle (name or folder; None: the shipped one): generator.pt, inverter.pt and, when the
+        bundle has one and `projector` is on, projector.pt (else vectors stay weighted W+)."""
         from s2m_retrieval.checkpoint import load_checkpoint, version_hash
         from s2m_retrieval.model_files import model_files, segmenter_file
+        from s2m_retrieval.networks.projector import load_projector
         from s2m_retrieval.networks.stylegan2 import load_generator
         from s2m_retrieval.perceptual import load_perceptual
         from s2m_retrieval.training.sketch2medi import load_inverter
 
         files = model_files(models, ("generator", "inverter"), "indexing an archive with real W+ codes",
                             hint="or for tests and development only pass --encoder fake")
-        payloads = {name: load_checkpoint(files[name], kind=name) for name in ("generator", "inverter")}
+        names = ("generator", "inverter") + (("projector",) if projector and files["projector"] else ())
+        payloads = {name: load_checkpoint(files[name], kind=name) for name in names}
         versions = {name: version_hash(p) for name, p in payloads.items()}
-        trained_on = payloads["inverter"].get("meta", {}).get("generator_version")
-        if trained_on is not None and trained_on != versions["generator"]:
-            raise CheckpointError(f"the inverter was trained against generator {trained_on}, not the loaded "
-                                  f"{versions['generator']}; load matching checkpoints or retrain the inverter")
+        for name in names[1:]:
+            trained_on = payloads[name].get("meta", {})
+            for dep in ("generator", "inverter"):
+                want = trained_on.get(f"{dep}_version")
+                if dep != name and want is not None and want != versions[dep]:
+                    raise CheckpointError(f"the {name} was trained against {dep} {want}, not the loaded "
+                                          f"{versions[dep]}; load matching checkpoints or retrain the {name}")
         metric = load_perceptual(perceptual, device, checkpoint=segmenter_file(models) if perceptual in SEG_BACKENDS else None)
         return cls(load_generator(payloads["generator"], device), load_inverter(payloads["inverter"], device), metric,
                    versions=versions, weighting=weighting, iterations=iterations, optimise_steps=optimise_steps,
-                   fit=fit, device=device)
+                   fit=fit, device=device,
+                   projector=load_projector(payloads["projector"], device) if "projector" in payloads else None)
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> InverterEncoder:
-        """From `--encoder inverter:models=DIR,perceptual=seg,iterations=3,optimise=0,fit=crop,coarse=1,...`."""
+        """From `--encoder inverter:models=DIR,perceptual=seg,iterations=3,optimise=0,fit=crop,coarse=1,...`
+        (`projector=0`: weighted W+ vectors even when the bundle has a projector)."""
         options = dict(options)
         known = {"models", "perceptual", "iterations", "optimise", "device", "coarse", "medium", "fine", "keep_zero",
-                 "fit"}
+                 "fit", "projector"}
         unknown = set(options) - known
         if unknown:
             raise BadInputError(f"inverter encoder: unknown options {sorted(unknown)} (known: {sorted(known)})")
         weights = [f"{k}={options.pop(k)}" for k in ("coarse", "medium", "fine") if k in options]
         if options.pop("keep_zero", "0") not in ("0", "false", ""):
             weights.append("keep_zero")
+        projector = options.pop("projector", "1")
+        if projector not in ("0", "1", "false", "true"):
+            raise BadInputError(f"inverter encoder: projector={projector!r} must be 0 or 1")
         try:
             iterations = int(options["iterations"]) if "iterations" in options else None
             optimise = int(options.get("optimise", 0))
@@ -105,7 +132,7 @@ class InverterEncoder:
             raise BadInputError(f"inverter encoder: bad option value ({exc})") from None
         return cls.load(options.get("models"), options.get("perceptual", INDEX_BACKEND),
                         LatentWeighting.parse(",".join(weights)), iterations, optimise, options.get("device", "cpu"),
-                        options.get("fit", "crop"))
+                        options.get("fit", "crop"), projector=projector in ("1", "true"))
 
     @property
     def metric(self) -> str:
@@ -120,10 +147,13 @@ class InverterEncoder:
     @property
     def config(self) -> dict:
         """Everything the stored arrays depend on (stored in model_versions; the engine rebuilds from it)."""
-        return {"encoder": FORMAT, "generator": self.versions["generator"], "inverter": self.versions["inverter"],
-                "weighting": self.latent_weighting.to_dict(), "iterations": self.iterations,
-                "optimise_steps": self.optimise_steps, "perceptual": self.metric, "resolution": self.resolution,
-                "num_ws": self.G.num_ws, "w_dim": self.G.config.w_dim, "fit": self.fit}
+        config = {"encoder": FORMAT, "generator": self.versions["generator"], "inverter": self.versions["inverter"],
+                  "weighting": self.latent_weighting.to_dict(), "iterations": self.iterations,
+                  "optimise_steps": self.optimise_steps, "perceptual": self.metric, "resolution": self.resolution,
+                  "num_ws": self.G.num_ws, "w_dim": self.G.config.w_dim, "fit": self.fit}
+        if self.projector is not None:  # absent, not None, without one: indexes of W+ vectors keep their version
+            config["projector"] = self.versions["projector"]
+        return config
 
     @property
     def version(self) -> str:
@@ -145,8 +175,22 @@ class InverterEncoder:
         return w.cpu()
 
     def vectors(self, w_plus: torch.Tensor) -> np.ndarray:
-        """W+ [B, num_ws, w_dim] -> FAISS vectors [B, dim] under this encoder's weighting."""
-        return w_plus_to_vectors(w_plus, self.w_avg, self.latent_weighting)
+        """Image codes W+ [B, num_ws, w_dim] (the inverter's) -> FAISS vectors [B, dim]: weighted, then through
+        P's archive head when there is a projector."""
+        return self._project(w_plus, "archive")
+
+    def query_vectors(self, w_plus: torch.Tensor) -> np.ndarray:
+        """E's codes of sketches W+ [B, num_ws, w_dim] -> FAISS vectors [B, dim] (P's query head); without a
+        projector the same as `vectors`."""
+        return self._project(w_plus, "query")
+
+    def _project(self, w_plus: torch.Tensor, side: str) -> np.ndarray:
+        weighted = w_plus_to_vectors(w_plus, self.w_avg, self.latent_weighting)
+        if self.projector is None:
+            return weighted
+        with torch.inference_mode():
+            out = self.projector(torch.from_numpy(weighted).to(self.device), side)
+        return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
 
     def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """[B, R, R, 3] uint8 -> {"vectors": [B, dim] float32, "thumbs": [B, R, R, 3] uint8, and for a cacheable

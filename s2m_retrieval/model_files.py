@@ -8,10 +8,11 @@ from pathlib import Path
 from s2m_retrieval.checkpoint import shipped_weights
 from s2m_retrieval.errors import CheckpointError
 
-# File names inside a models folder, as `s2m train ...` writes them; segmenter.pt is optional (the seg metric).
-MODEL_FILES = ("generator", "encoder", "refiner", "inverter")
+# File names inside a models folder, as `s2m train ...` writes them; segmenter.pt is optional (the seg metric),
+# so is projector.pt (without it an index is searched in weighted W+).
+MODEL_FILES = ("generator", "encoder", "refiner", "inverter", "projector")
 TRAIN_HINT = {"generator": "s2m train generator", "encoder": "s2m train encoder", "refiner": "s2m train refiner",
-              "inverter": "s2m train inverter"}
+              "inverter": "s2m train inverter", "projector": "s2m train projector"}
 
 
 def models_folder(models: str | os.PathLike | None, home: str | os.PathLike | None = None) -> Path:

@@ -1,4 +1,5 @@
-"""The Sketch2MedI pipeline: G, sketch encoder E, refiner H, archive inverter and a perceptual metric as one model."""
+"""The Sketch2MedI pipeline: G, sketch encoder E, refiner H, archive inverter, retrieval-space projector P and a
+perceptual metric as one model."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from s2m_retrieval.checkpoint import load_checkpoint, shipped_weights, version_h
 from s2m_retrieval.data.sketch import is_blank_sketch
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.encoders import Encoder
+from s2m_retrieval.networks.projector import LatentProjector
 from s2m_retrieval.networks.refiner import Refiner, refine
 from s2m_retrieval.networks.stylegan2 import Generator, load_generator
 from s2m_retrieval.perceptual import DEFAULT_BACKEND, PerceptualDistance, load_perceptual
@@ -66,16 +68,18 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class Sketch2MedI:
-    """Frozen G + E (+ H, + inverter, + perceptual metric); `version` stamps everything built with it."""
+    """Frozen G + E (+ H, + inverter, + projector, + perceptual metric); `version` stamps everything built with it."""
 
     def __init__(self, G: Generator, encoder: Encoder, refiner: Refiner | None = None,
                  inverter: Encoder | None = None, perceptual: PerceptualDistance | None = None,
-                 versions: dict[str, str] | None = None, device: str | torch.device = "cpu") -> None:
+                 versions: dict[str, str] | None = None, device: str | torch.device = "cpu",
+                 projector: LatentProjector | None = None) -> None:
         self.device = torch.device(device)
         self.G = G.to(self.device).eval().requires_grad_(False)
         self.encoder = encoder.to(self.device).eval().requires_grad_(False)
         self.refiner = None if refiner is None else refiner.to(self.device).eval().requires_grad_(False)
         self.inverter = None if inverter is None else inverter.to(self.device).eval().requires_grad_(False)
+        self.projector = None if projector is None else projector.to(self.device).eval().requires_grad_(False)
         self.perceptual = perceptual
         self.resolution = G.config.img_resolution
         for name, module in (("encoder", self.encoder), ("inverter", self.inverter)):
@@ -84,6 +88,8 @@ class Sketch2MedI:
                 raise CheckpointError(f"the {name} does not fit the generator's W+ "
                                       f"({G.num_ws} x {G.config.w_dim} at {self.resolution} px)")
         parts = {"generator": self.G, "encoder": self.encoder, "refiner": self.refiner, "inverter": self.inverter}
+        if self.projector is not None:  # listed only when loaded: pipelines without one keep their version
+            parts["projector"] = self.projector
         given = versions or {}
         self.versions = {k: (given.get(k) or model_version(m)) if m is not None else None for k, m in parts.items()}
 
@@ -97,8 +103,10 @@ class Sketch2MedI:
     def from_checkpoints(cls, generator: str | os.PathLike = SHIPPED, encoder: str | os.PathLike = SHIPPED,
                          refiner: str | os.PathLike | None = SHIPPED, inverter: str | os.PathLike | None = SHIPPED,
                          perceptual: str | None = DEFAULT_BACKEND, device: str | torch.device = "cpu",
-                         strict: bool = True) -> "Sketch2MedI":
-        """Load the components (SHIPPED: package weights; None: leave out); strict checks what each was trained on."""
+                         strict: bool = True, projector: str | os.PathLike | None = None) -> "Sketch2MedI":
+        """Load the components (SHIPPED: package weights; None: leave out); strict checks what each was trained on
+        (the projector also against the inverter whose codes it read)."""
+        from s2m_retrieval.networks.projector import load_projector
         from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter, load_refiner
 
         def payload(value, name):
@@ -110,12 +118,13 @@ class Sketch2MedI:
         if g_payload is None or encoder is None:
             raise BadInputError("a Sketch2MedI pipeline needs a generator and a sketch encoder")
         payloads = {"generator": g_payload, "encoder": payload(encoder, "encoder"),
-                    "refiner": payload(refiner, "refiner"), "inverter": payload(inverter, "inverter")}
+                    "refiner": payload(refiner, "refiner"), "inverter": payload(inverter, "inverter"),
+                    "projector": payload(projector, "projector")}
         versions = {k: version_hash(p) if p is not None else None for k, p in payloads.items()}
         if strict:
             for name, p in payloads.items():
                 trained_on = {} if p is None else p.get("meta", {})
-                for dep in ("generator", "encoder"):
+                for dep in ("generator", "encoder") + (("inverter",) if name == "projector" else ()):
                     want = trained_on.get(f"{dep}_version")
                     if want is not None and want != versions[dep]:
                         raise CheckpointError(f"the {name} was trained against {dep} {want}, not the loaded "
@@ -123,7 +132,8 @@ class Sketch2MedI:
         return cls(load_generator(g_payload, device), load_encoder(payloads["encoder"], device),
                    None if payloads["refiner"] is None else load_refiner(payloads["refiner"], device),
                    None if payloads["inverter"] is None else load_inverter(payloads["inverter"], device),
-                   None if perceptual is None else load_perceptual(perceptual, device), versions, device)
+                   None if perceptual is None else load_perceptual(perceptual, device), versions, device,
+                   None if payloads["projector"] is None else load_projector(payloads["projector"], device))
 
     @torch.no_grad()
     def sketch_to_latent(self, sketch) -> torch.Tensor:

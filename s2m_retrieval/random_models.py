@@ -1,4 +1,5 @@
-"""Random-but-valid Sketch2MedI checkpoints (G, E, H, inverter) for tests and speed benchmarks, never for results."""
+"""Random-but-valid Sketch2MedI checkpoints (G, E, H, inverter, optionally the projector P) for tests and speed
+benchmarks, never for results."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def _perturb_heads(module: torch.nn.Module, gen: torch.Generator, std: float) ->
 
 def write_random_models(out_dir: str | os.PathLike, g_config: GeneratorConfig = TINY_GENERATOR, seed: int = 0,
                         encoder_kw: dict | None = None, refiner_kw: dict | None = None,
-                        head_std: float = 0.05) -> Path:
-    """Write generator.pt, encoder.pt, refiner.pt and inverter.pt with seeded random weights into `out_dir`.
+                        head_std: float = 0.05, projector_dim: int = 0) -> Path:
+    """Write generator.pt, encoder.pt, refiner.pt and inverter.pt with seeded random weights into `out_dir`, and
+    projector.pt (a random retrieval space of `projector_dim` dims over the default weighting) when it is > 0.
 
     The inverter is ReStyle-shaped (image + current reconstruction); E, H and the inverter record the
     generator they belong to, as trained ones do. `encoder_kw` / `refiner_kw` default to tiny widths for
@@ -63,8 +65,20 @@ def write_random_models(out_dir: str | os.PathLike, g_config: GeneratorConfig = 
     e_path = save_checkpoint(out / "encoder.pt", kind="encoder", config=E.config, state_dict=E.state_dict(),
                              meta=meta)
     e_version = version_hash(torch.load(e_path, weights_only=True))
-    save_checkpoint(out / "inverter.pt", kind="inverter", config=inverter.config, state_dict=inverter.state_dict(),
-                    meta=meta)
+    i_path = save_checkpoint(out / "inverter.pt", kind="inverter", config=inverter.config,
+                             state_dict=inverter.state_dict(), meta=meta)
     save_checkpoint(out / "refiner.pt", kind="refiner", config=H.config, state_dict=H.state_dict(),
                     meta={**meta, "encoder_version": e_version})
+    if projector_dim > 0:
+        from s2m_retrieval.latent_space import DEFAULT_WEIGHTING
+        from s2m_retrieval.networks.projector import KIND, LatentProjector, ProjectorConfig
+
+        config = ProjectorConfig(in_dim=DEFAULT_WEIGHTING.dim(G.num_ws, g_config.w_dim),
+                                 weighting=DEFAULT_WEIGHTING.spec(), dim=projector_dim)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            P = LatentProjector(config)
+        i_version = version_hash(torch.load(i_path, weights_only=True))
+        save_checkpoint(out / "projector.pt", kind=KIND, config=config, state_dict=P.state_dict(),
+                        meta={**meta, "encoder_version": e_version, "inverter_version": i_version})
     return out

@@ -1,8 +1,10 @@
-"""The retrieval engine: sketch -> E -> H (T steps) -> x_hat; FAISS top-N by weighted W+ distance; perceptual re-rank.
+"""The retrieval engine: sketch -> E -> H (T steps) -> x_hat; FAISS top-N by latent distance; perceptual re-rank.
 
 An engine loads the models and opens the index once (`RetrievalEngine.open`), then answers queries warm.
 It is a snapshot: the FAISS file is memory-mapped as it was at open time; reopen it after a build.
-Vectors and the weighted W+ distance: `latent_space`; normalisation and fused score: `ranking`;
+Vectors and the latent distance: `latent_space` (weighted W+) and, for indexes of a bundle with a projector, its
+retrieval space (`networks.projector`: chord distance between unit vectors, 0..2); normalisation and fused score:
+`ranking`;
 `--where` filters: `metadata_filter`; model/index compatibility checks: `engine_setup`.
 """
 
@@ -34,7 +36,8 @@ MAX_STEPS = 10
 
 @dataclass
 class Hit:
-    """One result row; distances: weighted W+ (Euclidean) and perceptual; score: fused, lower is better."""
+    """One result row; distances: latent (Euclidean in the index's space) and perceptual; score: fused, lower is
+    better."""
 
     rank: int
     id: int
@@ -182,8 +185,9 @@ class RetrievalEngine:
         return f"{Path(self.models_folder) / 'refiner.pt'} is missing" if self.models_folder else "none is loaded"
 
     def sketch_vector(self, w_plus, x_hat, code: str = DEFAULT_QUERY_CODE) -> np.ndarray:
-        """The index vector of a sketch query: the W+ code E gave the sketch ("sketch"), x̂ inverted exactly as
-        archive images are ("reinvert"), or the mean of the two vectors ("blend").
+        """The index vector of a sketch query: the W+ code E gave the sketch ("sketch", through the projector's
+        query head when the index has one), x̂ inverted exactly as archive images are ("reinvert", an image code:
+        the archive head), or the mean of the two vectors ("blend", back on the unit sphere with a projector).
 
         E trained for the index space lands its code next to the stored vector of the sketched image; re-inversion
         puts both sides through the same inverter, so its biases cancel, and carries H's refinement (which adjusts
@@ -192,11 +196,16 @@ class RetrievalEngine:
         from s2m_retrieval.pipeline import to_uint8
 
         _check_code(code)
-        own = self.encoder.vectors(w_plus)
+        own = self.encoder.query_vectors(w_plus)
         if code == "sketch":
             return own
         again = self.encoder.vectors(self.encoder.w_plus(to_uint8(x_hat)))
-        return again if code == "reinvert" else (own + again) / 2
+        if code == "reinvert":
+            return again
+        mean = (own + again) / 2
+        if self.encoder.projector is not None:
+            mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+        return mean
 
     def query_sketch(self, sketch, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
                      steps: int | None = None, alpha: float = DEFAULT_ALPHA, where: str | None = None,
@@ -338,7 +347,7 @@ class RetrievalEngine:
         return self.rows.rows("thumbs", [(rows[int(i)][0], rows[int(i)][3]) for i in ids])
 
     def _search(self, vector: np.ndarray, n: int, allow: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-n (distances, ids) by weighted W+ distance (Euclidean, not squared), within `allow` if given."""
+        """Top-n (distances, ids) by latent distance (Euclidean, not squared), within `allow` if given."""
         from index.factory import ivf_nlist
 
         store = self.reader.store

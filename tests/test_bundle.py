@@ -31,7 +31,7 @@ def test_manifest_round_trip(setup, tmp_path):
     manifest = read_manifest(folder)
     assert path == folder / MANIFEST and manifest["name"] == "ward7" and manifest["format"] == "s2m-bundle/1"
     assert set(manifest["networks"]) == {"generator", "encoder", "refiner", "inverter"}
-    assert manifest["missing"] == ["segmenter", "latent_discriminator"]
+    assert manifest["missing"] == ["segmenter", "latent_discriminator", "projector"]
     assert manifest["networks"]["inverter"]["trained"]["generator_version"] == \
         manifest["networks"]["generator"]["version"]
     text = path.read_text()
