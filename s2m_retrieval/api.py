@@ -53,6 +53,7 @@ class BuildReport:
     skipped: int                       # unchanged files (same sha256): nothing to do
     removed: int
     excluded: int                      # archive files left out because they were removed (`remove_images`)
+    relabelled: int                    # unchanged files whose labels.csv row changed (labels updated in SQL)
     bad: tuple[tuple[str, str], ...]   # (file, reason) of each file that could not be read
     missing: tuple[str, ...]           # indexed files gone from disk (still indexed; remove them to drop them)
     total: int                         # images in the index afterwards
@@ -282,7 +283,8 @@ def _build(run, source, name, home, models, progress, fit, perceptual, db_url, o
     summary = run(source, encoder, home=home, db_url=db_url, options=options,
                   progress=report if progress is not None else None)
     return BuildReport(name=summary.name, added=summary.added, replaced=summary.replaced, skipped=summary.skipped,
-                       removed=summary.removed, excluded=summary.excluded, bad=tuple(tuple(b) for b in summary.bad),
+                       removed=summary.removed, excluded=summary.excluded, relabelled=summary.relabelled,
+                       bad=tuple(tuple(b) for b in summary.bad),
                        missing=tuple(summary.missing), total=summary.total, seconds=summary.seconds)
 
 

@@ -67,6 +67,7 @@ class BuildSummary:
     bad: list[tuple[str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     excluded: int = 0  # archive files left out because the user removed them (`s2m index remove`)
+    relabelled: int = 0  # unchanged files whose labels.csv row changed: labels updated, nothing re-encoded
     lost: list[str] = field(default_factory=list)  # indexed before a --rebuild, gone from disk: not re-indexed
     total: int = 0
     seconds: float = 0.0
@@ -89,6 +90,8 @@ class BuildSummary:
                f"{self.seconds:.1f} s ({self.images_per_s:.0f} images/s)"]
         if self.faiss_rebuilt:
             out.append("the FAISS file was missing or damaged and was rebuilt from the stored vectors")
+        if self.relabelled:
+            out.append(f"labels of {self.relabelled} unchanged files updated from the archive's labels.csv")
         out += [f"  bad: {path}: {reason}" for path, reason in self.bad[:max_listed]]
         out += [f"  missing on disk: {path}" for path in self.missing[:max_listed]]
         out += [f"  no longer on disk, not in the rebuilt index: {path}" for path in self.lost[:max_listed]]
@@ -361,6 +364,13 @@ def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, 
         summary.excluded, entries = len(entries) - len(kept), kept
     stats = ReadStats()
     todo, summary.skipped = plan(entries, known, stats, engine.hashes(entries))
+    if root is not None:  # an archive scan: its labels.csv is the truth for files it skips as unchanged
+        encoding = {item.path for item in todo}
+        current = {path: dict(e.labels) for e in entries if e.labels
+                   and (path := os.path.abspath(e.path)) in known and path not in encoding}
+        if current:
+            with handle.db.session(write=True) as s:
+                summary.relabelled = catalog.refresh_labels(s, current)
     writer = BatchWriter(handle, stamp, store, model_version_id=model_version_id, build_id=summary.build_id,
                          synced_vector_id=synced, checkpoint_s=options.checkpoint_s)
     if not store.is_trained:

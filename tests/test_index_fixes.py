@@ -116,3 +116,29 @@ def test_cli_verify_exits_1_on_problems(archive, tmp_path):
     out = subprocess.run([sys.executable, "-m", "cli", "index", "verify", "--home", home], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "missing on disk" in out.stdout, out.stdout + out.stderr
+
+
+def test_an_edited_labels_csv_reaches_unchanged_files_without_re_encoding(archive, tmp_path):
+    from s2m_retrieval.storage.db import open_database
+    from s2m_retrieval.storage.models import Image
+
+    home = tmp_path / "home"
+    build_index(archive, ENC, home=home, options=BuildOptions(batch_size=8))
+    csv_path = archive / "labels.csv"
+    lines = csv_path.read_text().splitlines()
+    header, row = lines[0].split(","), lines[2].split(",")          # ph000001
+    column = header.index("tonsil_grade")
+    row[column] = "0" if row[column] != "0" else "4"
+    lines[2] = ",".join(row)
+    csv_path.write_text("\n".join(lines) + "\n")
+    again = build_index(archive, ENC, home=home, options=BuildOptions(batch_size=8))
+    assert (again.added, again.replaced, again.skipped, again.relabelled) == (0, 0, 24, 1)
+    assert any("labels of 1 unchanged files updated" in line for line in again.lines())
+    from sqlalchemy import select
+
+    with open_database(home).session() as s:
+        labels = s.scalar(select(Image.labels).where(Image.stem == "ph000001"))
+    assert str(labels["tonsil_grade"]) == row[column]
+    # files named by hand carry no labels: adding one again keeps what the archive gave it
+    add_files([archive / "images" / "ph000001.png"], ENC, home=home)
+    assert build_index(archive, ENC, home=home).relabelled == 0

@@ -169,6 +169,20 @@ def include_paths(session: Session, index_name: str, paths: Sequence[str]) -> in
     return gone
 
 
+def refresh_labels(session: Session, labels_by_path: dict[str, dict]) -> int:
+    """Give stored images the labels their archive's labels.csv has now; returns how many rows changed."""
+    changed = []
+    paths = list(labels_by_path)
+    for chunk in _chunks(paths):
+        for image_id, path, labels in session.execute(
+                select(Image.id, Image.path, Image.labels).where(Image.path.in_(list(chunk)))):
+            if dict(labels or {}) != labels_by_path[path]:
+                changed.append({"id": image_id, "labels": labels_by_path[path]})
+    if changed:
+        session.execute(update(Image), changed)  # bulk UPDATE by primary key
+    return len(changed)
+
+
 def update_build_counts(session: Session, build_id: int, **counts: int) -> None:
     """Counts of a build so far (kept current while it runs, so a killed build shows what it committed)."""
     session.execute(update(IndexBuild).where(IndexBuild.id == build_id).values(**counts))
