@@ -175,7 +175,8 @@ def info(name: str = NAME, home: Path = HOME, db: str = DB, as_json: bool = JSON
     typer.echo(f"index {data['name']!r} in {data['folder']}")
     typer.echo(f"  database     {data['database']}")
     typer.echo(f"  model        {st['model_name']} {st['model_version']} (dim {st['dim']}, {st['resolution']} px)")
-    typer.echo(f"  metric       {st['metric']}; vectors: {st['weighting']}")
+    space = f"; projector {data['projector']} (retrieval space)" if data.get("projector") else ""
+    typer.echo(f"  metric       {st['metric']}; vectors: {st['weighting']}{space}")
     typer.echo(f"  faiss        {st['factory']} ({st['faiss_metric']}), {data['faiss_vectors']} vectors, "
                f"{data['faiss_bytes'] / mib:.1f} MiB; shards {data['shard_bytes'] / mib:.1f} MiB")
     typer.echo(f"  sql rows     {data['sql_rows']}")

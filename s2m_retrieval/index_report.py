@@ -33,6 +33,7 @@ def index_info(*, name: str = "default", home=None, db_url: str | None = None) -
         check_owner(paths, stamp, db)
         with db.session() as s:
             rows = catalog.count_vectors(s, name)
+            projector = (catalog.model_config(s, stamp.model_version) or {}).get("projector")
             builds = [{"id": b.id, "status": b.status, "started_at": b.started_at.isoformat(timespec="seconds"),
                        "finished_at": b.finished_at.isoformat(timespec="seconds") if b.finished_at else None,
                        "added": b.n_added, "skipped": b.n_skipped, "replaced": b.n_replaced,
@@ -49,7 +50,7 @@ def index_info(*, name: str = "default", home=None, db_url: str | None = None) -
     except IndexCorruptError:
         faiss_count = None
     return {"name": name, "folder": str(paths.root), "database": display_url(db.url),
-            "stamp": dataclasses.asdict(stamp), "sql_rows": rows, "faiss_vectors": faiss_count,
+            "stamp": dataclasses.asdict(stamp), "projector": projector, "sql_rows": rows, "faiss_vectors": faiss_count,
             **_disk(paths), "builds": builds}
 
 

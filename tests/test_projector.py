@@ -149,6 +149,10 @@ def test_an_index_built_without_the_projector_is_searched_in_weighted_w_plus(pro
     base, models = projected
     with RetrievalEngine.open("w", home=base / "home", models=models, perceptual=PERCEPTUAL) as eng:
         assert eng.encoder.projector is None and "projector" not in eng.encoder.config
+        from s2m_retrieval.index_report import index_info
+
+        assert index_info(name="w", home=base / "home")["projector"] is None
+        assert index_info(name="p", home=base / "home")["projector"] == eng.pipeline.versions["projector"]
         assert eng.reader.stamp.dim == eng.encoder.w_plus_dim > 8
         assert len(eng.query_sketch(phantom_sketch(), k=3, steps=1).hits) == 3
 

@@ -245,6 +245,12 @@ def recent_builds(session: Session, index_name: str, limit: int = 5) -> list[Ind
                                 .order_by(IndexBuild.id.desc()).limit(limit)))
 
 
+def model_config(session: Session, version: str) -> dict | None:
+    """The config recorded for a model version (what an index's stored arrays depend on), None if unknown."""
+    config = session.scalar(select(ModelVersion.config).where(ModelVersion.version == version))
+    return config if isinstance(config, dict) else None
+
+
 def model_versions_of(session: Session, index_name: str) -> list[str]:
     """Distinct model version hashes the vectors of an index were made with."""
     stmt = (select(ModelVersion.version).join(Vector, Vector.model_version_id == ModelVersion.id)
