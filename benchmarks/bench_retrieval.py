@@ -29,14 +29,15 @@ from timing import rss_mib
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_models(folder: Path) -> Path:
-    """Default-config 64 px models with random weights, plus a random default segmenter for the seg metric."""
+def make_models(folder: Path, projector_dim: int = 0) -> Path:
+    """Default-config 64 px models with random weights, plus a random default segmenter for the seg metric, and
+    a random projector into `projector_dim` dims when it is > 0 (the shipped bundle's retrieval space: 256)."""
     from s2m_retrieval.checkpoint import save_checkpoint
     from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
     from s2m_retrieval.networks.stylegan2 import GeneratorConfig
     from s2m_retrieval.random_models import write_random_models
 
-    write_random_models(folder, g_config=GeneratorConfig(), seed=0)
+    write_random_models(folder, g_config=GeneratorConfig(), seed=0, projector_dim=projector_dim)
     torch.manual_seed(0)
     save_checkpoint(folder / "segmenter.pt", kind="segmenter", config=SegmenterConfig(),
                     state_dict=Segmenter(SegmenterConfig()).state_dict(), meta={"random": True})
@@ -283,6 +284,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--projector-dim", type=int, default=256,
+                        help="Random projector into this many dims, as the shipped bundle's (0: weighted W+ vectors).")
     parser.add_argument("--threads", type=int, default=1, help="Torch threads (FAISS uses 1 per single query).")
     parser.add_argument("--factory", default=None, help="FAISS factory (default: chosen by size, as a build does).")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the models and indexes here.")
@@ -308,7 +311,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        models = make_models(work / "models")
+        models = make_models(work / "models", args.projector_dim)
         encoders = {m: InverterEncoder.load(models, perceptual=m) for m in args.metrics}
         encoder = encoders[args.metrics[0]]
         print(f"default 64 px model configs with RANDOM weights (timings only); torch {torch.__version__}, "
