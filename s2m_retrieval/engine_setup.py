@@ -83,7 +83,7 @@ def index_encoder(pipeline: Sketch2MedI, metric: PerceptualDistance, config: dic
                                    + (f" (model bundle {', '.join(repr(n) for n in names)})" if names else "")
                                    + f", the loaded models are {show(loaded)}; {use}, or rebuild it with these "
                                    f"models ({stamp.rebuild_hint()} --model ...)")
-    projector = None
+    projector, versions = None, dict(loaded)
     if config.get("projector") is not None:  # the index's space: built through a projector, searched through it
         have = pipeline.versions.get("projector")
         if have != config["projector"]:
@@ -91,9 +91,8 @@ def index_encoder(pipeline: Sketch2MedI, metric: PerceptualDistance, config: dic
                 f"index {stamp.name!r} stores vectors of projector {config['projector']}, the loaded models "
                 + (f"have projector {have}" if have else "have no projector.pt")
                 + f"; query with the model bundle it was built with, or rebuild it ({stamp.rebuild_hint()})")
-        projector = pipeline.projector
-    encoder = InverterEncoder(pipeline.G, pipeline.inverter, metric, versions={**loaded, "projector": have}
-                              if projector is not None else loaded,
+        projector, versions["projector"] = pipeline.projector, have
+    encoder = InverterEncoder(pipeline.G, pipeline.inverter, metric, versions=versions,
                               weighting=LatentWeighting.from_dict(config["weighting"]),
                               iterations=config["iterations"], optimise_steps=config["optimise_steps"],
                               fit=config.get("fit", "crop"), device=device, projector=projector)
