@@ -275,6 +275,9 @@ def encoder(
                                                                 "the shipped one); --objective index only."),
     bank: Path = typer.Option(None, "--bank", help="Code bank cache (default OUT/code_bank.pt), keyed by the "
                                                    "inverter's version; --objective index only."),
+    projector_path: Path = typer.Option(None, "--projector", help="Train in this projector's retrieval space "
+                                        "('shipped': the package's), its query head beside E; writes OUT/projector.pt "
+                                        "too. --objective index only."),
 ) -> None:
     """Train the sketch encoder E (and D_latent) against frozen G; rerun to resume. `--objective index` trains
     E for the index space instead: its code pulled onto the stored vector of the sketched image and pushed
@@ -285,11 +288,14 @@ def encoder(
     dev = _setup(threads, device)
     if objective not in ("image", "index"):
         raise typer.BadParameter(f"--objective must be image or index, got {objective!r}")
+    if objective != "index" and projector_path is not None:
+        raise typer.BadParameter("--projector trains in a projector's space: it needs --objective index")
     parts = _overrides(config_json, {"encoder", "discriminator", "train"})
     G = _load_g(generator, dev)
     if objective == "index":
         _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter_path, bank, pairs_per_image,
-                             pairs_cache, limit, perceptual, segmenter, snapshot_every, dev, fresh, parts)
+                             pairs_cache, limit, perceptual, segmenter, snapshot_every, dev, fresh, parts,
+                             projector_path)
         return
     enc_cfg = _replace(encoder_config_for(G.config, in_channels=1), parts.get("encoder", {}))
     d_cfg = _replace(LatentDiscriminatorConfig(w_dim=G.config.w_dim), parts.get("discriminator", {}))
@@ -304,7 +310,8 @@ def encoder(
 
 
 def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter_path, bank_path, pairs_per_image,
-                         pairs_cache, limit, perceptual, segmenter, snapshot_every, dev, fresh, parts) -> None:
+                         pairs_cache, limit, perceptual, segmenter, snapshot_every, dev, fresh, parts,
+                         projector_path=None) -> None:
     from tqdm import tqdm
 
     from s2m_retrieval.checkpoint import load_checkpoint, version_hash
@@ -313,8 +320,17 @@ def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter
                                                     train_index_encoder)
     from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter
 
+    projector, projector_meta, tau = None, None, 0.0
+    if projector_path is not None:
+        from s2m_retrieval.networks.projector import load_projector
+
+        p_payload = load_checkpoint(_weights(None if str(projector_path) == "shipped" else projector_path,
+                                             "projector"), kind="projector")
+        projector, projector_meta = load_projector(p_payload, dev), dict(p_payload.get("meta", {}))
+        # d^2 = 2 - 2 cos on the unit sphere: -d^2 / (2 tau) are P's own training logits, up to a constant
+        tau = 2 * float(projector_meta.get("train_config", {}).get("tau", 0.05))
     tc = _replace(IndexEncoderTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, perceptual=perceptual,
-                                          snapshot_every=snapshot_every, sample_every=snapshot_every),
+                                          snapshot_every=snapshot_every, sample_every=snapshot_every, tau=tau),
                   parts.get("train", {}))
     pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache)
     inverter = load_inverter(_weights(inverter_path, "inverter"), dev)
@@ -333,11 +349,17 @@ def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter
     else:
         E, init_version = Encoder(_replace(encoder_config_for(G.config, in_channels=1), parts.get("encoder", {}))), None
         E.w_avg.copy_(G.w_avg)
+    if projector_meta is not None and projector_meta.get("encoder_version") != init_version:
+        raise typer.BadParameter(f"the projector was trained on encoder {projector_meta.get('encoder_version')}, "
+                                 f"--init is {init_version}: start E from the encoder the projector was trained on")
     report, last = _progress("train encoder (index space)", out, tc.steps, fresh)
     path = train_index_encoder(pairs, bank, E, G, out, tc, perceptual=_metric(perceptual, segmenter, dev)
                                if tc.image_every else None, device=dev, resume=not fresh,
-                               init_version=init_version, progress=report)
+                               init_version=init_version, progress=report, projector=projector,
+                               projector_meta=projector_meta)
     _done("encoder", path, out, last)
+    if projector is not None:
+        typer.echo(f"projector (query head fine-tuned with E): {out / 'projector.pt'}")
 
 
 @app.command("projector")

@@ -124,8 +124,8 @@ def test_hard_batches_put_neighbours_together(bank):
 
 
 def _cfg(steps, **kw):
-    return IndexEncoderTrainConfig(steps=steps, batch=6, lr=2e-3, negatives=8, image_every=2, image_batch=2,
-                                   **{**QUIET, **kw})
+    return IndexEncoderTrainConfig(**{"steps": steps, "batch": 6, "lr": 2e-3, "negatives": 8, "image_every": 2,
+                                      "image_batch": 2, **QUIET, **kw})
 
 
 def _encoder(G):
@@ -174,3 +174,39 @@ def test_index_training_refuses_a_bank_of_other_images(G, pairs, bank, tmp_path)
     with pytest.raises(BadInputError, match="weighting"):
         train_index_encoder(pairs, bank, _encoder(G), G, tmp_path, _cfg(2), progress=lambda p: None,
                             weighting=LatentWeighting(fine=0.5))
+
+
+def test_training_in_a_projector_space_fine_tunes_e_and_the_query_head_only(G, pairs, bank, tmp_path):
+    from s2m_retrieval.networks.projector import LatentProjector, ProjectorConfig, load_projector
+    from s2m_retrieval.training.index_space import project_bank
+    from s2m_retrieval.training.latent import model_version
+
+    torch.manual_seed(3)
+    P = LatentProjector(ProjectorConfig(in_dim=bank.vectors.shape[1], weighting=LatentWeighting().spec(), dim=8))
+    P.fit_input(bank.vectors)
+    archive_before = {k: v.clone() for k, v in P.archive.state_dict().items()}
+    query_before = {k: v.clone() for k, v in P.query.state_dict().items()}
+    projected = project_bank(bank, P)
+    assert projected.vectors.shape == (2 * N, 8)
+    assert torch.allclose(projected.vectors.norm(dim=1), torch.ones(2 * N), atol=1e-5)
+    seen = []
+    # a random E and a random P: the pull onto the stored vectors alone, long enough to show
+    path = train_index_encoder(pairs, bank, _encoder(G), G, tmp_path, _cfg(400, tau=0.1, contrastive=0.0,
+                                                                           image_every=0),
+                               progress=seen.append, projector=P,
+                               projector_meta={"inverter_version": "inv", "encoder_version": "old"})
+    first = np.mean([p.terms["distill"] for p in seen[:40]])
+    last = np.mean([p.terms["distill"] for p in seen[-40:]])
+    assert last < 0.85 * first, (first, last)
+    E_payload = load_checkpoint(path, kind="encoder")
+    assert E_payload["meta"]["objective"] == "projector"
+    P_payload = load_checkpoint(tmp_path / "projector.pt", kind="projector")
+    assert P_payload["meta"]["inverter_version"] == "inv"
+    E = _encoder(G)
+    E.load_state_dict(E_payload["state_dict"])
+    assert P_payload["meta"]["encoder_version"] == model_version(E)     # restamped with the new E
+    P_new = load_projector(P_payload)
+    assert all(torch.equal(P_new.archive.state_dict()[k], v) for k, v in archive_before.items())
+    assert not all(torch.equal(P_new.query.state_dict()[k], v) for k, v in query_before.items())
+    # the stored side is unchanged: an index of these images gets the vectors the training aimed at
+    assert torch.allclose(P_new(bank.vectors, "archive"), projected.vectors, atol=1e-6)

@@ -215,3 +215,29 @@ def test_train_projector_cli_writes_a_checkpoint_the_engine_can_use(runner, tmp_
 
     encoder = load_encoder(f"inverter:models={models},perceptual={PERCEPTUAL}")
     assert encoder.dim == 4 and encoder.config["projector"]
+    # E fine-tuned in P's space: new E and P, a pair the strict loader accepts; a P of another E is refused
+    from s2m_retrieval.checkpoint import load_checkpoint, version_hash
+    from s2m_retrieval.pipeline import Sketch2MedI
+
+    tuned = tmp_path / "ep"
+    e_args = ["train", "encoder", "phantom:6:3", "--objective", "index", "--out", str(tuned), "--generator",
+              str(models / "generator.pt"), "--inverter", str(models / "inverter.pt"), "--bank",
+              str(out / "code_bank.pt"), "--pairs-per-image", "1", "--batch", "4", "--steps", "2",
+              "--perceptual", PERCEPTUAL, "--threads", "1", "--projector", str(out / "projector.pt")]
+    result = runner.invoke(app, [*e_args, "--init", str(models / "generator.pt")])
+    assert result.exit_code != 0
+    other = tmp_path / "other_encoder.pt"
+    write_random_models(tmp_path / "other", seed=1)
+    shutil.copy(tmp_path / "other" / "encoder.pt", other)
+    result = runner.invoke(app, [*e_args, "--init", str(other)])
+    assert result.exit_code != 0 and "the projector was trained on encoder" in result.output
+    result = runner.invoke(app, [*e_args, "--init", str(models / "encoder.pt")])
+    assert result.exit_code == 0, result.output
+    new_p = load_checkpoint(tuned / "projector.pt", kind="projector")
+    assert new_p["meta"]["encoder_version"] == version_hash(load_checkpoint(tuned / "encoder.pt", kind="encoder"))
+    assert new_p["meta"]["inverter_version"] == load_checkpoint(out / "projector.pt")["meta"]["inverter_version"]
+    Sketch2MedI.from_checkpoints(models / "generator.pt", tuned / "encoder.pt", None, models / "inverter.pt",
+                                 perceptual=None, projector=tuned / "projector.pt")
+    with pytest.raises(CheckpointError, match="the projector was trained against encoder"):
+        Sketch2MedI.from_checkpoints(models / "generator.pt", models / "encoder.pt", None, models / "inverter.pt",
+                                     perceptual=None, projector=tuned / "projector.pt")

@@ -26,6 +26,7 @@ from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.latent_space import DEFAULT_WEIGHTING, LatentWeighting, vector_layout
 from s2m_retrieval.networks.encoders import Encoder
+from s2m_retrieval.networks.projector import KIND as PROJECTOR_KIND, LatentProjector
 from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.perceptual import PerceptualDistance
 from s2m_retrieval.training.curves import TrainCurves
@@ -141,6 +142,17 @@ def cached_code_bank(path: str | os.PathLike, images: torch.Tensor, inverter: En
     return bank
 
 
+@torch.no_grad()
+def project_bank(bank: CodeBank, P: LatentProjector, chunk: int = 4096) -> CodeBank:
+    """The bank in P's retrieval space: every stored vector through P's archive head, as the index stores it,
+    and each image's hard neighbours found again there."""
+    device = P.center.device
+    vectors = torch.cat([P(bank.vectors[i:i + chunk].to(device), "archive").cpu()
+                         for i in range(0, len(bank.vectors), chunk)]).contiguous()
+    hard = _nearest(vectors[:bank.num_images], bank.hard.shape[1])
+    return CodeBank(vectors, hard, {**bank.info, "projector_version": model_version(P)})
+
+
 def hard_batch_indices(gen: torch.Generator, n: int, batch: int, hard: torch.Tensor | None,
                        hard_fraction: float) -> torch.Tensor:
     """Image indices [batch]: random anchors, and for a `hard_fraction` of the batch, one of an anchor's nearest
@@ -221,6 +233,7 @@ class IndexEncoderTrainConfig:
     contrastive: float = 1.0         # weight of InfoNCE against the bank
     negatives: int = 4096            # random stored vectors per step, beside each sketch's hard neighbours
     logit_std: float = 5.0           # sets tau: logits between random stored vectors have this std
+    tau: float = 0.0                 # > 0: this temperature instead of the one `logit_std` sets
     hard_fraction: float = 0.25      # share of a batch drawn as a nearest neighbour of another member
     image_every: int = 4             # every N steps an image loss on `image_batch` sketches (0: never)
     image_batch: int = 8
@@ -234,8 +247,8 @@ class IndexEncoderTrainConfig:
 
     def __post_init__(self) -> None:
         check_steps(self.steps, self.batch, self.snapshot_every, self.sample_every)
-        if self.lr <= 0 or min(self.distill, self.contrastive, self.image_weight) < 0 or self.negatives < 1:
-            raise BadInputError("index-space training needs lr > 0, loss weights >= 0 and negatives >= 1")
+        if self.lr <= 0 or min(self.distill, self.contrastive, self.image_weight, self.tau) < 0 or self.negatives < 1:
+            raise BadInputError("index-space training needs lr > 0, loss weights and tau >= 0, negatives >= 1")
         if not 0 <= self.hard_fraction <= 0.5 or self.image_every < 0 or self.image_batch < 1 or self.shift < 0:
             raise BadInputError("hard_fraction must be in [0, 0.5], image_every and shift >= 0, image_batch >= 1")
 
@@ -244,8 +257,13 @@ def train_index_encoder(pairs: PairSet, bank: CodeBank, E: Encoder, G: Generator
                         tc: IndexEncoderTrainConfig = IndexEncoderTrainConfig(),
                         weighting: LatentWeighting = DEFAULT_WEIGHTING, perceptual: PerceptualDistance | None = None,
                         device: str | torch.device = "cpu", resume: bool = True, init_version: str | None = None,
-                        progress: Callable[[TrainProgress], None] | None = None) -> Path:
-    """Fine-tune sketch encoder E so its code lands on the stored vector of the sketched image; return encoder.pt."""
+                        progress: Callable[[TrainProgress], None] | None = None,
+                        projector: LatentProjector | None = None, projector_meta: dict | None = None) -> Path:
+    """Fine-tune sketch encoder E so its code lands on the stored vector of the sketched image; return encoder.pt.
+
+    With `projector` (trained on `bank`'s codes; `projector_meta`: its checkpoint's meta) the losses run in its
+    retrieval space, its query head is fine-tuned beside E, and OUT/projector.pt is written next to encoder.pt.
+    """
     if bank.num_images != len(pairs):
         raise BadInputError(f"the code bank holds {bank.num_images} images, the pairs {len(pairs)}: "
                             "build both from the same source")
@@ -258,12 +276,24 @@ def train_index_encoder(pairs: PairSet, bank: CodeBank, E: Encoder, G: Generator
     E = E.to(device).train().requires_grad_(True)
     g_version = model_version(G)
     perceptual = resolve_perceptual(perceptual, tc.perceptual, device) if tc.image_every else None
-    tau = logit_tau(bank, tc.logit_std)
+    params, networks = list(E.parameters()), {"E": E}
+    configs = {"encoder": E.config, "generator": g_version, "bank": bank.info.get("inverter_version")}
+    if projector is not None:
+        if projector.config.in_dim != bank.vectors.shape[1] or projector.config.weighting != weighting.spec():
+            raise BadInputError(f"the projector reads {projector.config.in_dim}-d vectors under "
+                                f"{projector.config.weighting}, the code bank holds {bank.vectors.shape[1]}-d "
+                                f"ones under {weighting.spec()}")
+        projector = projector.to(device).train().requires_grad_(False)
+        projector.query.requires_grad_(True)       # the archive head stays: it makes the index's vectors
+        bank = project_bank(bank, projector)
+        params += list(projector.query.parameters())
+        networks["P"] = projector
+        configs.update(projector=projector.config, projector_init=bank.info["projector_version"])
+    tau = tc.tau or logit_tau(bank, tc.logit_std)
     torch.manual_seed(tc.seed)
     data_gen = torch.Generator().manual_seed(tc.seed)
-    opt = torch.optim.Adam(E.parameters(), lr=tc.lr)
-    networks, optimizers = {"E": E}, {"E": opt}
-    configs = {"encoder": E.config, "generator": g_version, "bank": bank.info.get("inverter_version")}
+    opt = torch.optim.Adam(params, lr=tc.lr)
+    optimizers = {"E": opt}
     state_path = out_dir / STATE_FILE
     step = 0
     if resume and state_path.exists():
@@ -272,9 +302,12 @@ def train_index_encoder(pairs: PairSet, bank: CodeBank, E: Encoder, G: Generator
     report = curves.wrap(progress or default_progress("train encoder (index space)", tc.steps, step))
     meta = {"generator_version": g_version, "inverter_version": bank.info.get("inverter_version"),
             "perceptual": None if perceptual is None else perceptual.version, "seed": tc.seed,
-            "objective": "index", "init_version": init_version, "tau": tau, "weighting": weighting.spec(),
+            "objective": "index" if projector is None else "projector", "init_version": init_version,
+            "tau": tau, "weighting": weighting.spec(),
             "train_config": config_to_dict(tc), "bank": bank.info, "data": {**pairs.info, "num_pairs": len(pairs)},
             "sketch_input": pairs.info.get("recipe")}
+    if projector is not None:
+        meta["projector_init_version"] = bank.info["projector_version"]
     n_fixed = min(SAMPLE_ROWS, len(pairs))
     fixed = as_float(pairs.sketches[:n_fixed, 0][:, None]).to(device), as_float(pairs.images[:n_fixed]).to(device)
 
@@ -288,8 +321,15 @@ def train_index_encoder(pairs: PairSet, bank: CodeBank, E: Encoder, G: Generator
         save_state(state_path, "index_encoder", step, networks, optimizers, configs, data_gen, device)
         if not final:
             return state_path
-        return save_checkpoint(out_dir / "encoder.pt", kind="encoder", config=E.config, state_dict=E.state_dict(),
+        path = save_checkpoint(out_dir / "encoder.pt", kind="encoder", config=E.config, state_dict=E.state_dict(),
                                w_avg=E.w_avg, meta={**meta, "step": step})
+        if projector is not None:
+            save_checkpoint(out_dir / "projector.pt", kind=PROJECTOR_KIND, config=projector.config,
+                            state_dict=projector.state_dict(),
+                            meta={**(projector_meta or {}), "encoder_version": model_version(E), "step": step,
+                                  "fine_tuned_with_encoder": {"init_version": bank.info["projector_version"],
+                                                              "steps": step, "tau": tau}})
+        return path
 
     while step < tc.steps:
         t0 = time.perf_counter()
@@ -301,6 +341,8 @@ def train_index_encoder(pairs: PairSet, bank: CodeBank, E: Encoder, G: Generator
         rows = (idx + mirrored.long() * bank.num_images).to(device)
         w_plus = E(sketch)
         v = latent_vectors(w_plus, E.w_avg, weighting)
+        if projector is not None:
+            v = projector(v, "query")
         distill, nce, accuracy = bank_losses(v, rows, bank, data_gen, tc.negatives, tau)
         loss = tc.distill * distill + tc.contrastive * nce
         terms = {"distill": distill.item(), "nce": nce.item(), "batch_acc": accuracy}
