@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
+from cli.retrieve import DEFAULT_ALPHA
+
 
 class _ManifestDefault(TyperGroup):
     """`s2m eval MANIFEST ...` is `s2m eval retrieval MANIFEST ...`: a first word that names no command is a
@@ -69,7 +71,8 @@ def retrieval(
                                                   "(the default T always runs)."),
     candidates: str = typer.Option("100", "--candidates", help="Re-ranked candidate counts to ablate, e.g. "
                                                                "20,50,100 (the largest is the FAISS top-N)."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Fused score weight of the latent distance."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Fused score weight of the latent distance (the "
+                                                             "query default; 1: latent distance alone)."),
     limit: int = typer.Option(None, "--limit", help="Only the first N queries."),
     pix2pix: Path = typer.Option(None, "--pix2pix", help="pix2pix checkpoint (default: the shipped one)."),
     embedding: Path = typer.Option(None, "--embedding", help="Embedding baseline checkpoint (default: shipped)."),

@@ -14,7 +14,7 @@ from cli.models import MODEL_HELP
 # numpy into `s2m --help`.
 DEFAULT_K = 10
 DEFAULT_CANDIDATES = 100
-DEFAULT_ALPHA = 0.5
+DEFAULT_ALPHA = 1.0
 DEFAULT_NORMALISATION = "minmax"
 # What these options choose is loaded by the server of --server, not here.
 LOCAL_ONLY = {"index": "--index", "model": "--model", "perceptual": "--perceptual", "code": "--code",

@@ -25,6 +25,8 @@ PathLike = Union[str, os.PathLike]
 SketchLike = Union["np.ndarray", "Image.Image", str, os.PathLike]
 # progress(done, total): images encoded so far and images to encode in this call (unchanged files are skipped).
 Progress = Callable[[int, int], None]
+# = ranking.DEFAULT_ALPHA (a test keeps them equal); importing it would load numpy with `import s2m_retrieval`.
+DEFAULT_ALPHA = 1.0
 
 
 @dataclass(frozen=True)
@@ -220,16 +222,16 @@ class Index:
         return f"Index({self.name!r}, {len(self)} images, models={str(self.models)!r})"
 
     def query(self, sketch: SketchLike, k: int = 10, *, steps: int | None = None, candidates: int = 100,
-              alpha: float = 0.5, where: str | None = None, max_distance: float | None = None) -> list[Hit]:
+              alpha: float = DEFAULT_ALPHA, where: str | None = None, max_distance: float | None = None) -> list[Hit]:
         """The k archive images most like a sketch: E (+ `steps` of H, default H's trained T) makes x̂, FAISS
-        returns `candidates` by W+ distance, they are re-ranked by perceptual distance and fused by `alpha`
-        (1: latent distance only). `where` filters on labels ("tonsil_grade>=3, mallampati=2"), `max_distance`
+        returns `candidates` by latent distance; `alpha` < 1 re-ranks them by perceptual distance, fused as
+        alpha * latent + (1 - alpha) * perceptual (default 1: latent distance only). `where` filters on labels ("tonsil_grade>=3, mallampati=2"), `max_distance`
         drops candidates farther in W+."""
         result = self._engine.query_sketch(_sketch(sketch), k=k, n_candidates=candidates, steps=steps, alpha=alpha,
                                            where=where, max_distance=max_distance)
         return _hits(result)
 
-    def like(self, image: int | PathLike, k: int = 10, *, candidates: int = 100, alpha: float = 0.5,
+    def like(self, image: int | PathLike, k: int = 10, *, candidates: int = 100, alpha: float = DEFAULT_ALPHA,
              where: str | None = None, max_distance: float | None = None) -> list[Hit]:
         """"More like this": the k images most like an indexed image (its id, path, file stem or labels.csv id),
         or like an image file outside the index (inverted as archive images are); E and H are not used."""

@@ -59,9 +59,12 @@ def index(setup):
 
 def test_query_returns_typed_hits_like_the_engine(index, setup):
     sketch = phantom_sketch()
-    hits = index.query(sketch, k=5)
+    hits = index.query(sketch, k=5, alpha=0.5)
     with RetrievalEngine.open(home=setup.home, models=setup.models) as engine:
-        expected = engine.query_sketch(sketch, k=5).hits
+        expected = engine.query_sketch(sketch, k=5, alpha=0.5).hits
+        default = engine.query_sketch(sketch, k=5).hits
+    assert [h.id for h in index.query(sketch, k=5)] == [h.id for h in default]   # one default, alpha 1
+    assert all(h.perceptual_distance is None for h in default)
     assert [h.id for h in hits] == [h.id for h in expected] and [h.rank for h in hits] == [1, 2, 3, 4, 5]
     labels = labels_csv(setup.archive)
     for hit, want in zip(hits, expected):

@@ -114,7 +114,7 @@ def test_normalise_and_fuse():
 # --- the engine ----------------------------------------------------------------------------------------------
 
 def test_sketch_query_returns_k_rows_sorted_by_score(engine, setup):
-    result = engine.query_sketch(phantom_sketch(), k=5, n_candidates=20, steps=2)
+    result = engine.query_sketch(phantom_sketch(), k=5, n_candidates=20, steps=2, alpha=0.5)
     assert [h.rank for h in result.hits] == [1, 2, 3, 4, 5] and result.candidates == 20
     scores = [h.score for h in result.hits]
     assert scores == sorted(scores) and 0.0 <= scores[0] and scores[-1] <= 1.0
@@ -126,8 +126,9 @@ def test_sketch_query_returns_k_rows_sorted_by_score(engine, setup):
     assert (p["steps"], p["alpha"], p["perceptual"], p["index_size"]) == (2, 0.5, "random:0", 24)
     assert p["model_version"].startswith("inv-") and p["weighting"] == "wplus:coarse=1,medium=0.5,fine=0.1"
     json.dumps(result.to_dict())  # JSON-ready
-    latent_only = engine.query_sketch(phantom_sketch(), k=5, n_candidates=20, steps=2, alpha=1.0)
+    latent_only = engine.query_sketch(phantom_sketch(), k=5, n_candidates=20, steps=2)   # the default: alpha 1
     assert all(h.perceptual_distance is None for h in latent_only.hits)
+    assert latent_only.provenance["alpha"] == 1.0
     assert [h.latent_distance for h in latent_only.hits] == sorted(h.latent_distance for h in latent_only.hits)
 
 

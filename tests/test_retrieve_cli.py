@@ -45,7 +45,7 @@ def test_build_with_the_inverter_then_retrieve_without_the_archive(runner, setup
     info = runner.invoke(app, ["index", "info", "--home", str(home), "--json"])
     assert json.loads(info.stdout)["stamp"]["weighting"] == "wplus:coarse=1,medium=0.5,fine=0.1"
     shutil.rmtree(archive / "images")  # the re-rank reads stored thumbs, never archive files
-    result = runner.invoke(app, _args(setup, sketch_png, "--k", "5", home=home))
+    result = runner.invoke(app, _args(setup, sketch_png, "--k", "5", "--alpha", "0.5", home=home))
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("index 'default' (24 images, Flat), perceptual random:0, T=3, alpha 0.5")
@@ -154,8 +154,9 @@ def test_retrieve_console_script(setup, sketch_png):
 
 def test_cli_defaults_match_the_library():
     import cli.retrieve as cli_retrieve
-    from s2m_retrieval import ranking, retrieval
+    from s2m_retrieval import api, ranking, retrieval
 
+    assert api.DEFAULT_ALPHA == ranking.DEFAULT_ALPHA
     assert (cli_retrieve.DEFAULT_K, cli_retrieve.DEFAULT_CANDIDATES) == (retrieval.DEFAULT_K,
                                                                           retrieval.DEFAULT_CANDIDATES)
     assert (cli_retrieve.DEFAULT_ALPHA, cli_retrieve.DEFAULT_NORMALISATION) == (ranking.DEFAULT_ALPHA,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from s2m_retrieval.errors import BadInputError
+from s2m_retrieval.ranking import DEFAULT_ALPHA
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class EvalOptions:
     relevance: tuple[str, ...] = ()
     steps: tuple[int, ...] = ()           # refinement steps T to ablate (the engine's default T always runs)
     candidates: tuple[int, ...] = (100,)  # re-ranked candidate counts; the largest is the FAISS top-N
-    alpha: float = 0.5
+    alpha: float = DEFAULT_ALPHA
     limit: int | None = None              # first N queries only
 
     def __post_init__(self) -> None:
