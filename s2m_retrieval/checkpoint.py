@@ -114,6 +114,19 @@ def version_hash(payload: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def check_lineage(payloads: dict[str, dict | None], versions: dict[str, str | None],
+                  deps: dict[str, tuple[str, ...]]) -> None:
+    """Each loaded checkpoint against the versions of the networks it was trained with: `<dep>_version` in its
+    meta, for every dep named in `deps[name]` (absent networks and unrecorded versions are not checked)."""
+    for name, payload in payloads.items():
+        trained_on = {} if payload is None else payload.get("meta", {})
+        for dep in deps.get(name, ()):
+            want = trained_on.get(f"{dep}_version")
+            if dep != name and want is not None and want != versions.get(dep):
+                raise CheckpointError(f"the {name} was trained against {dep} {want}, not the loaded "
+                                      f"{versions.get(dep)}; load matching checkpoints or retrain the {name}")
+
+
 def shipped_weights(name: str) -> Path:
     """Path of a weights file shipped as package data (`s2m_retrieval/weights/<name>.pt`)."""
     return Path(__file__).resolve().parent / "weights" / f"{name}.pt"

@@ -84,7 +84,7 @@ at G's resolution.
              projector: bool = True) -> InverterEncoder:
         """From a model bundle (name or folder; None: the shipped one): generator.pt, inverter.pt and, when the
         bundle has one and `projector` is on, projector.pt (else vectors stay weighted W+)."""
-        from s2m_retrieval.checkpoint import load_checkpoint, version_hash
+        from s2m_retrieval.checkpoint import check_lineage, load_checkpoint, version_hash
         from s2m_retrieval.model_files import model_files, segmenter_file
         from s2m_retrieval.networks.projector import load_projector
         from s2m_retrieval.networks.stylegan2 import load_generator
@@ -96,13 +96,7 @@ at G's resolution.
         names = ("generator", "inverter") + (("projector",) if projector and files["projector"] else ())
         payloads = {name: load_checkpoint(files[name], kind=name) for name in names}
         versions = {name: version_hash(p) for name, p in payloads.items()}
-        for name in names[1:]:
-            trained_on = payloads[name].get("meta", {})
-            for dep in ("generator", "inverter"):
-                want = trained_on.get(f"{dep}_version")
-                if dep != name and want is not None and want != versions[dep]:
-                    raise CheckpointError(f"the {name} was trained against {dep} {want}, not the loaded "
-                                          f"{versions[dep]}; load matching checkpoints or retrain the {name}")
+        check_lineage(payloads, versions, {name: ("generator", "inverter") for name in names[1:]})
         metric = load_perceptual(perceptual, device, checkpoint=segmenter_file(models) if perceptual in SEG_BACKENDS else None)
         return cls(load_generator(payloads["generator"], device), load_inverter(payloads["inverter"], device), metric,
                    versions=versions, weighting=weighting, iterations=iterations, optimise_steps=optimise_steps,

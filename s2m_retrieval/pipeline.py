@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.checkpoint import load_checkpoint, shipped_weights, version_hash
+from s2m_retrieval.checkpoint import check_lineage, load_checkpoint, shipped_weights, version_hash
 from s2m_retrieval.data.sketch import is_blank_sketch
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.encoders import Encoder
@@ -121,14 +121,9 @@ class Sketch2MedI:
                     "refiner": payload(refiner, "refiner"), "inverter": payload(inverter, "inverter"),
                     "projector": payload(projector, "projector")}
         versions = {k: version_hash(p) if p is not None else None for k, p in payloads.items()}
-        if strict:
-            for name, p in payloads.items():
-                trained_on = {} if p is None else p.get("meta", {})
-                for dep in ("generator", "encoder") + (("inverter",) if name == "projector" else ()):
-                    want = trained_on.get(f"{dep}_version")
-                    if want is not None and want != versions[dep]:
-                        raise CheckpointError(f"the {name} was trained against {dep} {want}, not the loaded "
-                                              f"{versions[dep]}; load matching checkpoints or retrain the {name}")
+        if strict:  # E's meta names the inverter of its code bank, not one it needs beside it: not checked
+            check_lineage(payloads, versions, {name: ("generator", "encoder") + (("inverter",) if name == "projector"
+                                                                               else ()) for name in payloads})
         return cls(load_generator(g_payload, device), load_encoder(payloads["encoder"], device),
                    None if payloads["refiner"] is None else load_refiner(payloads["refiner"], device),
                    None if payloads["inverter"] is None else load_inverter(payloads["inverter"], device),
