@@ -5,7 +5,13 @@ tests and an index of a seeded phantom archive built with them: the figures meas
 decoding, the query thread pool, E + H + FAISS + re-rank at the tiny size), not the quality of trained weights.
 Each client is a thread with one keep-alive connection sending a mix of requests: sketch queries (PNG sketches
 of 256 px, base64 in JSON, as the page sends them), "more like this" queries and thumbnails. Exit code 1 when any
-request failed. Run: `python benchmarks/bench_service.py [--clients 20] [--seconds 25]`.
+request failed.
+
+The same run measures two servers over the same index, one after the other: unbatched (`--max-batch 1`, each
+sketch query alone on the models) and batched (sketch queries that meet share a forward; `s2m serve`'s defaults
+unless --max-batch / --batch-wait-ms are given), and prints the batched/unbatched ratios of requests/s and p95
+(the target: >= 2x requests/s, p95 not worse, 0 errors). Run:
+`OMP_NUM_THREADS=1 python benchmarks/bench_service.py [--shipped] [--clients 20] [--seconds 25]`.
 """
 
 from __future__ import annotations
@@ -69,12 +75,14 @@ def sketch_bodies(count: int, size: int = 256) -> list[bytes]:
     return bodies
 
 
-def start_server(home: Path, models: Path, concurrency: int, threads: int) -> tuple[subprocess.Popen, str]:
-    """`s2m serve` on a free loopback port; returns the process and its base URL once it answers."""
+def start_server(home: Path, models: Path, concurrency: int, threads: int,
+                 extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
+    """`s2m serve` (with `extra` options) on a free loopback port; returns the process and its base URL once it
+    answers."""
     code = "import sys; from cli.main import main; sys.argv = ['s2m'] + sys.argv[1:]; main()"
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--home", str(home), "--model", str(models),
                              "--port", "0", "--concurrency", str(concurrency), "--threads", str(threads),
-                             "--log-level", "warning"], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                             "--log-level", "warning", *extra], cwd=REPO, stdout=subprocess.PIPE, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": str(threads)})
     line = proc.stdout.readline()
     found = re.search(r"at (http://127\.0\.0\.1:(\d+))/", line)
@@ -126,14 +134,17 @@ class Client(threading.Thread):
         conn.close()
 
 
-def served_requests(port: int) -> int:
-    """The server's own count of /v1 requests (its Prometheus counter), to check against the clients'."""
+def server_counts(port: int) -> tuple[int, float, float]:
+    """From the server's /metrics: its count of /v1 requests (to check against the clients'), and the count and
+    sum of its batch size histogram (forwards of the models, sketches in them)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("s2m_http_requests_total{") and 'route="/v1/' in line))
+    samples = [line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#")]
+    served = sum(float(v) for k, v in samples if k.startswith("s2m_http_requests_total{") and 'route="/v1/' in k)
+    value = {k: float(v) for k, v in samples}
+    return int(served), value.get("s2m_query_batch_size_count", 0.0), value.get("s2m_query_batch_size_sum", 0.0)
 
 
 def summary(records: list[tuple[str, float, bool]], seconds: float) -> dict:
@@ -146,19 +157,53 @@ def summary(records: list[tuple[str, float, bool]], seconds: float) -> dict:
             "max_ms": round(max(ms), 1) if ms else None}
 
 
+def measure(home: Path, models: Path, args, bodies: list[bytes], mix: list[str], extra: list[str]) -> dict:
+    """One server (`s2m serve` with `extra` options) under the clients: its report and the failures seen."""
+    proc, base = start_server(home, models, args.concurrency, args.threads, extra)
+    try:
+        port = int(base.rsplit(":", 1)[1])
+        ids = list(range(1, args.images + 1))
+        Client(port, time.monotonic() + 3, ["sketch", "like"], bodies, ids, seed=-1).run()  # warm-up
+        served_before, forwards_before, batched_before = server_counts(port)
+        deadline = time.monotonic() + args.seconds
+        t_start = time.monotonic()
+        clients = [Client(port, deadline, mix, bodies, ids, seed=i) for i in range(args.clients)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        elapsed = time.monotonic() - t_start
+        served, forwards, batched = (a - b for a, b in zip(server_counts(port), (served_before, forwards_before,
+                                                                                   batched_before)))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    records = [r for c in clients for r in c.records]
+    return {"options": " ".join(extra) or "(s2m serve defaults)", "seconds": round(elapsed, 1),
+            "all": summary(records, elapsed),
+            "by_kind": {k: summary([r for r in records if r[0] == k], elapsed) for k in sorted(set(mix))},
+            "server_counted_requests": served,
+            "sketches_per_forward": round(batched / forwards, 2) if forwards else None,
+            "failures": [f for c in clients for f in c.failures]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--seconds", type=float, default=25.0)
+    ap.add_argument("--seconds", type=float, default=25.0, help="Measured time of each server.")
     ap.add_argument("--images", type=int, default=200, help="Phantom archive size of the index.")
     ap.add_argument("--mix", default="sketch=8,like=1,image=1", help="Request kinds and their weights.")
-    ap.add_argument("--concurrency", type=int, default=2, help="Server: queries computing at once.")
+    ap.add_argument("--concurrency", type=int, default=2, help="Server: queries (batches) computing at once.")
     ap.add_argument("--threads", type=int, default=1, help="Server: torch threads.")
+    ap.add_argument("--max-batch", type=int, help="Batched server: --max-batch (default: s2m serve's).")
+    ap.add_argument("--batch-wait-ms", type=int, help="Batched server: --batch-wait-ms (default: s2m serve's).")
     ap.add_argument("--shipped", action="store_true", help="Serve the shipped models instead of tiny random ones.")
     args = ap.parse_args()
     mix = [kind for part in args.mix.split(",") for kind in [part.split("=")[0]] * int(part.split("=")[1])]
     if not mix or set(mix) - {"sketch", "like", "image"}:
         raise SystemExit(f"--mix takes sketch, like and image weights, got {args.mix!r}")
+    batching = [flag for flag, value in (("--max-batch", args.max_batch), ("--batch-wait-ms", args.batch_wait_ms))
+                if value is not None for flag in (flag, str(value))]
 
     with tempfile.TemporaryDirectory(prefix="s2m-bench-service-") as tmp:
         t0 = time.perf_counter()
@@ -166,36 +211,26 @@ def main() -> None:
         bodies = sketch_bodies(32)
         kind = "the shipped models" if args.shipped else "tiny random models"
         print(f"setup: {args.images}-image index, {kind} ({time.perf_counter() - t0:.1f} s)")
-        proc, base = start_server(home, models, args.concurrency, args.threads)
-        try:
-            port = int(base.rsplit(":", 1)[1])
-            ids = list(range(1, args.images + 1))
-            Client(port, time.monotonic() + 3, ["sketch", "like"], bodies, ids, seed=-1).run()  # warm-up
-            before = served_requests(port)
-            deadline = time.monotonic() + args.seconds
-            t_start = time.monotonic()
-            clients = [Client(port, deadline, mix, bodies, ids, seed=i) for i in range(args.clients)]
-            for c in clients:
-                c.start()
-            for c in clients:
-                c.join()
-            elapsed = time.monotonic() - t_start
-            served = served_requests(port) - before
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        runs = {"unbatched": measure(home, models, args, bodies, mix, ["--max-batch", "1"]),
+                "batched": measure(home, models, args, bodies, mix, batching)}
 
-    records = [r for c in clients for r in c.records]
-    failures = [f for c in clients for f in c.failures]
-    report = {"clients": args.clients, "seconds": round(elapsed, 1), "images": args.images, "mix": args.mix,
+    unbatched, batched = runs["unbatched"]["all"], runs["batched"]["all"]
+    ratio = {"req_per_s": round(batched["req_per_s"] / unbatched["req_per_s"], 2) if unbatched["req_per_s"] else None,
+             "p50": round(batched["p50_ms"] / unbatched["p50_ms"], 2) if unbatched["p50_ms"] else None,
+             "p95": round(batched["p95_ms"] / unbatched["p95_ms"], 2) if unbatched["p95_ms"] else None}
+    failures = {name: run.pop("failures") for name, run in runs.items()}
+    errors = sum(run["all"]["errors"] for run in runs.values())
+    report = {"clients": args.clients, "images": args.images, "mix": args.mix,
               "server": {"concurrency": args.concurrency, "threads": args.threads, "cpus": os.cpu_count()},
-              "all": summary(records, elapsed),
-              "by_kind": {k: summary([r for r in records if r[0] == k], elapsed) for k in sorted(set(mix))},
-              "server_counted_requests": served}
+              **runs, "batched_vs_unbatched": ratio}
     print(json.dumps(report, indent=2))
-    for failure in failures[:10]:
-        print("failure:", failure)
-    if failures:
+    met = ratio["req_per_s"] is not None and ratio["req_per_s"] >= 2 and ratio["p95"] <= 1 and errors == 0
+    print(f"batched / unbatched: requests/s x{ratio['req_per_s']}, p50 x{ratio['p50']}, p95 x{ratio['p95']}, "
+          f"{errors} errors (target >= 2x requests/s, p95 not worse, 0 errors: {'met' if met else 'not met'})")
+    for name, seen in failures.items():
+        for failure in seen[:10]:
+            print(f"failure ({name}):", failure)
+    if errors:
         sys.exit(1)
 
 

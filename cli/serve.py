@@ -22,6 +22,10 @@ def serve(
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve a non-local --host without a token."),
     concurrency: int = typer.Option(2, "--concurrency", help="Queries computing at once (the rest queue)."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: CPU cores / --concurrency)."),
+    max_batch: int = typer.Option(16, "--max-batch", help="Sketch queries in one forward of the models (1: each "
+                                                          "query alone, no batching)."),
+    batch_wait_ms: int = typer.Option(5, "--batch-wait-ms", help="How long a sketch query waits for others to join "
+                                                                 "its batch (a busy server batches what queued)."),
     max_upload_kb: int = typer.Option(4096, "--max-upload-kb", help="Largest sketch file accepted (413 above)."),
     max_pixels: int = typer.Option(2048 * 2048, "--max-pixels", help="Largest sketch in pixels (413 above)."),
     perceptual: str = typer.Option(None, "--perceptual", help="Perceptual metric (default: the one of the index)."),
@@ -51,7 +55,8 @@ def serve(
     models = resolve_model(model, home)
     from s2m_retrieval.service import ServiceLimits
 
-    limits = ServiceLimits(max_upload_bytes=max_upload_kb * 1024, max_pixels=max_pixels, concurrency=concurrency)
+    limits = ServiceLimits(max_upload_bytes=max_upload_kb * 1024, max_pixels=max_pixels, concurrency=concurrency,
+                           max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     from cli.runtime import setup_torch
 
     # Concurrent queries share the cores: one intra-op pool per query would oversubscribe them.

@@ -31,16 +31,22 @@ def _resize(x: torch.Tensor, res: int) -> torch.Tensor:
 
 
 def sketch_batch(sketch, res: int) -> torch.Tensor:
-    """uint8 sketch(es) [H, W], [H, W, 3|4] or [B, H, W] (dark strokes on white) -> canonical sketches
-    [B, 1, res, res] in [-1, 1] (`data.canonical`: the form every network that reads sketches is trained on)."""
+    """uint8 sketch(es) [H, W], [H, W, 3|4], [B, H, W] or a list of pages of any sizes (dark strokes on white) ->
+    canonical sketches [B, 1, res, res] in [-1, 1] (`data.canonical`: the form every network that reads sketches is
+    trained on; each page is canonicalised alone, so a page gives the same tensor in any batch)."""
     from s2m_retrieval.data.canonical import as_grey_sketch, canonical_sketch
 
-    array = np.asarray(sketch)
-    if array.dtype != np.uint8:
-        raise BadInputError(f"a sketch must be a uint8 image, got {array.dtype}")
-    pages = [array] if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)) else list(array)
-    if array.ndim not in (2, 3) or min(array.shape) == 0:
-        raise BadInputError(f"a sketch must be [H, W], [H, W, 3|4] or [B, H, W], got shape {array.shape}")
+    if isinstance(sketch, (list, tuple)):
+        pages = list(sketch)  # as_grey_sketch checks each page's type and shape
+        if not pages:
+            raise BadInputError("no sketch given: the list of sketches is empty")
+    else:
+        array = np.asarray(sketch)
+        if array.dtype != np.uint8:
+            raise BadInputError(f"a sketch must be a uint8 image, got {array.dtype}")
+        pages = [array] if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4)) else list(array)
+        if array.ndim not in (2, 3) or min(array.shape) == 0:
+            raise BadInputError(f"a sketch must be [H, W], [H, W, 3|4] or [B, H, W], got shape {array.shape}")
     out = []
     for i, page in enumerate(pages):
         grey = as_grey_sketch(page)

@@ -69,6 +69,19 @@ class Result:
                 "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()}, "provenance": self.provenance}
 
 
+@dataclass
+class SketchCode:
+    """A sketch after the batched stage of a query: its index vector and x_hat, ready for FAISS and the re-rank."""
+
+    grey: np.ndarray                 # the checked sketch [H, W] uint8
+    vector: np.ndarray               # index vector [1, D]
+    x_hat: object                    # generated image, tensor [1, 3, R, R] in [-1, 1]
+    image: np.ndarray                # x_hat as uint8 [R, R, 3]
+    steps: int
+    code: str
+    timings_ms: dict[str, float]     # its share of the batch's generate and code times
+
+
 def check_sketch(sketch, name: str | os.PathLike | None = None) -> np.ndarray:
     """The sketch as grey uint8 [H, W]; a blank one (no strokes) is a BadInputError (naming the file if given)."""
     grey = as_grey_sketch(sketch)
@@ -210,37 +223,63 @@ class RetrievalEngine:
             mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
         return mean
 
-    def query_sketch(self, sketch, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
-                     steps: int | None = None, alpha: float = DEFAULT_ALPHA, where: str | None = None,
-                     max_distance: float | None = None, normalisation: str = DEFAULT_NORMALISATION,
-                     code: str = DEFAULT_QUERY_CODE) -> Result:
-        """Top-k archive images for a uint8 sketch (dark strokes on white; grey, RGB or RGBA)."""
-        import torch
-
-        from s2m_retrieval.pipeline import to_uint8
-
-        check_options(k, n_candidates, alpha, max_distance, normalisation)
-        _check_code(code)
-        grey = check_sketch(sketch)
+    def sketch_steps(self, steps: int | None) -> tuple[int, str | None]:
+        """(T, note) of a sketch query: `steps`, or H's trained T with `refiner_note` when None; a T outside
+        0..MAX_STEPS, or above 0 without H, is a BadInputError."""
         note = self.refiner_note if steps is None else None
         steps = self.default_steps if steps is None else int(steps)
         check_steps(steps)
         if steps > 0 and self.pipeline.refiner is None:
             raise BadInputError(f"--steps {steps} needs the refiner H, but {self._refiner_absence()}; add it to the "
                                 "bundle, or query with --steps 0 (E alone)")
-        timings: dict[str, float] = {}
+        return steps, note
+
+    def encode_sketches(self, greys: list[np.ndarray], steps: int, code: str = DEFAULT_QUERY_CODE) -> list[SketchCode]:
+        """The batched half of sketch queries: checked grey sketches (`check_sketch`, any sizes) through E, H (T
+        steps), G and the query code in one forward; each sketch's timings are its share of the batch's."""
+        import torch
+
+        from s2m_retrieval.pipeline import to_uint8
+
+        _check_code(code)
+        if not greys:
+            return []
         t0 = time.perf_counter()
         with torch.inference_mode():
-            w_plus, _, x_hat = self.pipeline.generate(grey, steps=steps)
-        timings["generate"] = _ms(t0)
+            w_plus, _, x_hat = self.pipeline.generate(list(greys), steps=steps)  # x_hat [B, 3, R, R]
+        generate_ms = _ms(t0) / len(greys)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            vector = self.sketch_vector(w_plus, x_hat, code)
-        timings["code"] = _ms(t0)
-        result = self._rank(vector, x_hat, k, n_candidates, alpha, where, max_distance, normalisation, timings)
-        result.query, result.x_hat = grey, to_uint8(x_hat)[0]
-        result.provenance |= {"query": "sketch", "steps": steps, "code": code} | ({"note": note} if note else {})
+            vectors = self.sketch_vector(w_plus, x_hat, code)                       # [B, D]
+        code_ms = _ms(t0) / len(greys)
+        images = to_uint8(x_hat)
+        return [SketchCode(grey, vectors[i:i + 1], x_hat[i:i + 1], images[i], steps, code,
+                           {"generate": generate_ms, "code": code_ms}) for i, grey in enumerate(greys)]
+
+    def rank_sketch(self, coded: SketchCode, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
+                    alpha: float = DEFAULT_ALPHA, where: str | None = None, max_distance: float | None = None,
+                    normalisation: str = DEFAULT_NORMALISATION, note: str | None = None) -> Result:
+        """The per-query half: FAISS candidates, re-rank and fused score for one sketch of `encode_sketches`, with
+        its own options (`note`: the provenance's note, see `sketch_steps`)."""
+        check_options(k, n_candidates, alpha, max_distance, normalisation)
+        result = self._rank(coded.vector, coded.x_hat, k, n_candidates, alpha, where, max_distance, normalisation,
+                            dict(coded.timings_ms))
+        result.query, result.x_hat = coded.grey, coded.image
+        result.provenance |= {"query": "sketch", "steps": coded.steps, "code": coded.code} | (
+            {"note": note} if note else {})
         return result
+
+    def query_sketch(self, sketch, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
+                     steps: int | None = None, alpha: float = DEFAULT_ALPHA, where: str | None = None,
+                     max_distance: float | None = None, normalisation: str = DEFAULT_NORMALISATION,
+                     code: str = DEFAULT_QUERY_CODE) -> Result:
+        """Top-k archive images for a uint8 sketch (dark strokes on white; grey, RGB or RGBA)."""
+        check_options(k, n_candidates, alpha, max_distance, normalisation)
+        _check_code(code)
+        grey = check_sketch(sketch)
+        steps, note = self.sketch_steps(steps)
+        coded, = self.encode_sketches([grey], steps, code)
+        return self.rank_sketch(coded, k, n_candidates, alpha, where, max_distance, normalisation, note)
 
     def query_sketches(self, sketches, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
                        steps: int | None = None, alpha: float = DEFAULT_ALPHA, where: str | None = None,
@@ -250,10 +289,6 @@ class RetrievalEngine:
         the query code run on batches of up to `batch_size` sketches of one size, FAISS, the re-rank and the fused
         score per query. Every sketch is checked first (a blank one is a BadInputError naming its position); each
         result's generate and code timings are its share of its batch's."""
-        import torch
-
-        from s2m_retrieval.pipeline import to_uint8
-
         check_options(k, n_candidates, alpha, max_distance, normalisation)
         _check_code(code)
         if batch_size < 1:
@@ -264,32 +299,12 @@ class RetrievalEngine:
                 greys.append(check_sketch(sketch))
             except BadInputError as exc:
                 raise BadInputError(f"sketch {i}: {exc}") from None
-        note = self.refiner_note if steps is None else None
-        steps = self.default_steps if steps is None else int(steps)
-        check_steps(steps)
-        if steps > 0 and self.pipeline.refiner is None:
-            raise BadInputError(f"--steps {steps} needs the refiner H, but {self._refiner_absence()}; add it to the "
-                                "bundle, or query with --steps 0 (E alone)")
+        steps, note = self.sketch_steps(steps)
         results: list[Result | None] = [None] * len(greys)
         for batch in _same_size_batches(greys, batch_size):
-            t0 = time.perf_counter()
-            pages = greys[batch[0]] if len(batch) == 1 else np.stack([greys[i] for i in batch])  # [H, W] | [B, H, W]
-            with torch.inference_mode():
-                w_plus, _, x_hat = self.pipeline.generate(pages, steps=steps)
-            generate_ms = _ms(t0) / len(batch)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                vectors = self.sketch_vector(w_plus, x_hat, code)
-            code_ms = _ms(t0) / len(batch)
-            images = to_uint8(x_hat)
-            for row, i in enumerate(batch):
-                timings = {"generate": generate_ms, "code": code_ms}
-                result = self._rank(vectors[row:row + 1], x_hat[row:row + 1], k, n_candidates, alpha, where,
-                                    max_distance, normalisation, timings)
-                result.query, result.x_hat = greys[i], images[row]
-                result.provenance |= {"query": "sketch", "steps": steps, "code": code} | (
-                    {"note": note} if note else {})
-                results[i] = result
+            for i, coded in zip(batch, self.encode_sketches([greys[i] for i in batch], steps, code)):
+                results[i] = self.rank_sketch(coded, k, n_candidates, alpha, where, max_distance, normalisation,
+                                              note)
         return results
 
     def query_like(self, key: int | str | os.PathLike, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,

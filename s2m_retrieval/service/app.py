@@ -1,8 +1,9 @@
 """`create_app(engine)`: the `/v1` API, `/healthz`, `/metrics` and the sketch page over an opened engine.
 
 Queries run on a small thread pool of their own (`ServiceLimits.concurrency` at once, the rest queued), so the
-event loop stays free for health checks, images and metrics while the models work. Domain errors become JSON
-`{"detail": "<one line>"}` with a 4xx/5xx status; tracebacks go to the server log only.
+event loop stays free for health checks, images and metrics while the models work. Sketch queries that arrive
+close together share one forward of the models (`batching`; `max_batch` 1 answers each alone). Domain errors
+become JSON `{"detail": "<one line>"}` with a 4xx/5xx status; tracebacks go to the server log only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,7 @@ from s2m_retrieval.errors import (BadInputError, DatabaseLockedError, ImageTooLa
 from s2m_retrieval.retrieval import MAX_CANDIDATES, MAX_K, MAX_STEPS
 from s2m_retrieval.service import archive_view
 from s2m_retrieval.service.archive_view import ImageNotFound
+from s2m_retrieval.service.batching import MAX_BATCH, MAX_BATCH_WAIT_MS, SketchBatcher, SketchQuery, Stopping
 from s2m_retrieval.service.metrics import UNMATCHED, ServiceMetrics
 from s2m_retrieval.service.schemas import (ErrorOut, GenerateOptions, ImageMetaOut, IndexOut, OptionError,
                                            RetrieveOptions, RetrieveOut, parse_options)
@@ -46,7 +48,7 @@ CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """What one request may ask for, and how many queries compute at once."""
+    """What one request may ask for, how many queries compute at once and how sketch queries batch."""
 
     max_upload_bytes: int = 4 * 1024 * 1024   # a 512 px canvas PNG is ~20 KB
     max_pixels: int = 2048 * 2048
@@ -55,11 +57,18 @@ class ServiceLimits:
     max_steps: int = MAX_STEPS
     concurrency: int = 2                      # queries on the models at once
     max_queued: int = 64                      # queries waiting beyond those; more get 503
+    max_batch: int = 16                       # sketch queries in one forward of E, H and G (1: each alone)
+    batch_wait_ms: int = 5                    # how long a lone sketch query waits for others to join its batch
 
     def __post_init__(self) -> None:
-        bad = [f"{k}={v}" for k, v in asdict(self).items() if not isinstance(v, int) or v < 1]
+        batching = {"max_batch": (1, MAX_BATCH, ""), "batch_wait_ms": (0, MAX_BATCH_WAIT_MS, " ms")}
+        bad = [f"{k}={v}" for k, v in asdict(self).items() if k not in batching and (not isinstance(v, int) or v < 1)]
         if bad:
             raise BadInputError(f"service limits must be positive integers, got {', '.join(bad)}")
+        for name, (low, high, unit) in batching.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or not low <= value <= high:
+                raise BadInputError(f"--{name.replace('_', '-')} must be between {low} and {high}{unit}, got {value}")
         ceilings = {"max_k": MAX_K, "max_candidates": MAX_CANDIDATES, "max_steps": MAX_STEPS}
         over = [f"{k}={getattr(self, k)} (at most {v})" for k, v in ceilings.items() if getattr(self, k) > v]
         if over:
@@ -72,7 +81,7 @@ class ServiceLimits:
 
 
 class Busy(S2MError):
-    """Every query slot and queue place is taken (HTTP 503, retry later)."""
+    """Every query slot and queue place is taken, or the service is stopping (HTTP 503, retry later)."""
 
 
 class _HTTPError(S2MError):
@@ -84,7 +93,7 @@ class _HTTPError(S2MError):
 
 
 STATUS = ((UploadTooLarge, 413), (ImageTooLargeError, 413), (UnsupportedImage, 415), (UnsupportedImageError, 415), (ImageNotFound, 404), (OptionError, 422),
-          (BadInputError, 400), (Busy, 503), (DatabaseLockedError, 503), (IndexBusyError, 503),
+          (BadInputError, 400), (Busy, 503), (Stopping, 503), (DatabaseLockedError, 503), (IndexBusyError, 503),
           # The index changed under the service into something it cannot serve (killed build, other models).
           (IndexIncompleteError, 503), (VersionMismatchError, 503), (S2MError, 500))
 
@@ -112,6 +121,13 @@ def _message(exc: Exception) -> str:
     return text[2:] if text.startswith("--") else text
 
 
+def _submit(pool: ThreadPoolExecutor, fn):
+    try:
+        return pool.submit(fn)
+    except RuntimeError:  # the app shut down between taking the pool and submitting
+        raise Busy("the service is stopping; retry in a moment") from None
+
+
 class QueryRunner:
     """The query thread pool with a bounded queue; counts what it holds in the in-flight gauge. The threads start
     with the first query after each start of the app, so an app served again after a shutdown still answers."""
@@ -125,6 +141,24 @@ class QueryRunner:
 
     async def run(self, fn):
         """fn() on a query thread; Busy when concurrency + max_queued queries are already held."""
+        with self._slot() as pool:
+            return await asyncio.wrap_future(_submit(pool, fn))
+
+    async def run_batched(self, batcher: SketchBatcher, query: SketchQuery):
+        """A sketch query answered in a batch: queued with the batcher, and one drain asked of the query threads
+        for it (a drain that finds its query taken by an earlier one returns at once). Held like `run`."""
+        with self._slot() as pool:
+            future = batcher.add(query)
+            try:
+                _submit(pool, batcher.drain)
+            except Busy:
+                future.cancel()  # the drains of a closed pool will not come; a later start's skip it
+                raise
+            return await asyncio.wrap_future(future)
+
+    @contextmanager
+    def _slot(self):
+        """A place among the queries held (Busy when none is left), and the pool to run on."""
         with self._lock:
             if self._held >= self.limits.concurrency + self.limits.max_queued:
                 raise Busy(f"the service is busy ({self._held} queries running or queued); retry in a moment")
@@ -134,7 +168,7 @@ class QueryRunner:
             pool = self._pool
         self.metrics.in_flight.inc()
         try:
-            return await asyncio.wrap_future(pool.submit(fn))
+            yield pool
         finally:
             with self._lock:
                 self._held -= 1
@@ -153,6 +187,8 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
     limits = limits or ServiceLimits()
     metrics = ServiceMetrics(engine)
     runner = QueryRunner(limits, metrics)
+    batcher = SketchBatcher(engine, lambda data: _sketch(data, limits), limits.max_batch, limits.batch_wait_ms,
+                            metrics.batch_size.observe) if limits.max_batch > 1 else None
     snapshot = {"columns": archive_view.label_columns(engine)}
 
     def fresh() -> None:
@@ -164,6 +200,8 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
     async def lifespan(_app):
         yield
         runner.close()
+        if batcher is not None:
+            batcher.close()
 
     app = FastAPI(title="s2m-retrieval", version=API_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Sketch-based retrieval of medical images: draw the anatomy, get the most similar "
@@ -187,7 +225,7 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
     @app.get("/metrics", tags=["service"], dependencies=guard, response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}} | guarded)
     async def metrics_page() -> Response:
-        """Request counts, latency histograms, query stage times, queries in flight, index size."""
+        """Request counts, latency histograms, query stage times, batch sizes, queries in flight, index size."""
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -215,16 +253,22 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
         parse_where(opts.where)  # before the models run
         query = dict(k=opts.k, n_candidates=opts.candidates, alpha=opts.alpha, where=opts.where,
                      max_distance=opts.max_distance, normalisation=opts.normalisation)
-        if data is not None:
-            def work():
-                return engine.query_sketch(_sketch(data, limits), steps=opts.steps, **query)
-        else:
+        if data is None:
             if opts.steps is not None:
                 raise BadInputError("steps apply to sketch queries; a like query uses the image's stored vector")
             def work():
                 archive_view.image_meta(engine, opts.like)  # 404 for an id outside the index
                 return engine.query_like(opts.like, **query)
-        result = await runner.run(work)
+            result = await runner.run(work)
+        elif batcher is None:
+            def work():
+                answer = engine.query_sketch(_sketch(data, limits), steps=opts.steps, **query)
+                metrics.batch_size.observe(1)
+                return answer
+            result = await runner.run(work)
+        else:
+            steps, note = engine.sketch_steps(opts.steps)  # before the query joins a batch
+            result = await runner.run_batched(batcher, SketchQuery(data, steps, query | {"note": note}))
         metrics.observe_stages(result.timings_ms)
         return _result_json(result, opts.include_images)
 
@@ -374,7 +418,7 @@ def _install_edges(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(S2MError)
     async def domain_error(_request: Request, exc: S2MError) -> JSONResponse:
         status = exc.status if isinstance(exc, _HTTPError) else error_status(exc)
-        if status >= 500 and not isinstance(exc, (Busy, DatabaseLockedError, IndexBusyError)):
+        if status >= 500 and not isinstance(exc, (Busy, Stopping, DatabaseLockedError, IndexBusyError)):
             log.error("request failed: %s", exc, exc_info=exc)
         headers = {"Retry-After": "1"} if status == 503 else {}
         if status == 401:

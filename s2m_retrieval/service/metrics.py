@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app: request counts and latency by route, query stage times, index size.
+"""Prometheus metrics of one app: request counts and latency by route, query stage times, batch sizes, index size.
 
 Each app has its own registry (several apps in one process, as in the tests, do not share counters). Routes are
 labelled by their template (`/v1/images/{image_id}`), so the label set stays small whatever clients send.
@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 # Seconds; a sketch query on the CPU takes tens to hundreds of ms, an image or a health check ~1 ms.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Sketches per forward of the models (the batching of sketch queries: 1 is a query alone).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 UNMATCHED = "unmatched"
 
 
@@ -24,6 +26,8 @@ class ServiceMetrics:
                                  ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.stages = Histogram("s2m_query_stage_seconds", "Time of each query stage (generate, search, rerank...).",
                                 ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("s2m_query_batch_size", "Sketch queries per forward of E, H and G.",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("s2m_queries_in_flight", "Queries waiting for or running on the models.",
                                registry=self.registry)
         index_images = Gauge("s2m_index_images", "Vectors in the served FAISS index.", ["index"],
