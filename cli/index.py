@@ -24,6 +24,10 @@ FIT = typer.Option(None, "--fit", help="How non-square images become square: cro
                                        "bundle's training did).")
 KEEP_TAGS = typer.Option(False, "--keep-tags", help="Also store DICOM tags that identify patients, visits and staff "
                                                     "(never stored without it).")
+FRAMES = typer.Option(None, "--frames", help="Multi-frame DICOM files (cine, dose grids): index their first frame, "
+                                             "their middle one (N//2), or all, each frame an entry of its own with "
+                                             "its number in the `frame` label (default: the index's own choice; "
+                                             "first for a new index; changing it needs --rebuild).")
 
 
 class _Bar:
@@ -72,6 +76,7 @@ def build(
     model: str = MODEL,
     fit: str = FIT,
     keep_tags: bool = KEEP_TAGS,
+    frames: str = FRAMES,
     engine: str = typer.Option("local", "--engine", help="Where images are decoded and encoded: local (this "
                                                          "process) or ray (a Ray cluster; needs the [ray] extra)."),
     address: str = typer.Option(None, "--address", help="Ray cluster: auto (the one this node belongs to) or "
@@ -83,6 +88,7 @@ def build(
     """Index ARCHIVE: add new images, replace changed ones, skip unchanged ones; resumable after a kill."""
     from contextlib import nullcontext
 
+    from s2m_retrieval.data.dicom import check_frame_choice
     from s2m_retrieval.encoding import load_encoder
     from s2m_retrieval.errors import BadInputError
     from s2m_retrieval.indexing import BuildOptions, build_index
@@ -96,9 +102,11 @@ def build(
         raise BadInputError(f"unknown --engine {engine!r} (local or ray)")
     elif address is not None or num_actors is not None or gpus_per_actor:
         raise BadInputError("--address, --num-actors and --gpus-per-actor apply to --engine ray")
+    if frames is not None:
+        check_frame_choice(frames)  # before any model is loaded
     enc = load_encoder(encoder, model, fit, home)
     options = BuildOptions(name=name, factory=factory, batch_size=batch, rebuild=rebuild, prune=prune,
-                           keep_tags=keep_tags)
+                           keep_tags=keep_tags, frames=frames)
     bar = _Bar(f"index {name}")
     try:
         with ray or nullcontext():
@@ -119,16 +127,20 @@ def add(
     model: str = MODEL,
     fit: str = FIT,
     keep_tags: bool = KEEP_TAGS,
+    frames: str = FRAMES,
 ) -> None:
     """Add individual image files to an index."""
+    from s2m_retrieval.data.dicom import check_frame_choice
     from s2m_retrieval.encoding import load_encoder
     from s2m_retrieval.indexing import BuildOptions, add_files
 
+    if frames is not None:
+        check_frame_choice(frames)  # before any model is loaded
     enc = load_encoder(encoder, model, fit, home)
     bar = _Bar(f"index {name}")
     try:
-        summary = add_files(files, enc, home=home, db_url=db, options=BuildOptions(name=name, keep_tags=keep_tags),
-                            progress=bar)
+        summary = add_files(files, enc, home=home, db_url=db,
+                            options=BuildOptions(name=name, keep_tags=keep_tags, frames=frames), progress=bar)
     finally:
         bar.close()
     _report(summary, as_json)
@@ -143,7 +155,8 @@ def remove(
     items: list[str] = typer.Argument(
         ..., help="What to remove, each one of: the image id `retrieve` shows (a number), a file path, the file "
                   "stem (e.g. ph000003) or the `id` column of the archive's labels.csv. A key that names "
-                  "several images is refused."),
+                  "several images is refused, except the path of a multi-frame DICOM file: it removes all its "
+                  "frames (one frame goes by its image id)."),
     name: str = NAME,
     home: Path = HOME,
     db: str = DB,
@@ -180,6 +193,7 @@ def info(name: str = NAME, home: Path = HOME, db: str = DB, as_json: bool = JSON
     typer.echo(f"  faiss        {st['factory']} ({st['faiss_metric']}), {data['faiss_vectors']} vectors, "
                f"{data['faiss_bytes'] / mib:.1f} MiB; shards {data['shard_bytes'] / mib:.1f} MiB")
     typer.echo(f"  sql rows     {data['sql_rows']}")
+    typer.echo(f"  frames       {st['frames']} (of multi-frame DICOM files)")
     for b in data["builds"]:
         typer.echo(f"  build {b['id']:>4}  {b['status']:<11} {b['started_at']}  +{b['added']} ~{b['replaced']} "
                    f"-{b['removed']} ={b['skipped']} bad {b['bad']}  {b['source'] or ''}")

@@ -35,6 +35,8 @@ class IndexStamp:
     search: dict = field(default_factory=dict)
     # The `database_id` of the database whose rows this index's shards belong to ("" in manifests made before it).
     database_id: str = ""
+    # Which frames of multi-frame DICOM files the index holds (--frames first|middle|all); older manifests: first.
+    frames: str = "first"
     format: str = FORMAT
     created_at: str = ""
     updated_at: str = ""

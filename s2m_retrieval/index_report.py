@@ -10,6 +10,7 @@ from index.layout import IndexLock, IndexPaths, index_paths
 from index.shards import ShardStore
 from index.stamp import read_stamp
 from index.store import VectorStore
+from s2m_retrieval.data.archive import split_frame_key
 from s2m_retrieval.errors import IndexCorruptError
 from s2m_retrieval.index_sync import check_owner, rebuild_list
 from s2m_retrieval.storage import catalog
@@ -105,17 +106,19 @@ def verify_index(*, name: str = "default", home=None, db_url: str | None = None,
         _check_faiss(paths, stamp, sql_ids, report)
         _check_shards(ShardStore(paths.shards), stamp, rows, report)
 
-        unfinished = {path for path, _, _ in rebuild_list(paths)} - {r.path for r in rows}
+        files = {r.path: split_frame_key(r.path)[0] for r in rows}  # the frames of a file are checked as the file
+        unfinished = {path for path, _, _ in rebuild_list(paths)} - set(files.values())
         if unfinished:
             report.problems.append(f"a rebuild was interrupted with {len(unfinished)} images still to encode "
                                    f"({_sample(unfinished)}); rerun `s2m index build` to finish it")
-        gone = [r.path for r in rows if not Path(r.path).is_file()]
+        gone = [r.path for r in rows if not Path(files[r.path]).is_file()]
         report.checked["image_files"] = len(rows) - len(gone)
         if gone:
             report.problems.append(f"{len(gone)} image files are missing on disk ({_sample(gone)}); "
                                    "`s2m index build ARCHIVE --prune` or `s2m index remove` drops them")
         if check_hashes:
-            changed = [r.path for r in rows if Path(r.path).is_file() and file_sha256(r.path) != r.sha256]
+            hashed = {f: file_sha256(f) for f in set(files.values()) if Path(f).is_file()}
+            changed = [r.path for r in rows if files[r.path] in hashed and hashed[files[r.path]] != r.sha256]
             if changed:
                 report.problems.append(f"{len(changed)} image files changed since indexing ({_sample(changed)}); "
                                        "rerun `s2m index build` to re-encode them")

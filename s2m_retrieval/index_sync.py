@@ -16,6 +16,7 @@ from index.layout import IndexLock, IndexPaths, index_paths
 from index.shards import ShardStore
 from index.stamp import IndexStamp, read_stamp, write_stamp
 from index.store import VectorStore
+from s2m_retrieval.data.archive import frame_prefix, split_frame_key
 from s2m_retrieval.errors import BadInputError, IndexCorruptError
 from s2m_retrieval.storage import catalog
 from s2m_retrieval.storage.catalog import StoredVector
@@ -216,21 +217,28 @@ class RemoveReport:
     total: int
 
 
-def _resolve_keys(session, name: str, keys: Sequence[str]) -> tuple[dict[int, str], list[str]]:
-    """Images named by each key (id, path, stem or labels id); a key naming several is an error."""
+def _resolve_keys(session, name: str, keys: Sequence[str]) -> tuple[dict[int, str], list[str], set[str]]:
+    """Images named by each key (id, path, stem or labels id), keys that name none, and the files named whole.
+
+    A key naming several images is an error, except the path of a multi-frame file: it names all its frames.
+    """
     found: dict[int, str] = {}
-    missing = []
+    missing, files = [], set()
     for key in keys:
         # A path may be stored as given under the archive root or with its symlinks resolved: try both.
-        matches = catalog.match_images(session, name, key, sorted({os.path.abspath(key), os.path.realpath(key)}))
-        if len(matches) > 1:
+        paths = sorted({os.path.abspath(key), os.path.realpath(key)})
+        matches = catalog.match_images(session, name, key, paths, prefixes=[frame_prefix(p) for p in paths])
+        owners = {split_frame_key(stored)[0] for stored in matches.values()}
+        whole = owners & set(paths)
+        if len(matches) > 1 and not (len(owners) == 1 and owners == whole):
             listed = ", ".join(f"{iid}: {path}" for iid, path in sorted(matches.items())[:5])
             raise BadInputError(f"{key!r} names {len(matches)} images in index {name!r} ({listed}); "
                                 "give the path or the image id of the one to remove")
         if not matches:
             missing.append(key)
         found.update(matches)
-    return found, missing
+        files |= whole
+    return found, missing, files
 
 
 def remove_entries(keys: Sequence[str], *, name: str = "default", home=None, db_url: str | None = None) -> RemoveReport:
@@ -244,7 +252,7 @@ def remove_entries(keys: Sequence[str], *, name: str = "default", home=None, db_
         stamp = read_stamp(paths.manifest)
         claim(handle, stamp)
         with handle.db.session(write=True) as s:
-            found, missing = _resolve_keys(s, name, keys)
+            found, missing, files = _resolve_keys(s, name, keys)
             if not found:
                 raise BadInputError(f"none of {', '.join(keys[:5])} is in index {name!r} "
                                     "(give image ids, paths, file stems or labels ids)")
@@ -252,7 +260,8 @@ def remove_entries(keys: Sequence[str], *, name: str = "default", home=None, db_
                 s, version=stamp.model_version, name=stamp.model_name, dim=stamp.dim, metric=stamp.metric, config={})
             build_id = catalog.start_build(s, name, version.id, stamp.factory, source="remove")
             catalog.delete_vectors(s, name, sorted(found))
-            catalog.exclude_paths(s, name, found.values())  # later builds of the archive leave them out
+            # Later builds of the archive leave them out: a file named by its path whole, in any --frames.
+            catalog.exclude_paths(s, name, set(found.values()) | files)
         store, _ = load_store_for_write(paths, stamp)
         resync(handle, stamp, store)
         collect_garbage(handle, name)

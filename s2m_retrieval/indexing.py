@@ -25,7 +25,8 @@ from index.layout import IndexPaths, index_paths
 from index.stamp import IndexStamp, read_stamp, write_stamp
 from index.store import VectorStore
 from s2m_retrieval.build_reader import PlanItem, plan, prefetch, read_batches
-from s2m_retrieval.data.archive import ArchiveEntry, ReadStats, scan_archive
+from s2m_retrieval.data.archive import ArchiveEntry, ReadStats, scan_archive, split_frame_key
+from s2m_retrieval.data.dicom import DESCRIPTIVE_TAGS, FRAME_LABEL, IDENTIFYING_TAGS, check_frame_choice, is_dicom_path
 from s2m_retrieval.encoding import ArchiveEncoder, check_outputs
 from s2m_retrieval.errors import ArchiveError, BadInputError, VersionMismatchError
 from s2m_retrieval.index_sync import (WriteHandle, check_owner, claim, collect_garbage, load_store_for_write,
@@ -50,6 +51,7 @@ class BuildOptions:
     prune: bool = False
     checkpoint_s: float = 60.0
     keep_tags: bool = False  # store DICOM tags that identify patients (never by default)
+    frames: str | None = None  # frames of multi-frame DICOM files: first, middle, all (None: the index's own, or first)
 
 
 @dataclass
@@ -186,11 +188,15 @@ class BatchWriter:
         return len(stored) - len(replaced), len(replaced)
 
 
-def _check_model(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, factory: str | None) -> None:
+def _check_model(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, options: BuildOptions) -> None:
     stamp.check(model_version=encoder.version, metric=encoder.metric, dim=encoder.dim)
-    if factory and factory != stamp.factory:
-        raise BadInputError(f"index {stamp.name!r} uses factory {stamp.factory}, not {factory}; "
+    if options.factory and options.factory != stamp.factory:
+        raise BadInputError(f"index {stamp.name!r} uses factory {stamp.factory}, not {options.factory}; "
                             f"rebuild it to change: {stamp.rebuild_hint()}")
+    if options.frames and options.frames != stamp.frames:  # one index never mixes frame choices
+        raise BadInputError(f"index {stamp.name!r} holds --frames {stamp.frames} of multi-frame DICOM files, not "
+                            f"{options.frames}; leave --frames out to keep its own, or rebuild it to change: "
+                            f"{stamp.rebuild_hint()} --frames {options.frames}")
     with handle.db.session() as s:
         others = [v for v in catalog.model_versions_of(s, stamp.name) if v != encoder.version]
     if others:
@@ -215,9 +221,10 @@ def _wipe(handle: WriteHandle, name: str) -> None:
     handle.paths.manifest.unlink(missing_ok=True)
 
 
-def _new_stamp(name: str, encoder: ArchiveEncoder, factory: str) -> IndexStamp:
+def _new_stamp(name: str, encoder: ArchiveEncoder, factory: str, frames: str) -> IndexStamp:
     return IndexStamp(name=name, model_version=encoder.version, model_name=encoder.name, metric=encoder.metric,
-                      dim=encoder.dim, factory=factory, weighting=encoder.weighting, resolution=encoder.resolution)
+                      dim=encoder.dim, factory=factory, weighting=encoder.weighting, resolution=encoder.resolution,
+                      frames=frames)
 
 
 def build_index(archive: str | Path | None, encoder: ArchiveEncoder, *, home=None, db_url: str | None = None,
@@ -239,6 +246,8 @@ def build_index(archive: str | Path | None, encoder: ArchiveEncoder, *, home=Non
             raise ArchiveError(f"no images found in {root}")
     if options.factory:
         VectorStore.create(encoder.dim, options.factory)  # a bad factory string fails before anything is written
+    if options.frames is not None:
+        check_frame_choice(options.frames)
     summary = BuildSummary(name=options.name, source=str(root) if root else "files")
     paths = index_paths(resolve_home(home), options.name)
     made = [p for p in (paths.root.parent, paths.root) if not p.exists()]
@@ -267,6 +276,8 @@ def _build(encoder: ArchiveEncoder, home, db_url: str | None, options: BuildOpti
            progress: Progress | None, engine: BuildEngine) -> None:
     with open_for_write(home, options.name, db_url) as handle:
         stamp = read_stamp(handle.paths.manifest) if handle.paths.exists() else None
+        # A rebuild keeps the index's frame choice unless told otherwise.
+        frames = options.frames or (stamp.frames if stamp is not None else "first")
         if options.rebuild:
             images = rebuild_list(handle.paths)  # a rebuild killed before: its images are still to come
             if stamp is not None and _owned(handle, stamp):  # another database's index starts over empty
@@ -282,11 +293,11 @@ def _build(encoder: ArchiveEncoder, home, db_url: str | None, options: BuildOpti
             known = {r.path: r for r in catalog.stored_vectors(s, options.name)}
         if stamp is None:
             n_expected = len({os.path.abspath(e.path) for e in entries} | set(known))
-            stamp = _new_stamp(options.name, encoder, options.factory or auto_factory(n_expected, encoder.dim))
+            stamp = _new_stamp(options.name, encoder, options.factory or auto_factory(n_expected, encoder.dim), frames)
             stamp.database_id = handle.database_id
             _check_trainable(VectorStore.create(encoder.dim, stamp.factory), stamp.factory, n_expected)
             write_stamp(handle.paths.manifest, stamp)
-        _check_model(handle, stamp, encoder, options.factory)
+        _check_model(handle, stamp, encoder, options)
         summary.factory = stamp.factory
         with handle.db.session(write=True) as s:
             mv = catalog.get_or_create_model_version(s, version=encoder.version, name=encoder.name,
@@ -314,17 +325,20 @@ def _owned(handle: WriteHandle, stamp: IndexStamp) -> bool:
 
 def _with_images(entries: Sequence[ArchiveEntry], images: Sequence[tuple[str, str, dict]],
                  summary: BuildSummary) -> list[ArchiveEntry]:
-    """The entries plus the `images` (path, stem, labels) they lack: for a rebuild, those the index holds from
+    """The entries plus the `images` (key, stem, labels) they lack: for a rebuild, those the index holds from
     elsewhere (`index add`, other archives) and those a killed rebuild had still to encode, so the rebuilt index
     has the images it had (any later build finishes a killed rebuild the same way); files gone from disk are
     listed as lost."""
     have = {os.path.abspath(e.path) for e in entries}
     out = list(entries)
-    for path, stem, labels in images:
+    for key, stem, labels in images:
+        path, frame = split_frame_key(key)  # the frames of a file come back as the file: the plan takes them again
         if path in have:
             continue
         have.add(path)
         if os.path.isfile(path):
+            if frame is not None:  # the reader numbers the frames it takes
+                labels = {k: v for k, v in labels.items() if k != FRAME_LABEL}
             out.append(ArchiveEntry(path=Path(path), stem=stem, rel=Path(path).name, labels=labels))
         elif path not in summary.lost:
             summary.lost.append(path)
@@ -354,23 +368,33 @@ def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, 
     _, synced = resync(handle, stamp, store)
 
     with handle.db.session(write=True) as s:
-        if root is None:  # files the user named: adding one again undoes its removal
-            catalog.include_paths(s, stamp.name, sorted({os.path.abspath(e.path) for e in entries}))
         removed = catalog.excluded_paths(s, stamp.name)
+        if root is None:  # files the user named: adding one again undoes its removal, and that of its frames
+            files = {os.path.abspath(e.path) for e in entries}
+            back = sorted(key for key in removed if split_frame_key(key)[0] in files)
+            catalog.include_paths(s, stamp.name, back)
+            removed -= set(back)
     if not options.rebuild:  # any build finishes a rebuild that was killed (a rebuild merged them itself)
         entries = _with_images(entries, rebuild_list(handle.paths), summary)
-    if removed:
+    if removed:  # a removed file (its path) is left out whole, a removed frame (its key) alone
         kept = [e for e in entries if os.path.abspath(e.path) not in removed]
         summary.excluded, entries = len(entries) - len(kept), kept
     stats = ReadStats()
-    todo, summary.skipped = plan(entries, known, stats, engine.hashes(entries))
+    work = plan(entries, known, stats, engine.hashes(entries), stamp.frames)
+    todo, summary.skipped = [item for item in work.todo if item.path not in removed], work.skipped
+    summary.excluded += len(work.todo) - len(todo)
     if root is not None:  # an archive scan: its labels.csv is the truth for files it skips as unchanged
         encoding = {item.path for item in todo}
-        current = {path: dict(e.labels) for e in entries if e.labels
-                   and (path := os.path.abspath(e.path)) in known and path not in encoding}
+        current = {key: dict(e.labels) for key, e in work.seen.items() if e.labels
+                   and key in known and key not in encoding}
         if current:
+            dicom = {key for key, e in work.seen.items() if key in current and is_dicom_path(e.path)}
             with handle.db.session(write=True) as s:
-                summary.relabelled = catalog.refresh_labels(s, current)
+                summary.relabelled = catalog.refresh_labels(s, {k: v for k, v in current.items() if k not in dicom})
+                # What the reader took from a DICOM file stays: its tags beneath the row, its frame number above.
+                summary.relabelled += catalog.refresh_labels(s, {k: current[k] for k in dicom},
+                                                             beneath=DESCRIPTIVE_TAGS + IDENTIFYING_TAGS,
+                                                             above=(FRAME_LABEL,))
     writer = BatchWriter(handle, stamp, store, model_version_id=model_version_id, build_id=summary.build_id,
                          synced_vector_id=synced, checkpoint_s=options.checkpoint_s)
     if not store.is_trained:
@@ -395,14 +419,17 @@ def _run_build(handle: WriteHandle, stamp: IndexStamp, encoder: ArchiveEncoder, 
             progress(len(items), len(todo))
     summary.bad = list(stats.bad_files)
 
-    # A changed file that no longer decodes must not keep the vector of its old content.
-    gone = [known[os.path.abspath(p)].image_id for p, _ in summary.bad if os.path.abspath(p) in known]
+    # A changed file that no longer decodes must not keep the vector of its old content, nor a file the frames
+    # it no longer has (or no longer has as frames).
+    files = {os.path.abspath(e.path) for e in entries}
+    gone = {known[os.path.abspath(p)].image_id for p, _ in summary.bad if os.path.abspath(p) in known}
+    gone |= {r.image_id for key, r in known.items() if key not in work.seen and split_frame_key(key)[0] in files}
     if root is not None:
-        seen = {os.path.abspath(e.path) for e in entries}
         prefix = str(root) + "/"
-        summary.missing = sorted(p for p in known if p.startswith(prefix) and p not in seen)
+        summary.missing = sorted(p for p in known if p.startswith(prefix) and split_frame_key(p)[0] not in files)
         if options.prune:
-            gone += [known[p].image_id for p in summary.missing]
+            gone |= {known[p].image_id for p in summary.missing}
+    gone = sorted(gone)
     if gone:
         with handle.db.session(write=True) as s:
             catalog.delete_vectors(s, stamp.name, gone)

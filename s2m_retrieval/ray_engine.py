@@ -85,7 +85,7 @@ def _decode_batch(batch: dict[str, np.ndarray], resolution: int, policy: str,
             out["ok"][j], out["image"][j], out["height"][j], out["width"][j] = True, image, h, w
             out["reason"][j] = ""
         else:
-            out["reason"][j] = bad.get(str(item.entry.path), "unreadable")
+            out["reason"][j] = bad.get(item.entry.key, "unreadable")
         out["item"][j] = pickle.dumps(item)  # decoding may add labels (DICOM tags)
     return out
 
@@ -221,8 +221,8 @@ class RayEngine:
             for j in range(len(block["idx"])):
                 item = pickle.loads(block["item"][j])
                 if not block["ok"][j]:
-                    stats.record_bad(item.entry.path, str(block["reason"][j]))
-                    log.warning("skipped %s: %s", item.entry.path, block["reason"][j])
+                    stats.record_bad(item.entry.key, str(block["reason"][j]))
+                    log.warning("skipped %s: %s", item.entry.key, block["reason"][j])
                     continue
                 stats.read += 1
                 items.append(item)

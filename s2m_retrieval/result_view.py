@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from s2m_retrieval.data.dicom import FRAME_LABEL
+
 META_COLUMNS = 4  # label columns shown in the table (all of them are in --json)
 
 
@@ -29,7 +31,8 @@ def result_table(result) -> list[str]:
     else:
         paths = [h.path for h in result.hits]
         base = os.path.commonpath([os.path.dirname(x) for x in paths]) if len(paths) > 1 else os.path.dirname(paths[0])
-        columns: list[str] = []
+        # The frame of a hit from a multi-frame file comes first: the path alone does not say which image it is.
+        columns: list[str] = [FRAME_LABEL] if any(FRAME_LABEL in h.labels for h in result.hits) else []
         for hit in result.hits:
             columns += [c for c in hit.labels if c not in columns and c not in ("id", "file")]
         columns = columns[:META_COLUMNS]

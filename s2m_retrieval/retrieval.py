@@ -369,6 +369,7 @@ class RetrievalEngine:
         A key names an indexed image by id, path, file stem or labels `id` (as `s2m index remove` reads keys);
         else an existing image file is a query from outside the index.
         """
+        from s2m_retrieval.data.archive import frame_prefix
         from s2m_retrieval.storage import catalog
 
         text = str(key)
@@ -382,12 +383,13 @@ class RetrievalEngine:
                 matches = {}
             else:
                 paths = sorted({os.path.abspath(text), os.path.realpath(text)})
-                matches = catalog.match_images(s, name, text, paths)
+                frames = [frame_prefix(p) for p in paths]  # a multi-frame file's entries are its frames
+                matches = catalog.match_images(s, name, text, paths, frames)
                 if not matches and not Path(text).is_file():  # a file name as the tables show it
-                    matches = catalog.match_images(s, name, Path(text).stem, paths)
+                    matches = catalog.match_images(s, name, Path(text).stem, paths, frames)
         if len(matches) > 1:
-            raise BadInputError(f"--like {text!r} names {len(matches)} images of index {name!r}; give the id or "
-                                "the full path")
+            raise BadInputError(f"--like {text!r} names {len(matches)} images of index {name!r}; give the id (or the "
+                                "full path of a file that is one image)")
         if matches:
             return next(iter(matches)), None
         if not isinstance(key, int) and Path(text).is_file():

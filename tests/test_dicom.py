@@ -80,10 +80,11 @@ def test_dicom_pixels_come_back_as_rgb(dicom_archive):
     assert np.array_equal(read_image(root / "IM000017"), colour[::-1])
 
 
-def test_dicom_without_a_single_2d_image_is_a_clear_error(dicom_archive):
-    root, _, _ = dicom_archive
-    with pytest.raises(BadImageError, match="holds 3 frames, not a single 2D image"):
-        read_image(root / "cine.dcm")
+def test_dicom_without_an_image_or_frame_is_a_clear_error(dicom_archive):
+    root, colour, _ = dicom_archive
+    assert np.array_equal(read_image(root / "cine.dcm"), colour)  # a multi-frame file reads as its first frame
+    with pytest.raises(BadImageError, match="frame 3 asked for, the DICOM file holds 3 frames"):
+        read_image(root / "cine.dcm", frame=3)
     with pytest.raises(BadImageError, match="without pixel data.*not an image"):
         read_image(root / "report.dcm")
 
@@ -94,8 +95,10 @@ def test_scan_and_labels_keep_patient_tags_out_unless_asked(dicom_archive):
     assert [e.rel for e in entries] == ["IM000017", "cine.dcm", "grey.dcm", "photo.dcm", "plain.png", "report.dcm"]
     stats = ReadStats()
     kept = [e for b in iter_batches(entries, 8, 32, stats=stats) for e in b.entries]
-    assert {e.rel for e in kept} == {"IM000017", "grey.dcm", "photo.dcm", "plain.png"}
-    assert stats.n_bad == 2 and any("3 frames" in reason for _, reason in stats.bad_files)
+    assert {e.rel for e in kept} == {"IM000017", "cine.dcm", "grey.dcm", "photo.dcm", "plain.png"}
+    assert stats.n_bad == 1 and "without pixel data" in stats.bad_files[0][1]
+    assert next(e for e in kept if e.rel == "cine.dcm").labels["frame"] == 0
+    assert "frame" not in next(e for e in kept if e.rel == "photo.dcm").labels
     photo = next(e for e in kept if e.rel == "photo.dcm")
     assert photo.labels["Modality"] == "XC" and photo.labels["BodyPartExamined"] == "THROAT"
     assert photo.labels["SOPClassUID"] == "VL Photographic Image Storage"
@@ -119,9 +122,9 @@ def test_index_build_never_stores_patient_tags_without_keep_tags(dicom_archive, 
     home = tmp_path / "home"
     result = runner.invoke(app, ["index", "build", str(root), "--home", str(home), "--encoder", "fake:dim=8"])
     assert result.exit_code == 0, result.output
-    assert "bad 2" in result.stdout and "cine.dcm: DICOM holds 3 frames, not a single 2D image" in result.stdout
+    assert "bad 1" in result.stdout and "report.dcm: DICOM without pixel data" in result.stdout
     rows = _db_rows(home)
-    assert set(rows) == {"IM000017", "grey.dcm", "photo.dcm", "plain.png"}
+    assert set(rows) == {"IM000017", "cine.dcm#frame=0", "grey.dcm", "photo.dcm", "plain.png"}
     assert rows["photo.dcm"]["Modality"] == "XC" and not set(PATIENT) & set(rows["photo.dcm"])
     raw = (home / "s2m.db").read_bytes()
     assert b"Doe^Jane" not in raw and b"MRN-448812" not in raw and b"Roe^Richard" not in raw

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -14,7 +15,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from s2m_retrieval.data.csv_table import read_table
-from s2m_retrieval.data.dicom import DICOM_EXTENSIONS, dicom_labels, dicom_size, is_dicom_path, read_dicom
+from s2m_retrieval.data.dicom import (DICOM_EXTENSIONS, FRAME_LABEL, dicom_frame_count, dicom_labels, dicom_pixels,
+                                     dicom_size, frame_count, is_dicom_path, open_dicom, pick_frames, read_dicom)
 from s2m_retrieval.data.image_io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, composite, decode_pixels, input_file,
                                         is_image_name)
 from s2m_retrieval.errors import ArchiveError, BadImageError, BadInputError
@@ -24,17 +26,43 @@ log = logging.getLogger(__name__)
 FIT_POLICIES = ("crop", "pad")  # how a non-square image becomes square: centre crop, or black bars
 # Folders of an archive that hold derived files rather than archive images.
 RESERVED_DIRS = ("masks", "sketches")
+FRAME_MARK = "#frame="  # the key of one frame of a multi-frame file: its path, FRAME_MARK, the 0-based frame
+_FRAME_KEY = re.compile(r"(.*)#frame=(\d+)", re.DOTALL)
+
+
+def frame_key(path: str | os.PathLike, frame: int | None) -> str:
+    """The key an entry is stored under: its file's path, plus the frame number for a frame of a multi-frame file."""
+    return str(path) if frame is None else f"{path}{FRAME_MARK}{frame}"
+
+
+def frame_prefix(path: str | os.PathLike) -> str:
+    """What the keys of every frame of a multi-frame file begin with."""
+    return f"{path}{FRAME_MARK}"
+
+
+def split_frame_key(key: str) -> tuple[str, int | None]:
+    """(file path, frame or None) of a stored key (see `frame_key`); a file named like a key is that file."""
+    match = _FRAME_KEY.fullmatch(key)
+    if match is None or os.path.lexists(key):
+        return key, None
+    return match.group(1), int(match.group(2))
 
 
 @dataclass(frozen=True)
 class ArchiveEntry:
-    """One image file of an archive, with its mask path and metadata row when present."""
+    """One image of an archive: a file (or one frame of a multi-frame DICOM file), its mask and metadata row."""
 
     path: Path
     stem: str
     rel: str
     mask_path: Path | None = None
     labels: dict = field(default_factory=dict)
+    frame: int | None = None  # 0-based, set for each entry of a multi-frame file (None: a single image)
+
+    @property
+    def key(self) -> str:
+        """What identifies the entry: its path, with its frame number when it is one frame of a file."""
+        return frame_key(self.path, self.frame)
 
 
 @dataclass
@@ -45,8 +73,8 @@ class ReadStats:
     bad: Counter = field(default_factory=Counter)
     bad_files: list = field(default_factory=list)
 
-    def record_bad(self, path: Path, reason: str) -> None:
-        """Count one skipped file and remember why."""
+    def record_bad(self, path: Path | str, reason: str) -> None:
+        """Count one skipped file (or frame of a file, by its key) and remember why."""
         self.bad[reason] += 1
         self.bad_files.append((str(path), reason))
 
@@ -127,13 +155,29 @@ def scan_archive(root: str | os.PathLike) -> list[ArchiveEntry]:
     return entries
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int | None = None) -> np.ndarray:
     """Decode one image as RGB uint8 `[H, W, 3]` (see `image_io.decode_pixels`; alpha composited on black), or
-    a DICOM file's pixels."""
+    a DICOM file's pixels (`frame` of a multi-frame one, None: its first)."""
     input_file(path, error=BadImageError)
     if is_dicom_path(path):
-        return read_dicom(Path(path), max_pixels)[0]
+        return read_dicom(Path(path), max_pixels, frame)[0]
+    if frame not in (None, 0):
+        raise BadImageError(f"{path}: frame {frame} asked for, the file holds one image")
     return composite(decode_pixels(path, max_pixels), background=0)
+
+
+def entry_frames(path: str | os.PathLike, choice: str) -> list[int | None]:
+    """The frames an index takes of a file under a --frames choice: [None] for a file of one image, else 0-based
+    frame numbers (see `dicom.pick_frames`); reads a DICOM file's header only."""
+    if not is_dicom_path(path):
+        return [None]
+    n_frames = dicom_frame_count(path)
+    return [None] if n_frames == 1 else pick_frames(n_frames, choice)
+
+
+def skip_reason(exc: Exception) -> str:
+    """The reason a bad file is counted under: its error message without the path and the details in brackets."""
+    return str(exc).split(": ", 1)[-1].split(" (")[0]
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -179,17 +223,26 @@ def iter_batches(entries: Iterable[ArchiveEntry], batch_size: int, size: int, *,
     """Stream decoded, squared images in batches; bad files are skipped and counted in `stats`.
 
     A DICOM entry comes back with its tags among its labels (labels.csv wins on a clash); tags that
-    identify a patient only with `keep_tags` (see `dicom_labels`).
+    identify a patient only with `keep_tags` (see `dicom_labels`). An entry of a multi-frame file is its `frame`
+    (None: the first), numbered in its `frame` label; consecutive frames of one file share one read of it.
     """
     stats = stats if stats is not None else ReadStats()
     buf_e, buf_i, buf_m = [], [], []
+    opened: tuple[Path, object] | None = None  # the DICOM file read last, for the next frame of it
     for entry in entries:
         try:
             if is_dicom_path(entry.path):
-                pixels, ds = read_dicom(entry.path, max_pixels)
-                entry = replace(entry, labels={**dicom_labels(ds, keep_tags), **entry.labels})
+                if opened is None or opened[0] != entry.path:
+                    opened = None  # let the last file go before the next one is read
+                    opened = (entry.path, open_dicom(entry.path))
+                ds = opened[1]
+                pixels = dicom_pixels(ds, entry.path, max_pixels, entry.frame)
+                labels = {**dicom_labels(ds, keep_tags), **entry.labels}
+                if frame_count(ds, entry.path) > 1:  # the frame number wins over a labels.csv column of that name
+                    labels[FRAME_LABEL] = entry.frame or 0
+                entry = replace(entry, labels=labels)
             else:
-                pixels = read_image(entry.path, max_pixels)
+                pixels = read_image(entry.path, max_pixels, entry.frame)
             image = fit_square(pixels, size, policy)
             mask = None
             if with_masks:
@@ -200,8 +253,7 @@ def iter_batches(entries: Iterable[ArchiveEntry], batch_size: int, size: int, *,
                     raise BadImageError(f"{entry.mask_path}: mask size differs from its image")
                 mask = fit_square(mask, size, policy, nearest=True)
         except BadImageError as exc:
-            reason = str(exc).split(": ", 1)[-1].split(" (")[0]
-            stats.record_bad(entry.path, reason)
+            stats.record_bad(entry.key, skip_reason(exc))
             log.warning("skipped %s", exc)
             continue
         stats.read += 1

@@ -1,4 +1,4 @@
-"""DICOM archive files (photographs, secondary captures) as RGB pixels, and which of their tags may be stored."""
+"""DICOM files (photographs, secondary captures, cines) as RGB pixels frame by frame, and which tags may be stored."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from s2m_retrieval.errors import ArchiveError, BadImageError
+from s2m_retrieval.errors import ArchiveError, BadImageError, BadInputError
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 _MAGIC_OFFSET = 128  # Part 10 files: 128-byte preamble, then "DICM"
+# Which frames of a multi-frame file (cine, dose grid, enhanced CT/MR) an index takes: each one its own entry.
+FRAME_CHOICES = ("first", "middle", "all")
+FRAME_LABEL = "frame"  # the label holding the 0-based frame number of an entry of a multi-frame file
 
 # Stored with every DICOM image: what kind of image it is, never who it shows or when and where it was taken.
 DESCRIPTIVE_TAGS = ("Modality", "SOPClassUID", "PhotometricInterpretation", "Rows", "Columns", "BitsStored",
@@ -51,8 +54,8 @@ def _pydicom():
     return pydicom
 
 
-def read_dicom(path: str | os.PathLike, max_pixels: int) -> tuple[np.ndarray, object]:
-    """RGB uint8 `[H, W, 3]` of a single-image DICOM file, and its dataset (for the tags)."""
+def open_dicom(path: str | os.PathLike):
+    """The dataset of a DICOM file with pixel data (one decode of the file serves each of its frames)."""
     pydicom = _pydicom()
     path = Path(path)
     try:
@@ -63,20 +66,69 @@ def read_dicom(path: str | os.PathLike, max_pixels: int) -> tuple[np.ndarray, ob
         kind = getattr(ds, "SOPClassUID", None)
         name = getattr(kind, "name", kind) or "unknown SOP class"
         raise BadImageError(f"{path}: DICOM without pixel data ({name}), not an image")
-    frames, rows, cols = (_count(ds, tag, path, default) for tag, default in
-                          (("NumberOfFrames", 1), ("Rows", 0), ("Columns", 0)))
-    if frames != 1:
-        raise BadImageError(f"{path}: DICOM holds {frames} frames, not a single 2D image; export each frame "
-                            "as its own file")
+    return ds
+
+
+def frame_count(ds, path: str | os.PathLike) -> int:
+    """How many frames a DICOM dataset holds (1 without NumberOfFrames); a malformed count is a bad file."""
+    frames = _count(ds, "NumberOfFrames", Path(path), 1)
+    if frames < 1:
+        raise BadImageError(f"{path}: DICOM tag NumberOfFrames is malformed ({frames}, not a frame count)")
+    return frames
+
+
+def dicom_frame_count(path: str | os.PathLike) -> int:
+    """How many frames a DICOM file holds, from its header alone."""
+    pydicom = _pydicom()
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:
+        raise BadImageError(f"{path}: not a readable DICOM file ({type(exc).__name__})") from exc
+    return frame_count(ds, path)
+
+
+def check_frame_choice(choice: str) -> str:
+    """`choice` when it is one of FRAME_CHOICES, else a one-line BadInputError."""
+    if choice not in FRAME_CHOICES:
+        raise BadInputError(f"unknown --frames {choice!r} (one of: {', '.join(FRAME_CHOICES)})")
+    return choice
+
+
+def pick_frames(n_frames: int, choice: str) -> list[int]:
+    """The 0-based frames a --frames choice takes of a file holding `n_frames`: the first, the middle (N//2), all."""
+    if check_frame_choice(choice) == "all":
+        return list(range(n_frames))
+    return [n_frames // 2 if choice == "middle" else 0]
+
+
+def dicom_pixels(ds, path: str | os.PathLike, max_pixels: int, frame: int | None = None) -> np.ndarray:
+    """RGB uint8 `[H, W, 3]` of one frame of an opened DICOM file (None: its first), windowed as that frame says."""
+    path = Path(path)
+    frames = frame_count(ds, path)
+    rows, cols = _count(ds, "Rows", path, 0), _count(ds, "Columns", path, 0)
+    index = 0 if frame is None else frame
+    if not 0 <= index < frames:
+        raise BadImageError(f"{path}: frame {index} asked for, the DICOM file holds {frames} frames")
     if rows * cols > max_pixels:
         raise BadImageError(f"{path}: {cols}x{rows} exceeds the pixel limit {max_pixels}")
     try:
-        pixels = ds.pixel_array
+        if frames == 1:
+            pixels = ds.pixel_array
+        else:  # decodes this frame only, not the whole cine
+            from pydicom.pixels import pixel_array
+
+            pixels = pixel_array(ds, index=index)
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         raise BadImageError(f"{path}: DICOM pixel data cannot be decoded ({getattr(syntax, 'name', syntax)}; "
                             f"{str(exc)[:60]})") from exc
-    return _to_rgb(pixels, ds, path), ds
+    return _to_rgb(pixels, ds, path, index)
+
+
+def read_dicom(path: str | os.PathLike, max_pixels: int, frame: int | None = None) -> tuple[np.ndarray, object]:
+    """RGB uint8 `[H, W, 3]` of one frame of a DICOM file (None: its first, or its only image), and its dataset."""
+    ds = open_dicom(path)
+    return dicom_pixels(ds, path, max_pixels, frame), ds
 
 
 def _count(ds, tag: str, path: Path, default: int) -> int:
@@ -90,14 +142,16 @@ def _count(ds, tag: str, path: Path, default: int) -> int:
         raise BadImageError(f"{path}: DICOM tag {tag} cannot be read ({type(exc).__name__})") from None
 
 
-def _to_rgb(pixels: np.ndarray, ds, path: Path) -> np.ndarray:
-    """Decoded DICOM pixels -> RGB uint8: grey via its window (else its own range), colour scaled to 8 bits."""
+def _to_rgb(pixels: np.ndarray, ds, path: Path, frame: int = 0) -> np.ndarray:
+    """Decoded DICOM pixels of one frame -> RGB uint8: grey via its window (else its own range), colour scaled to
+    8 bits."""
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
     if samples == 1 and pixels.ndim == 2:
-        grey = pixels.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1) or 1) \
-            + float(getattr(ds, "RescaleIntercept", 0) or 0)
-        centre, width = _window(ds)
+        slope = _frame_value(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _frame_value(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
+        grey = pixels.astype(np.float64) * (_number(slope, 1.0) or 1.0) + _number(intercept, 0.0)
+        centre, width = _window(ds, frame)
         if width is not None and width > 0:
             lo, hi = centre - width / 2, centre + width / 2
         else:
@@ -116,14 +170,41 @@ def _to_rgb(pixels: np.ndarray, ds, path: Path) -> np.ndarray:
                         f"{photometric or 'no photometric interpretation'}) are not a single 2D image")
 
 
-def _window(ds) -> tuple[float, float | None]:
-    centre, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
+def _frame_value(ds, frame: int, sequence: str, keyword: str):
+    """A value of the dataset itself, else of the frame's functional group, else of the shared one (how enhanced
+    multi-frame objects store windows and rescaling per frame)."""
+    value = getattr(ds, keyword, None)
+    if value is not None:
+        return value
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        try:
+            value = getattr(getattr(ds, groups)[index], sequence)[0].get(keyword)
+        except (AttributeError, IndexError, TypeError, KeyError):
+            continue
+        if value is not None:
+            return getattr(value, "value", value)
+    return None
+
+
+def _first(value):
+    return value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value
+
+
+def _number(value, default: float) -> float:
+    try:
+        return float(_first(value)) if value not in (None, "") else default
+    except (TypeError, ValueError, IndexError):
+        return default
+
+
+def _window(ds, frame: int = 0) -> tuple[float, float | None]:
+    centre = _frame_value(ds, frame, "FrameVOILUTSequence", "WindowCenter")
+    width = _frame_value(ds, frame, "FrameVOILUTSequence", "WindowWidth")
     if centre is None or width is None:
         return 0.0, None
-    first = (lambda v: v[0] if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else v)
     try:
-        return float(first(centre)), float(first(width))
-    except (TypeError, ValueError):
+        return float(_first(centre)), float(_first(width))
+    except (TypeError, ValueError, IndexError):
         return 0.0, None
 
 

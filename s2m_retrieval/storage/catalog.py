@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, exists, func, insert, or_, select, update
@@ -169,15 +169,23 @@ def include_paths(session: Session, index_name: str, paths: Sequence[str]) -> in
     return gone
 
 
-def refresh_labels(session: Session, labels_by_path: dict[str, dict]) -> int:
-    """Give stored images the labels their archive's labels.csv has now; returns how many rows changed."""
+def refresh_labels(session: Session, labels_by_path: dict[str, dict], *, beneath: Collection[str] = (),
+                   above: Collection[str] = ()) -> int:
+    """Give stored images the labels their archive's labels.csv has now; returns how many rows changed.
+
+    Stored labels named in `beneath` (read from the file itself) are kept where the row has no such column, those
+    in `above` are kept over the row's.
+    """
     changed = []
     paths = list(labels_by_path)
     for chunk in _chunks(paths):
         for image_id, path, labels in session.execute(
                 select(Image.id, Image.path, Image.labels).where(Image.path.in_(list(chunk)))):
-            if dict(labels or {}) != labels_by_path[path]:
-                changed.append({"id": image_id, "labels": labels_by_path[path]})
+            labels = dict(labels or {})
+            fresh = {**{k: v for k, v in labels.items() if k in beneath}, **labels_by_path[path],
+                     **{k: v for k, v in labels.items() if k in above}}
+            if labels != fresh:
+                changed.append({"id": image_id, "labels": fresh})
     if changed:
         session.execute(update(Image), changed)  # bulk UPDATE by primary key
     return len(changed)
@@ -213,9 +221,12 @@ def find_image(session: Session, index_name: str, key: int | Sequence[str]) -> i
                           .where(cond, Vector.index_name == index_name).limit(1))
 
 
-def match_images(session: Session, index_name: str, key: str, paths: Sequence[str]) -> dict[int, str]:
-    """Images of the index a user key names: internal id, one of `paths`, file stem or labels `id`; {id: path}."""
+def match_images(session: Session, index_name: str, key: str, paths: Sequence[str],
+                 prefixes: Sequence[str] = ()) -> dict[int, str]:
+    """Images of the index a user key names: internal id, one of `paths`, a stored path beginning with one of
+    `prefixes` (the frames of a file), file stem or labels `id`; {id: path}."""
     conds = [Image.path.in_(list(paths)), Image.stem == key, Image.labels["id"].as_string() == key]
+    conds += [Image.path.startswith(prefix, autoescape=True) for prefix in prefixes]
     if as_image_id(key) is not None:
         conds.append(Image.id == as_image_id(key))
     stmt = (select(Image.id, Image.path).join(Vector, Vector.image_id == Image.id)
