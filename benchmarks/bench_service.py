@@ -7,11 +7,11 @@ Each client is a thread with one keep-alive connection sending a mix of requests
 of 256 px, base64 in JSON, as the page sends them), "more like this" queries and thumbnails. Exit code 1 when any
 request failed.
 
-The same run measures two servers over the same index, one after the other: unbatched (`--max-batch 1`, each
-sketch query alone on the models) and batched (sketch queries that meet share a forward; `s2m serve`'s defaults
-unless --max-batch / --batch-wait-ms are given), and prints the batched/unbatched ratios of requests/s and p95
-(the target: >= 2x requests/s, p95 not worse, 0 errors). Run:
-`OMP_NUM_THREADS=1 python benchmarks/bench_service.py [--shipped] [--clients 20] [--seconds 25]`.
+The same run measures two servers over the same index, in turn for --rounds rounds (each round a fresh process):
+unbatched (`--max-batch 1`, each sketch query alone on the models) and batched (sketch queries that meet share a
+forward; `s2m serve`'s defaults unless --max-batch / --batch-wait-ms are given), and prints the batched/unbatched
+ratios of requests/s, p50 and p95 over all rounds (the target: >= 2x requests/s, p95 not worse, 0 errors). Run:
+`OMP_NUM_THREADS=1 python benchmarks/bench_service.py [--shipped] [--clients 20] [--seconds 25] [--rounds 2]`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -157,8 +158,28 @@ def summary(records: list[tuple[str, float, bool]], seconds: float) -> dict:
             "max_ms": round(max(ms), 1) if ms else None}
 
 
-def measure(home: Path, models: Path, args, bodies: list[bytes], mix: list[str], extra: list[str]) -> dict:
-    """One server (`s2m serve` with `extra` options) under the clients: its report and the failures seen."""
+@dataclass
+class Measured:
+    """What the clients saw of one server over its rounds, and what the server counted."""
+
+    records: list = field(default_factory=list)   # (kind, ms, ok) of every request
+    failures: list = field(default_factory=list)
+    seconds: float = 0.0
+    served: int = 0                                # the server's own count of /v1 requests
+    forwards: float = 0.0                          # forwards of the models (the batch size histogram's count)
+    sketches: float = 0.0                          # sketches in them (its sum)
+
+    def report(self, options: list[str], kinds: list[str]) -> dict:
+        return {"options": " ".join(options) or "(s2m serve defaults)", "seconds": round(self.seconds, 1),
+                "all": summary(self.records, self.seconds),
+                "by_kind": {k: summary([r for r in self.records if r[0] == k], self.seconds) for k in kinds},
+                "server_counted_requests": self.served,
+                "sketches_per_forward": round(self.sketches / self.forwards, 2) if self.forwards else None}
+
+
+def measure(home: Path, models: Path, args, bodies: list[bytes], mix: list[str], extra: list[str],
+            into: Measured) -> None:
+    """One round of one server (`s2m serve` with `extra` options, started afresh) under the clients."""
     proc, base = start_server(home, models, args.concurrency, args.threads, extra)
     try:
         port = int(base.rsplit(":", 1)[1])
@@ -173,24 +194,24 @@ def measure(home: Path, models: Path, args, bodies: list[bytes], mix: list[str],
         for c in clients:
             c.join()
         elapsed = time.monotonic() - t_start
-        served, forwards, batched = (a - b for a, b in zip(server_counts(port), (served_before, forwards_before,
-                                                                                   batched_before)))
+        served, forwards, sketches = server_counts(port)
     finally:
         proc.terminate()
         proc.wait(30)
-    records = [r for c in clients for r in c.records]
-    return {"options": " ".join(extra) or "(s2m serve defaults)", "seconds": round(elapsed, 1),
-            "all": summary(records, elapsed),
-            "by_kind": {k: summary([r for r in records if r[0] == k], elapsed) for k in sorted(set(mix))},
-            "server_counted_requests": served,
-            "sketches_per_forward": round(batched / forwards, 2) if forwards else None,
-            "failures": [f for c in clients for f in c.failures]}
+    into.records += [r for c in clients for r in c.records]
+    into.failures += [f for c in clients for f in c.failures]
+    into.seconds += elapsed
+    into.served += served - served_before
+    into.forwards += forwards - forwards_before
+    into.sketches += sketches - batched_before
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--seconds", type=float, default=25.0, help="Measured time of each server.")
+    ap.add_argument("--seconds", type=float, default=25.0, help="Measured time of each server in each round.")
+    ap.add_argument("--rounds", type=int, default=2, help="Rounds of unbatched then batched (the machine's load "
+                                                          "drifts: alternating spreads it over both).")
     ap.add_argument("--images", type=int, default=200, help="Phantom archive size of the index.")
     ap.add_argument("--mix", default="sketch=8,like=1,image=1", help="Request kinds and their weights.")
     ap.add_argument("--concurrency", type=int, default=2, help="Server: queries (batches) computing at once.")
@@ -211,16 +232,21 @@ def main() -> None:
         bodies = sketch_bodies(32)
         kind = "the shipped models" if args.shipped else "tiny random models"
         print(f"setup: {args.images}-image index, {kind} ({time.perf_counter() - t0:.1f} s)")
-        runs = {"unbatched": measure(home, models, args, bodies, mix, ["--max-batch", "1"]),
-                "batched": measure(home, models, args, bodies, mix, batching)}
+        servers = {"unbatched": ["--max-batch", "1"], "batched": batching}
+        seen = {name: Measured() for name in servers}
+        for _ in range(args.rounds):
+            for name, options in servers.items():
+                measure(home, models, args, bodies, mix, options, seen[name])
 
+    kinds = sorted(set(mix))
+    runs = {name: seen[name].report(options, kinds) for name, options in servers.items()}
     unbatched, batched = runs["unbatched"]["all"], runs["batched"]["all"]
     ratio = {"req_per_s": round(batched["req_per_s"] / unbatched["req_per_s"], 2) if unbatched["req_per_s"] else None,
              "p50": round(batched["p50_ms"] / unbatched["p50_ms"], 2) if unbatched["p50_ms"] else None,
              "p95": round(batched["p95_ms"] / unbatched["p95_ms"], 2) if unbatched["p95_ms"] else None}
-    failures = {name: run.pop("failures") for name, run in runs.items()}
+    failures = {name: measured.failures for name, measured in seen.items()}
     errors = sum(run["all"]["errors"] for run in runs.values())
-    report = {"clients": args.clients, "images": args.images, "mix": args.mix,
+    report = {"clients": args.clients, "images": args.images, "mix": args.mix, "rounds": args.rounds,
               "server": {"concurrency": args.concurrency, "threads": args.threads, "cpus": os.cpu_count()},
               **runs, "batched_vs_unbatched": ratio}
     print(json.dumps(report, indent=2))

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from s2m_retrieval.data.sketch import is_blank_sketch
 from s2m_retrieval.errors import BadImageError, BadInputError, IndexCorruptError, VersionMismatchError
 from s2m_retrieval.ranking import (DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS, cached_perceptual_distances,
                                    fuse, perceptual_distances)
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 DEFAULT_K = 10
@@ -75,7 +79,7 @@ class SketchCode:
 
     grey: np.ndarray                 # the checked sketch [H, W] uint8
     vector: np.ndarray               # index vector [1, D]
-    x_hat: object                    # generated image, tensor [1, 3, R, R] in [-1, 1]
+    x_hat: torch.Tensor              # generated image [1, 3, R, R] in [-1, 1]
     image: np.ndarray                # x_hat as uint8 [R, R, 3]
     steps: int
     code: str

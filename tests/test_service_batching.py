@@ -197,12 +197,44 @@ def test_served_again_after_a_shutdown_it_still_batches(engine):
     assert singles == 2 and forwards <= 4, (forwards, singles)  # 2 lone queries + 2 batches of the three
 
 
+class _CountingEngine:
+    """The two halves of a sketch query without models: each sketch's "code" is its bytes, its result them back."""
+
+    def __init__(self) -> None:
+        self.forwards: list[int] = []
+
+    def encode_sketches(self, greys, steps):
+        self.forwards.append(len(greys))
+        return list(greys)
+
+    def rank_sketch(self, code, **options):
+        return code
+
+
+def test_a_drain_answers_the_oldest_batches_until_its_own_query_is_taken():
+    from s2m_retrieval.service.batching import SketchBatcher, SketchQuery
+
+    engine = _CountingEngine()
+    batcher = SketchBatcher(engine, decode=bytes, max_batch=2, wait_ms=0, observe_batch=lambda n: None)
+    queries = [SketchQuery(bytes([i]), 0, {}) for i in range(5)]
+    for query in queries:
+        batcher.add(query)
+    batcher.drain(queries[2])   # batches [0, 1] and [2, 3]
+    assert engine.forwards == [2, 2] and [q.future.done() for q in queries] == [True] * 4 + [False]
+    assert [q.future.result() for q in queries[:4]] == [bytes([i]) for i in range(4)]
+    batcher.drain(queries[1])   # taken already: nothing to do
+    assert engine.forwards == [2, 2]
+    batcher.drain(queries[4])
+    assert queries[4].future.result() == bytes([4]) and engine.forwards == [2, 2, 1]
+
+
 def test_a_query_still_pending_at_shutdown_is_refused():
     from s2m_retrieval.service.batching import SketchBatcher, SketchQuery, Stopping
 
     batcher = SketchBatcher(engine=None, decode=bytes, max_batch=4, wait_ms=0, observe_batch=lambda n: None)
-    future = batcher.add(SketchQuery(b"png", 0, {}))
+    query = SketchQuery(b"png", 0, {})
+    future = batcher.add(query)
     batcher.close()
     with pytest.raises(Stopping, match="stopping"):
         future.result(timeout=1)
-    batcher.drain()  # nothing left: returns at once
+    batcher.drain(query)  # refused already: returns at once

@@ -145,12 +145,12 @@ class QueryRunner:
             return await asyncio.wrap_future(_submit(pool, fn))
 
     async def run_batched(self, batcher: SketchBatcher, query: SketchQuery):
-        """A sketch query answered in a batch: queued with the batcher, and one drain asked of the query threads
-        for it (a drain that finds its query taken by an earlier one returns at once). Held like `run`."""
+        """A sketch query answered in a batch: queued with the batcher, and its drain asked of the query threads
+        (one that finds its query taken by an earlier batch returns at once). Held like `run`."""
         with self._slot() as pool:
             future = batcher.add(query)
             try:
-                _submit(pool, batcher.drain)
+                _submit(pool, lambda: batcher.drain(query))
             except Busy:
                 future.cancel()  # the drains of a closed pool will not come; a later start's skip it
                 raise

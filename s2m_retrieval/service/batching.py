@@ -1,13 +1,14 @@
 """Dynamic batching of sketch queries: those that arrive within `batch_wait_ms` of each other share one forward.
 
-A query joins the pending list and asks the query pool for a drain; a drain collects the pending queries (up to
-`max_batch`, waiting at most `batch_wait_ms` after the oldest arrived, or not at all when the pool was busy and
-they have waited already), decodes each sketch, runs E, H, G and the query code once for each group of the same
-refinement steps T (`RetrievalEngine.encode_sketches`), then FAISS, the re-rank and the fused score per query
-with its own options (`rank_sketch`). Every step that can fail for one query fails only that query's future: an
-unreadable or blank sketch, a bad filter; a forward that fails for a whole group is run again a sketch at a time,
-so only the sketch it fails for gets the error. One drain collects at a time, so that concurrent drains do not
-split what arrived together; the others compute the batches already taken.
+A query joins the pending list and asks the query pool for a drain of its own. A drain that finds its query taken
+by an earlier batch returns at once; else it collects the oldest pending queries (up to `max_batch`, waiting at
+most `batch_wait_ms` after the oldest arrived, or not at all when the pool was busy and they have waited
+already), until a batch has taken its query. A batch decodes its sketches, runs E, H, G and the query code once
+for each group of the same refinement steps T (`RetrievalEngine.encode_sketches`), then FAISS, the re-rank and
+the fused score per query with its own options (`rank_sketch`). Every step that can fail for one query fails
+only that query's future: an unreadable or blank sketch, a bad filter; a forward that fails for a whole group is
+run again a sketch at a time, so only the sketch it fails for gets the error. One drain collects at a time, so
+that concurrent drains do not split what arrived together; the others compute the batches already taken.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class SketchQuery:
     options: dict                          # rank_sketch's k, n_candidates, alpha, where, ... and note
     future: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
+    taken: bool = False                    # a batch holds it (or it was cancelled, or refused at shutdown)
 
 
 class SketchBatcher:
@@ -66,11 +68,15 @@ class SketchBatcher:
             self._changed.notify_all()
         return query.future
 
-    def drain(self) -> None:
-        """On a query thread: collect one batch of pending queries and answer it (nothing when none is left)."""
-        with self._collecting:
-            batch = self._collect()
-        if batch:
+    def drain(self, query: SketchQuery) -> None:
+        """On a query thread: answer batches of the oldest pending queries until one has taken `query` (nothing
+        when an earlier drain's batch has). FIFO, so that queries behind it on the pool are not overtaken by
+        whole batches of newer ones."""
+        while True:
+            with self._collecting:
+                batch = [] if query.taken else self._collect()
+            if not batch:
+                return
             self._answer(batch)
 
     def close(self) -> None:
@@ -78,6 +84,8 @@ class SketchBatcher:
         with self._changed:
             left = list(self._pending)
             self._pending.clear()
+            for query in left:
+                query.taken = True
             self._changed.notify_all()
         for query in left:
             if query.future.set_running_or_notify_cancel():
@@ -98,6 +106,8 @@ class SketchBatcher:
                 if not self._pending:  # closed meanwhile
                     return []
             taken = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            for query in taken:
+                query.taken = True
         return [q for q in taken if q.future.set_running_or_notify_cancel()]
 
     def _answer(self, batch: list[SketchQuery]) -> None:
