@@ -79,8 +79,8 @@ class SketchCode:
 
     grey: np.ndarray                 # the checked sketch [H, W] uint8
     vector: np.ndarray               # index vector [1, D]
-    x_hat: torch.Tensor              # generated image [1, 3, R, R] in [-1, 1]
-    image: np.ndarray                # x_hat as uint8 [R, R, 3]
+    x_hat: torch.Tensor | None       # generated image [1, 3, R, R] in [-1, 1] (None: not asked for)
+    image: np.ndarray | None         # x_hat as uint8 [R, R, 3]
     steps: int
     code: str
     timings_ms: dict[str, float]     # its share of the batch's generate and code times
@@ -238,9 +238,12 @@ class RetrievalEngine:
                                 "bundle, or query with --steps 0 (E alone)")
         return steps, note
 
-    def encode_sketches(self, greys: list[np.ndarray], steps: int, code: str = DEFAULT_QUERY_CODE) -> list[SketchCode]:
+    def encode_sketches(self, greys: list[np.ndarray], steps: int, code: str = DEFAULT_QUERY_CODE,
+                        x_hat: bool = True) -> list[SketchCode]:
         """The batched half of sketch queries: checked grey sketches (`check_sketch`, any sizes) through E, H (T
-        steps), G and the query code in one forward; each sketch's timings are its share of the batch's."""
+        steps), G and the query code in one forward; each sketch's timings are its share of the batch's.
+        `x_hat=False` where nothing wants the image (no re-rank, no picture): with the "sketch" code E alone runs,
+        since H and G only make x_hat, and the vectors are the same."""
         import torch
 
         from s2m_retrieval.pipeline import to_uint8
@@ -250,14 +253,18 @@ class RetrievalEngine:
             return []
         t0 = time.perf_counter()
         with torch.inference_mode():
-            w_plus, _, x_hat = self.pipeline.generate(list(greys), steps=steps)  # x_hat [B, 3, R, R]
+            if x_hat or code != "sketch":
+                w_plus, _, images = self.pipeline.generate(list(greys), steps=steps)  # x_hat [B, 3, R, R]
+            else:
+                w_plus, images = self.pipeline.sketch_to_latent(list(greys)), None   # W+ [B, num_ws, w_dim]
         generate_ms = _ms(t0) / len(greys)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            vectors = self.sketch_vector(w_plus, x_hat, code)                       # [B, D]
+            vectors = self.sketch_vector(w_plus, images, code)                         # [B, D]
         code_ms = _ms(t0) / len(greys)
-        images = to_uint8(x_hat)
-        return [SketchCode(grey, vectors[i:i + 1], x_hat[i:i + 1], images[i], steps, code,
+        pictures = None if images is None else to_uint8(images)
+        return [SketchCode(grey, vectors[i:i + 1], None if images is None else images[i:i + 1],
+                           None if pictures is None else pictures[i], steps, code,
                            {"generate": generate_ms, "code": code_ms}) for i, grey in enumerate(greys)]
 
     def rank_sketch(self, coded: SketchCode, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
@@ -266,6 +273,8 @@ class RetrievalEngine:
         """The per-query half: FAISS candidates, re-rank and fused score for one sketch of `encode_sketches`, with
         its own options (`note`: the provenance's note, see `sketch_steps`)."""
         check_options(k, n_candidates, alpha, max_distance, normalisation)
+        if coded.x_hat is None and alpha < 1:
+            raise ValueError("the re-rank of alpha < 1 compares x_hat: encode the sketch with x_hat=True")
         result = self._rank(coded.vector, coded.x_hat, k, n_candidates, alpha, where, max_distance, normalisation,
                             dict(coded.timings_ms))
         result.query, result.x_hat = coded.grey, coded.image

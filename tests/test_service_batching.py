@@ -108,18 +108,36 @@ def test_concurrent_sketch_queries_share_a_forward_and_answer_as_unbatched(engin
     assert [status for status, _ in alone] == [200] * len(bodies), alone
     assert _batches(alone_app) == (len(bodies), len(bodies))  # unbatched: every forward holds one sketch
 
-    # Five queries at the default T, one each at T=0 and T=1: at most three forwards when they meet.
+    # Forwards when they meet: E alone for 0 and 3 (T=3) and for 4 (T=0); E, H and G for 1, 2 and 6 (T=3, x_hat
+    # shown or re-ranked) and for 5 (T=1).
     app = create_app(engine, ServiceLimits(max_batch=len(bodies), batch_wait_ms=WAIT_MS))
     with background_server(app) as base:
         batched = _post_all(base, bodies)
     assert [status for status, _ in batched] == [200] * len(bodies), batched
     forwards, singles = _batches(app)
-    assert forwards < len(bodies) and singles < forwards, (forwards, singles)  # a batch of more than one sketch
+    assert (forwards, singles) == (4, 2)
     for (_, b), (_, a) in zip(batched, alone):
         _same(b, a)
     assert batched[4][1]["provenance"]["steps"] == 0 and batched[5][1]["provenance"]["steps"] == 1
     assert len(batched[1][1]["hits"]) == 4 and batched[2][1]["hits"][0]["perceptual_distance"] is not None
     assert "s2m_query_batch_size_bucket" in TestClient(app).get("/metrics").text
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_a_query_that_neither_reranks_nor_shows_x_hat_runs_e_alone(engine, monkeypatch, max_batch):
+    full = engine.query_sketch(phantom_sketch(index=2), k=5)  # E, H and G
+
+    def no_generator(*args, **kwargs):
+        raise RuntimeError("H and G must not run")
+
+    monkeypatch.setattr(engine.pipeline, "generate", no_generator)
+    with TestClient(create_app(engine, ServiceLimits(max_batch=max_batch, batch_wait_ms=0))) as c:
+        out = c.post("/v1/retrieve", json=_body(_png(phantom_sketch(index=2)), k=5)).json()
+        assert [h["id"] for h in out["hits"]] == [h.id for h in full.hits]
+        assert [h["score"] for h in out["hits"]] == pytest.approx([h.score for h in full.hits], abs=1e-5)
+        assert out["provenance"] == full.provenance and out["x_hat"] is None
+        with pytest.raises(RuntimeError, match="must not run"):  # a picture wants x_hat
+            c.post("/v1/retrieve", json=_body(_png(phantom_sketch(index=2)), include_images=True))
 
 
 def test_a_bad_sketch_fails_alone_in_its_batch(engine):
@@ -144,10 +162,10 @@ def test_a_forward_that_fails_for_one_sketch_fails_only_its_query(engine, monkey
     poison = phantom_sketch(index=4)
     real = engine.encode_sketches
 
-    def fragile(greys, steps, code="sketch"):
+    def fragile(greys, steps, code="sketch", x_hat=True):
         if any(g.shape == poison.shape and np.array_equal(g, poison) for g in greys):
             raise RuntimeError("this sketch breaks the forward")
-        return real(greys, steps, code)
+        return real(greys, steps, code, x_hat)
 
     monkeypatch.setattr(engine, "encode_sketches", fragile)
     bodies = [_body(_png(phantom_sketch(index=i)), k=2) for i in (0, 4, 1)]
@@ -203,7 +221,7 @@ class _CountingEngine:
     def __init__(self) -> None:
         self.forwards: list[int] = []
 
-    def encode_sketches(self, greys, steps):
+    def encode_sketches(self, greys, steps, x_hat):
         self.forwards.append(len(greys))
         return list(greys)
 

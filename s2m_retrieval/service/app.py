@@ -260,15 +260,14 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
                 archive_view.image_meta(engine, opts.like)  # 404 for an id outside the index
                 return engine.query_like(opts.like, **query)
             result = await runner.run(work)
-        elif batcher is None:
-            def work():
-                answer = engine.query_sketch(_sketch(data, limits), steps=opts.steps, **query)
-                metrics.batch_size.observe(1)
-                return answer
-            result = await runner.run(work)
         else:
-            steps, note = engine.sketch_steps(opts.steps)  # before the query joins a batch
-            result = await runner.run_batched(batcher, SketchQuery(data, steps, query | {"note": note}))
+            steps, note = engine.sketch_steps(opts.steps)  # before the models run
+            # x_hat is made only for a re-rank or to be shown; E's code alone ranks the same
+            sketch_query = SketchQuery(data, steps, query | {"note": note}, x_hat=opts.include_images or opts.alpha < 1)
+            if batcher is not None:
+                result = await runner.run_batched(batcher, sketch_query)
+            else:
+                result = await runner.run(lambda: _alone(engine, sketch_query, _sketch(data, limits), metrics))
         metrics.observe_stages(result.timings_ms)
         return _result_json(result, opts.include_images)
 
@@ -313,6 +312,13 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
 
     app.include_router(v1)
     return app
+
+
+def _alone(engine, query: SketchQuery, grey, metrics: ServiceMetrics):
+    """A sketch query without batching (max_batch 1): the same two halves as a batch's, for one sketch."""
+    coded, = engine.encode_sketches([grey], query.steps, x_hat=query.x_hat)
+    metrics.batch_size.observe(1)
+    return engine.rank_sketch(coded, **query.options)
 
 
 def _sketch(data: bytes, limits: ServiceLimits):

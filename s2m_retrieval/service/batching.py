@@ -4,8 +4,9 @@ A query joins the pending list and asks the query pool for a drain of its own. A
 by an earlier batch returns at once; else it collects the oldest pending queries (up to `max_batch`, waiting at
 most `batch_wait_ms` after the oldest arrived, or not at all when the pool was busy and they have waited
 already), until a batch has taken its query. A batch decodes its sketches, runs E, H, G and the query code once
-for each group of the same refinement steps T (`RetrievalEngine.encode_sketches`), then FAISS, the re-rank and
-the fused score per query with its own options (`rank_sketch`). Every step that can fail for one query fails
+for each group of the same refinement steps T and the same need of x_hat (`RetrievalEngine.encode_sketches`: a
+query that neither re-ranks nor shows x_hat runs E alone), then FAISS, the re-rank and the fused score per query
+with its own options (`rank_sketch`). Every step that can fail for one query fails
 only that query's future: an unreadable or blank sketch, a bad filter; a forward that fails for a whole group is
 run again a sketch at a time, so only the sketch it fails for gets the error. One drain collects at a time, so
 that concurrent drains do not split what arrived together; the others compute the batches already taken.
@@ -36,11 +37,12 @@ class Stopping(S2MError):
 
 @dataclass
 class SketchQuery:
-    """One request's sketch (the uploaded bytes), its resolved T and its per-query options."""
+    """One request's sketch (the uploaded bytes), its resolved T, whether it wants x_hat, its per-query options."""
 
     data: bytes
     steps: int
     options: dict                          # rank_sketch's k, n_candidates, alpha, where, ... and note
+    x_hat: bool = True                     # False: no re-rank, no picture (E alone, see encode_sketches)
     future: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
     taken: bool = False                    # a batch holds it (or it was cancelled, or refused at shutdown)
@@ -111,24 +113,25 @@ class SketchBatcher:
         return [q for q in taken if q.future.set_running_or_notify_cancel()]
 
     def _answer(self, batch: list[SketchQuery]) -> None:
-        """Decode each sketch, one forward per group of the same T, then each query ranked on its own."""
-        groups: dict[int, list[tuple[SketchQuery, np.ndarray]]] = {}
+        """Decode each sketch, one forward per group of the same T and need of x_hat, then each query ranked on its
+        own."""
+        groups: dict[tuple[int, bool], list[tuple[SketchQuery, np.ndarray]]] = {}
         for query in batch:
             try:
-                groups.setdefault(query.steps, []).append((query, self.decode(query.data)))
+                groups.setdefault((query.steps, query.x_hat), []).append((query, self.decode(query.data)))
             except Exception as exc:  # noqa: BLE001 - the query's own error, raised in its request
                 query.future.set_exception(exc)
-        for steps, group in groups.items():
-            self._run(steps, group)
+        for (steps, x_hat), group in groups.items():
+            self._run(steps, x_hat, group)
 
-    def _run(self, steps: int, group: list[tuple[SketchQuery, np.ndarray]]) -> None:
+    def _run(self, steps: int, x_hat: bool, group: list[tuple[SketchQuery, np.ndarray]]) -> None:
         try:
-            coded = self.engine.encode_sketches([grey for _, grey in group], steps)
+            coded = self.engine.encode_sketches([grey for _, grey in group], steps, x_hat=x_hat)
         except Exception as exc:  # noqa: BLE001
             if len(group) > 1:
                 log.warning("a batch of %d sketches failed (%s); running them one at a time", len(group), exc)
                 for one in group:
-                    self._run(steps, [one])
+                    self._run(steps, x_hat, [one])
             else:
                 group[0][0].future.set_exception(exc)
             return
