@@ -20,9 +20,9 @@ def serve(
                               help="Clients must send 'Authorization: Bearer TOKEN' to /v1 and /metrics (prefer the "
                                    "env var: a command line is visible to other users)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve a non-local --host without a token."),
-    concurrency: int = typer.Option(2, "--concurrency", help="Queries computing at once (the rest queue)."),
+    concurrency: int = typer.Option(2, "--concurrency", help="Queries (or batches) computing at once (others queue)."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: CPU cores / --concurrency)."),
-    max_batch: int = typer.Option(16, "--max-batch", help="Sketch queries in one forward of the models (1: each "
+    max_batch: int = typer.Option(8, "--max-batch", help="Sketch queries in one forward of the models (1: each "
                                                           "query alone, no batching)."),
     batch_wait_ms: int = typer.Option(5, "--batch-wait-ms", help="How long a sketch query waits for others to join "
                                                                  "its batch (a busy server batches what queued)."),

@@ -55,9 +55,11 @@ class ServiceLimits:
     max_k: int = MAX_K
     max_candidates: int = MAX_CANDIDATES
     max_steps: int = MAX_STEPS
-    concurrency: int = 2                      # queries on the models at once
+    concurrency: int = 2                      # queries (or batches) on the models at once
     max_queued: int = 64                      # queries waiting beyond those; more get 503
-    max_batch: int = 16                       # sketch queries in one forward of E, H and G (1: each alone)
+    # Sketch queries in one forward of E, H and G (1: each alone). With the shipped models on one CPU thread a
+    # sketch costs about the same at 4 or 16 a batch; a longer batch only finishes later (a loaded service's p95).
+    max_batch: int = 8
     batch_wait_ms: int = 5                    # how long a lone sketch query waits for others to join its batch
 
     def __post_init__(self) -> None:

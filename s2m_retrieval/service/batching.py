@@ -27,7 +27,7 @@ import numpy as np
 from s2m_retrieval.errors import S2MError
 
 log = logging.getLogger(__name__)
-MAX_BATCH = 64                # sketches per forward; beyond ~16 a batch is no cheaper per sketch on the CPU
+MAX_BATCH = 64                # the most --max-batch may ask for
 MAX_BATCH_WAIT_MS = 1000
 
 
