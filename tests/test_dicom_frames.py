@@ -233,3 +233,27 @@ def test_retrieve_shows_the_frame_of_each_hit(frames_archive, tmp_path, runner, 
     # the path of a multi-frame file names each of its frames: --like wants the one image
     many = runner.invoke(app, [*base, "--like", str(frames_archive / "cine.dcm")])
     assert many.exit_code != 0 and "names 3 images" in str(many.exception)
+
+
+def test_the_service_serves_the_original_of_one_frame(frames_archive, tmp_path, runner, setup):
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.service import create_app
+
+    home = tmp_path / "home"
+    result = runner.invoke(app, ["index", "build", str(frames_archive), "--home", str(home), "--encoder",
+                                 setup.encoder_spec, "--frames", "all"])
+    assert result.exit_code == 0, result.output
+    with RetrievalEngine.open("default", home=home, models=setup.models) as engine, \
+            TestClient(create_app(engine)) as client:
+        images = engine.reader.images(list(map(int, engine.reader.store.ids())))
+        image_id = next(i for i, row in images.items() if row["path"].endswith("dose.dcm#frame=1"))
+        original = client.get(f"/v1/images/{image_id}", params={"size": "original"})
+    assert original.status_code == 200, original.text
+    decoded = np.asarray(Image.open(io.BytesIO(original.content)).convert("RGB"))
+    assert np.array_equal(decoded, read_image(frames_archive / "dose.dcm", frame=1))
+    assert int(decoded.mean()) == WINDOWED[1]

@@ -87,12 +87,13 @@ def image_meta(engine, image_id: int) -> dict:
 
 def image_png(engine, image_id: int, size: str) -> bytes:
     """The stored thumbnail ("thumb") or the archive file re-encoded ("original") of an indexed image, as PNG."""
-    from s2m_retrieval.data.archive import read_image
+    from s2m_retrieval.data.archive import read_image, split_frame_key
 
     row = _image_row(engine, image_id)
     if size == "thumb":
         return png_bytes(engine.reader.arrays("thumbs", [image_id])[0])
-    if not os.path.isfile(row["path"]):
+    path, frame = split_frame_key(row["path"])  # a frame of a multi-frame DICOM file is keyed PATH#frame=K
+    if not os.path.isfile(path):
         raise ImageNotFound(f"the original file of image {image_id} is no longer in the archive; its thumbnail "
                             f"is still served (size=thumb)")
-    return png_bytes(read_image(row["path"]))
+    return png_bytes(read_image(path, frame=frame))
