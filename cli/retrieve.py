@@ -250,7 +250,8 @@ def _local(engine: dict, sketches: list[Path], like: str | None, options: dict, 
     sketch = check_sketch(read_sketch(sketches[0]), sketches[0]) if sketches else None
     with _open_engine(engine) as opened:
         if sketch is not None:
-            result = opened.query_sketch(sketch, steps=steps, **({"code": code} if code else {}), **options)
+            result = opened.query_sketch(sketch, steps=steps, **({"code": code} if code else {}), **options,
+                                         x_hat=output.sheet is not None)  # x_hat is shown on the sheet only
         else:
             result = opened.query_like(like, **options)
     output.result(result, result.to_dict(), result_table(result))
@@ -274,7 +275,8 @@ def _local_batch(engine: dict, sketches: list[Path], like: str | None, options: 
             paths = sketches[start:start + QUERY_BATCH]
             pages = [read(path) for path in paths]
             answers = iter(opened.query_sketches([p for p in pages if not isinstance(p, BadInputError)],
-                                                 steps=steps, **({"code": code} if code else {}), **options))
+                                                 steps=steps, **({"code": code} if code else {}), **options,
+                                                 x_hat=output.sheet is not None))
             for path, page in zip(paths, pages):
                 if isinstance(page, BadInputError):
                     output.failure(path, page)

@@ -223,12 +223,13 @@ class Index:
 
     def query(self, sketch: SketchLike, k: int = 10, *, steps: int | None = None, candidates: int = 100,
               alpha: float = DEFAULT_ALPHA, where: str | None = None, max_distance: float | None = None) -> list[Hit]:
-        """The k archive images most like a sketch: E (+ `steps` of H, default H's trained T) makes x̂, FAISS
-        returns `candidates` by latent distance; `alpha` < 1 re-ranks them by perceptual distance, fused as
+        """The k archive images most like a sketch: E's code through the index's space, FAISS returns `candidates`
+        by latent distance; `alpha` < 1 re-ranks them by the perceptual distance of x̂ (E + `steps` of H, default
+        H's trained T, made only then: hits carry no x̂, `generate` shows it), fused as
         alpha * latent + (1 - alpha) * perceptual (default 1: latent distance only). `where` filters on labels ("tonsil_grade>=3, mallampati=2"), `max_distance`
         drops candidates farther in W+."""
         result = self._engine.query_sketch(_sketch(sketch), k=k, n_candidates=candidates, steps=steps, alpha=alpha,
-                                           where=where, max_distance=max_distance)
+                                           where=where, max_distance=max_distance, x_hat=False)  # hits only
         return _hits(result)
 
     def like(self, image: int | PathLike, k: int = 10, *, candidates: int = 100, alpha: float = DEFAULT_ALPHA,

@@ -285,19 +285,21 @@ class RetrievalEngine:
     def query_sketch(self, sketch, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
                      steps: int | None = None, alpha: float = DEFAULT_ALPHA, where: str | None = None,
                      max_distance: float | None = None, normalisation: str = DEFAULT_NORMALISATION,
-                     code: str = DEFAULT_QUERY_CODE) -> Result:
-        """Top-k archive images for a uint8 sketch (dark strokes on white; grey, RGB or RGBA)."""
+                     code: str = DEFAULT_QUERY_CODE, x_hat: bool = True) -> Result:
+        """Top-k archive images for a uint8 sketch (dark strokes on white; grey, RGB or RGBA). `x_hat=False`
+        where the caller shows no x_hat: at alpha 1 with E's code only E runs (the same hits, without H and G)."""
         check_options(k, n_candidates, alpha, max_distance, normalisation)
         _check_code(code)
         grey = check_sketch(sketch)
         steps, note = self.sketch_steps(steps)
-        coded, = self.encode_sketches([grey], steps, code)
+        coded, = self.encode_sketches([grey], steps, code, x_hat=x_hat or alpha < 1)
         return self.rank_sketch(coded, k, n_candidates, alpha, where, max_distance, normalisation, note)
 
     def query_sketches(self, sketches, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
                        steps: int | None = None, alpha: float = DEFAULT_ALPHA, where: str | None = None,
                        max_distance: float | None = None, normalisation: str = DEFAULT_NORMALISATION,
-                       code: str = DEFAULT_QUERY_CODE, batch_size: int = QUERY_BATCH) -> list[Result]:
+                       code: str = DEFAULT_QUERY_CODE, batch_size: int = QUERY_BATCH,
+                       x_hat: bool = True) -> list[Result]:
         """`query_sketch` for many sketches, results in their order and as it gives them one by one: E, H, G and
         the query code run on batches of up to `batch_size` sketches of one size, FAISS, the re-rank and the fused
         score per query. Every sketch is checked first (a blank one is a BadInputError naming its position); each
@@ -315,7 +317,8 @@ class RetrievalEngine:
         steps, note = self.sketch_steps(steps)
         results: list[Result | None] = [None] * len(greys)
         for batch in _same_size_batches(greys, batch_size):
-            for i, coded in zip(batch, self.encode_sketches([greys[i] for i in batch], steps, code)):
+            for i, coded in zip(batch, self.encode_sketches([greys[i] for i in batch], steps, code,
+                                                            x_hat=x_hat or alpha < 1)):
                 results[i] = self.rank_sketch(coded, k, n_candidates, alpha, where, max_distance, normalisation,
                                               note)
         return results

@@ -150,6 +150,23 @@ def test_the_query_vector_is_e_code_unless_asked_for_the_reinverted_x_hat(engine
     assert [h.latent_distance for h in reinvert.hits] != [h.latent_distance for h in sketch.hits]
 
 
+def test_a_query_that_shows_no_x_hat_runs_e_alone_with_the_same_hits(engine, monkeypatch):
+    full = engine.query_sketch(phantom_sketch(), k=8, steps=2)
+    calls = []
+    monkeypatch.setattr(engine.pipeline, "generate", lambda *a, **kw: calls.append(1) or pytest.fail("H ran"))
+    lean = engine.query_sketch(phantom_sketch(), k=8, steps=2, x_hat=False)
+    assert lean.x_hat is None and not calls
+    assert [(h.id, h.latent_distance) for h in lean.hits] == [(h.id, h.latent_distance)
+                                                                    for h in full.hits]
+    assert lean.provenance["steps"] == 2 and full.x_hat is not None
+    monkeypatch.undo()
+    # a re-rank, or the re-inverted code, needs x_hat whatever the caller shows
+    fused = engine.query_sketch(phantom_sketch(), k=8, steps=2, alpha=0.5, x_hat=False)
+    assert fused.x_hat is not None and all(h.perceptual_distance is not None for h in fused.hits)
+    batch = engine.query_sketches([phantom_sketch(), phantom_sketch(seed=1)], k=8, steps=2, x_hat=False)
+    assert [h.id for h in batch[0].hits] == [h.id for h in full.hits] and batch[1].x_hat is None
+
+
 @pytest.mark.parametrize("image_id", [1, 7, 24])
 def test_like_an_indexed_image_finds_itself_first(engine, image_id):
     result = engine.query_like(image_id, k=3)
