@@ -130,14 +130,16 @@ def bench_queries(engine, n: int, runs: int) -> float:
     qs = sketches(8)
     base = latency(engine, qs, runs, k=10, steps=0, alpha=1.0)
     full = latency(engine, qs, runs, k=10, steps=3)                      # the defaults (alpha 1: no re-rank)
+    lean = latency(engine, qs, runs, k=10, steps=3, x_hat=False)         # the same, no x_hat shown: E alone
     rerank = latency(engine, qs, runs, k=10, n_candidates=100, steps=3, alpha=0.5)
     print(f"\n== warm queries, {n} entries ({engine.reader.stamp.factory}, dim {engine.reader.stamp.dim}, "
           f"metric {engine.metric.name}), {runs} runs ==")
     for name, (p50, p95, stages) in (("encoder only (T=0, no re-rank)", base), ("defaults (T=3, alpha 1)", full),
-                                     ("T=3, re-rank 100, alpha 0.5", rerank)):
+                                     ("defaults, no x_hat shown", lean), ("T=3, re-rank 100, alpha 0.5", rerank)):
         split = ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if k != "total")
         print(f"{name:<32} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms   [{split}]")
-    print(f"defaults / encoder-only p50: x{full[0] / base[0]:.1f}; re-rank / defaults: x{rerank[0] / full[0]:.1f}")
+    print(f"defaults / encoder-only p50: x{full[0] / base[0]:.1f}; no x_hat / defaults: x{lean[0] / full[0]:.2f}; "
+          f"re-rank / defaults: x{rerank[0] / full[0]:.1f}")
     for where in ("tonsil_grade>=3", "tonsil_grade=4, mallampati=4, follicles=1"):
         p50, p95, stages = latency(engine, qs, max(5, runs // 3), k=10, steps=3, where=where)
         print(f"where {where!r:<44} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms   [filter {stages['filter']:.1f}, "
