@@ -22,9 +22,9 @@ def bench_build(n: int, dim: int, batch: int) -> None:
     """Images/s of reading alone, hashing alone, the fake encoder alone, and a whole build."""
     from s2m_retrieval.data.archive import ReadStats, iter_batches, scan_archive
     from s2m_retrieval.data.phantom_archive import write_phantom_archive
-    from s2m_retrieval.fake_encoder import FakeEncoder, FakeEncoderConfig
-    from s2m_retrieval.build_reader import file_sha256
-    from s2m_retrieval.indexing import BuildOptions, build_index
+    from s2m_retrieval.testing.fake_encoder import FakeEncoder, FakeEncoderConfig
+    from s2m_retrieval.build.reader import file_sha256
+    from s2m_retrieval.build.runner import BuildOptions, build_index
 
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "archive"
@@ -72,9 +72,9 @@ def bench_inverter_build(n: int, batch: int) -> None:
     from bench_retrieval import make_models
 
     from s2m_retrieval.data.phantom_archive import write_phantom_archive
-    from s2m_retrieval.indexing import BuildOptions, build_index
-    from s2m_retrieval.inverter_encoder import InverterEncoder
-    from s2m_retrieval.pipeline import image_batch
+    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.model.inverter_encoder import InverterEncoder
+    from s2m_retrieval.model.pipeline import image_batch
     from s2m_retrieval.training.encoder import encode_iterations
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,8 +38,8 @@ class SyntheticCodes:
     def __init__(self, seed: int = 0) -> None:
         import torch
 
-        from s2m_retrieval.checkpoint import shipped_weights
-        from s2m_retrieval.latent_space import DEFAULT_WEIGHTING
+        from s2m_retrieval.networks.checkpoint import shipped_weights
+        from s2m_retrieval.model.latent_space import DEFAULT_WEIGHTING
         from s2m_retrieval.networks.stylegan2 import load_generator
 
         self.torch = torch
@@ -57,7 +57,7 @@ class SyntheticCodes:
 
     def chunk(self, number: int) -> np.ndarray:
         """Vectors of rows [number * CHUNK, (number + 1) * CHUNK) as float32 `[CHUNK, dim]`."""
-        from s2m_retrieval.latent_space import w_plus_to_vectors
+        from s2m_retrieval.model.latent_space import w_plus_to_vectors
 
         w = self._mapped(CHUNK, self.seed * 1_000_003 + number)
         rng = np.random.default_rng((self.seed, number))
@@ -110,7 +110,7 @@ def build(home: Path, n: int, factory: str | None) -> dict:
     """Build the n-vector index under `home`; returns timings and this process's peak RSS."""
     from index.store import VectorStore
     from s2m_retrieval.data.archive import ArchiveEntry
-    from s2m_retrieval.indexing import BuildOptions, build_index
+    from s2m_retrieval.build.runner import BuildOptions, build_index
 
     trained = {}
     original_train = VectorStore.train
@@ -164,7 +164,7 @@ def query(home: Path, n_queries: int, k: int, grid: list[tuple[int, int]]) -> di
     """Open memory-mapped, measure RSS and per-query latency per (nprobe, refine), recall@k vs exact."""
     import faiss
 
-    from s2m_retrieval.index_reader import open_index
+    from s2m_retrieval.query.index_reader import open_index
 
     faiss.omp_set_num_threads(1)
     codes = SyntheticCodes(seed=1)  # queries: fresh codes from the same distribution, not stored ones

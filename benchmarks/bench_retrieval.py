@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 def make_models(folder: Path, projector_dim: int = 0) -> Path:
     """Default-config 64 px models with random weights, plus a random default segmenter for the seg metric, and
     a random projector into `projector_dim` dims when it is > 0 (the shipped bundle's retrieval space: 256)."""
-    from s2m_retrieval.checkpoint import save_checkpoint
+    from s2m_retrieval.networks.checkpoint import save_checkpoint
     from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
     from s2m_retrieval.networks.stylegan2 import GeneratorConfig
-    from s2m_retrieval.random_models import write_random_models
+    from s2m_retrieval.testing.random_models import write_random_models
 
     write_random_models(folder, g_config=GeneratorConfig(), seed=0, projector_dim=projector_dim)
     torch.manual_seed(0)
@@ -49,7 +49,7 @@ def synth_index(home: Path, encoder, n: int, factory: str | None, batch: int = 6
     from index.factory import auto_factory
     from index.stamp import IndexStamp, write_stamp
     from index.store import VectorStore
-    from s2m_retrieval.index_sync import open_for_write, save_index
+    from s2m_retrieval.build.sync import open_for_write, save_index
     from s2m_retrieval.storage import catalog
     from s2m_retrieval.storage.catalog import ImageRecord
 
@@ -150,7 +150,7 @@ def bench_queries(engine, n: int, runs: int) -> float:
 def bench_rerank(metric, pooled, resolution: int, runs: int) -> None:
     """Perceptual re-rank of 100 candidates: recompute from thumbs (chunk sizes) vs cached features, full (seg) and
     pooled (seg-pool8, stored fp16 rows as the engine reads them)."""
-    from s2m_retrieval.ranking import cached_perceptual_distances, perceptual_distances, to_model_input
+    from s2m_retrieval.query.ranking import cached_perceptual_distances, perceptual_distances, to_model_input
 
     rng = np.random.default_rng(0)
     thumbs = rng.integers(0, 256, (100, resolution, resolution, 3), dtype=np.uint8)
@@ -202,8 +202,8 @@ def bench_precision(n_images: int = 1100, n_queries: int = 100, n_candidates: in
     from scipy.stats import spearmanr
 
     from s2m_retrieval.data.phantom import make_phantom
-    from s2m_retrieval.perceptual import load_perceptual
-    from s2m_retrieval.ranking import to_model_input
+    from s2m_retrieval.model.perceptual import load_perceptual
+    from s2m_retrieval.query.ranking import to_model_input
 
     exact, pooled = load_perceptual("seg"), load_perceptual("seg-pool8")
     images = to_model_input(np.stack([make_phantom(7, i, 64)[0] for i in range(n_images)]))
@@ -247,9 +247,9 @@ def bench_cold_cli(home: Path, models: Path, sketch: Path, threads: int) -> None
 
 def probe_ram(home: str, models: str, metric_name: str, threads: int) -> None:
     """(subprocess) RSS after loading models, after opening the index, after 20 queries, as JSON on stdout."""
-    from s2m_retrieval.engine_setup import load_pipeline
-    from s2m_retrieval.perceptual import load_perceptual
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.open import load_pipeline
+    from s2m_retrieval.model.perceptual import load_perceptual
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     torch.set_num_threads(threads)
     pipeline = load_pipeline(models)
@@ -309,9 +309,9 @@ def main() -> None:
         return
     from PIL import Image
 
-    from s2m_retrieval.inverter_encoder import InverterEncoder
-    from s2m_retrieval.perceptual import load_perceptual
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.model.inverter_encoder import InverterEncoder
+    from s2m_retrieval.model.perceptual import load_perceptual
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)

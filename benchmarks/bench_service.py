@@ -41,11 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 def make_setup(folder: Path, n: int, shipped: bool = False) -> tuple[Path, Path]:
     """Tiny random models (or the shipped bundle) and an index of an n-image phantom archive built with them:
     (home, models)."""
-    from s2m_retrieval.bundle import shipped_folder
+    from s2m_retrieval.model.bundle import shipped_folder
     from s2m_retrieval.data.phantom_archive import write_phantom_archive
-    from s2m_retrieval.encoding import load_encoder
-    from s2m_retrieval.indexing import BuildOptions, build_index
-    from s2m_retrieval.random_models import write_random_models
+    from s2m_retrieval.model.archive_encoder import load_encoder
+    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.testing.random_models import write_random_models
 
     models, home, archive = folder / "models", folder / "home", folder / "archive"
     if shipped:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from s2m_retrieval.checkpoint import save_checkpoint
+from s2m_retrieval.networks.checkpoint import save_checkpoint
 from s2m_retrieval.networks.encoders import Encoder, LatentDiscriminator, LatentDiscriminatorConfig, encoder_config_for
 from s2m_retrieval.networks.refiner import Refiner, refine, refiner_config_for
 from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
-from s2m_retrieval.perceptual import load_perceptual
+from s2m_retrieval.model.perceptual import load_perceptual
 from s2m_retrieval.training.encoder import encode_iterations
 from timing import median_ms
 

@@ -15,7 +15,7 @@ import numpy as np
 def main() -> None:
     from s2m_retrieval.evaluation.archive_view import read_archive_view
     from s2m_retrieval.evaluation.manifest import read_manifest
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("manifest")
@@ -48,8 +48,8 @@ def main() -> None:
     # The reinvert path's ceiling: the target's own reconstruction G(stored code), inverted again.
     import torch
 
-    from s2m_retrieval.latent_space import vectors_to_w_plus
-    from s2m_retrieval.pipeline import to_uint8
+    from s2m_retrieval.model.latent_space import vectors_to_w_plus
+    from s2m_retrieval.model.pipeline import to_uint8
 
     G = engine.pipeline.G
     w = torch.from_numpy(vectors_to_w_plus(own, G.w_avg.numpy(), G.num_ws, engine.encoder.latent_weighting))

@@ -151,7 +151,7 @@ class Client:
 
 def remote_table(result: RemoteResult, url: str) -> list[str]:
     """`result_view.result_table` of a server's answer: file names in place of the server's paths."""
-    from s2m_retrieval.result_view import result_table
+    from s2m_retrieval.query.result_view import result_table
 
     return [f"files of the archive served at {url}" if line.startswith("paths relative to") else line
             for line in result_table(result)]

@@ -47,8 +47,8 @@ def sketch(
             raise BadInputError(f"mask {mask} holds label {int(label.max())}; label maps use ids 0..{NUM_CLASSES - 1}")
         source = f"mask {mask}"
     else:
-        from s2m_retrieval.model_files import segmenter_file
-        from s2m_retrieval.segmentation import check_sketchable, segment_images
+        from s2m_retrieval.model.files import segmenter_file
+        from s2m_retrieval.model.segmentation import check_sketchable, segment_images
 
         pixels = read_image(image)
         check_sketchable(pixels, image)
@@ -85,7 +85,7 @@ def demo(
     from cli.runtime import setup_torch
     from s2m_retrieval.demo import run_demo
 
-    from s2m_retrieval.bundle import resolve_model
+    from s2m_retrieval.model.bundle import resolve_model
 
     setup_torch(threads, "cpu")
     summary = run_demo(out, n=n, seed=seed, echo=typer.echo, models=resolve_model(model), perceptual=perceptual)
@@ -126,8 +126,8 @@ def generate(
     if sketch is not None:
         _generate_from_sketch(sketch, out, steps, only_final, generator, encoder, refiner, model)
         return
-    from s2m_retrieval.model_files import bundle_or_given
-    from s2m_retrieval.generation_report import generate_images
+    from s2m_retrieval.model.files import bundle_or_given
+    from s2m_retrieval.generation.report import generate_images
     from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.viz import contact_sheet
 
@@ -145,11 +145,11 @@ def _generate_from_sketch(sketch: Path, out: Path, steps: int, only_final: bool,
     import torch
     from PIL import Image
 
-    from s2m_retrieval.model_files import bundle_or_given
+    from s2m_retrieval.model.files import bundle_or_given
     from s2m_retrieval.errors import CheckpointError
     from s2m_retrieval.networks.refiner import refine
-    from s2m_retrieval.pipeline import Sketch2MedI, sketch_batch, to_uint8
-    from s2m_retrieval.retrieval import check_sketch, check_steps, read_sketch
+    from s2m_retrieval.model.pipeline import Sketch2MedI, sketch_batch, to_uint8
+    from s2m_retrieval.query.engine import check_sketch, check_steps, read_sketch
     from s2m_retrieval.viz import contact_sheet
 
     check_steps(steps)

@@ -91,9 +91,9 @@ def retrieval(
     from cli.runtime import setup_torch
     from s2m_retrieval.evaluation.evaluate import EvalOptions, evaluate, parse_ints, write_path
     from s2m_retrieval.evaluation.manifest import read_manifest
-    from s2m_retrieval.bundle import resolve_model
+    from s2m_retrieval.model.bundle import resolve_model
     from s2m_retrieval.evaluation.report import markdown_table
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     options = EvalOptions(methods=tuple(x.strip() for x in method.split(",") if x.strip()),
                           ks=parse_ints(k, "--k"), relevance=tuple(x.strip() for x in relevance.split(",") if x.strip()),
@@ -123,12 +123,12 @@ def generation(
     out: Path = typer.Option(None, "--out", help="Write the figures as JSON here."),
 ) -> None:
     """Domain Fréchet distance of G vs real, with the real-vs-real floor and a blurred-real baseline."""
-    from s2m_retrieval.model_files import weights_or_shipped
+    from s2m_retrieval.model.files import weights_or_shipped
     from s2m_retrieval.data.archive import load_archive_arrays
     from s2m_retrieval.errors import ArchiveError
-    from s2m_retrieval.generation_report import generation_report
+    from s2m_retrieval.generation.report import generation_report
     from s2m_retrieval.networks.stylegan2 import load_generator
-    from s2m_retrieval.segmentation import cached_segmenter
+    from s2m_retrieval.model.segmentation import cached_segmenter
 
     G = load_generator(weights_or_shipped(generator, "generator"))
     res = G.config.img_resolution
@@ -137,7 +137,7 @@ def generation(
         raise ArchiveError(f"{archive} has {len(images)} readable images; --n {n} needs {2 * n}")
     report = generation_report(G, images[:n], images[n:], cached_segmenter(segmenter), seed=seed)
     if inception:
-        from s2m_retrieval.quality import frechet_distance, inception_features, inception_model
+        from s2m_retrieval.generation.quality import frechet_distance, inception_features, inception_model
 
         model = inception_model()
         report["fid_inception"] = frechet_distance(inception_features(report["samples"], model),
@@ -187,12 +187,12 @@ def sketch2medi(
     on held-out phantom sketches, and the archive inverter's quality and images/s."""
     from tqdm import tqdm
 
-    from s2m_retrieval.model_files import weights_or_shipped
+    from s2m_retrieval.model.files import weights_or_shipped
     from s2m_retrieval.errors import BadInputError, PerceptualWeightsMissing
-    from s2m_retrieval.perceptual import load_perceptual
-    from s2m_retrieval.segmentation import cached_segmenter, segmenter_path
-    from s2m_retrieval.sketch_quality import (NA_MISSING, held_out_phantoms, load_models, quality_markdown,
-                                              sample_sheet, sketch_quality)
+    from s2m_retrieval.model.perceptual import load_perceptual
+    from s2m_retrieval.model.segmentation import cached_segmenter, segmenter_path
+    from s2m_retrieval.generation.sketch_quality import (NA_MISSING, held_out_phantoms, load_models, quality_markdown,
+                                                         sample_sheet, sketch_quality)
 
     from cli.runtime import setup_torch
 

@@ -12,14 +12,14 @@ app = typer.Typer(help="Model bundles: list them, show one, (re)write a manifest
 HOME = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (default ~/.s2m); bundles by name live "
                                                             "in HOME/models/.")
 JSON_OUT = typer.Option(False, "--json", help="Print machine-readable JSON.")
-# The option of every command that uses models; resolve it with s2m_retrieval.bundle.resolve_model(model, home).
+# The option of every command that uses models; resolve it with s2m_retrieval.model.bundle.resolve_model(model, home).
 MODEL_HELP = "Model bundle: a name from `s2m models list` or a folder (default: the shipped phantom bundle)."
 
 
 @app.command("list")
 def list_models(home: Path = HOME, as_json: bool = JSON_OUT) -> None:
     """The shipped bundle and every bundle under HOME/models/, with the networks each holds."""
-    from s2m_retrieval.bundle import list_bundles
+    from s2m_retrieval.model.bundle import list_bundles
 
     bundles = list_bundles(home)
     if as_json:
@@ -38,7 +38,7 @@ def show(
     as_json: bool = JSON_OUT,
 ) -> None:
     """A bundle's networks (version, size), training data, budget and end-of-training metrics."""
-    from s2m_retrieval.bundle import NETWORKS, describe, resolve_model
+    from s2m_retrieval.model.bundle import NETWORKS, describe, resolve_model
 
     info = describe(resolve_model(name, home))
     if as_json:
@@ -79,7 +79,7 @@ def manifest(
                                                   "folder's; 'phantom' for the shipped one)."),
 ) -> None:
     """(Re)write FOLDER/bundle.json from the checkpoints it holds now, keeping its recorded data and metrics."""
-    from s2m_retrieval.bundle import read_manifest, refresh_manifest
+    from s2m_retrieval.model.bundle import read_manifest, refresh_manifest
 
     path = refresh_manifest(folder, name)
     data = read_manifest(folder)
@@ -95,8 +95,8 @@ def compact(
 ) -> None:
     """Store networks' weights as float16 (half the size) and re-stamp the checkpoints that record them; then
     rewrite bundle.json."""
-    from s2m_retrieval.bundle import refresh_manifest
-    from s2m_retrieval.compact import compact_bundle
+    from s2m_retrieval.model.bundle import refresh_manifest
+    from s2m_retrieval.model.compact import compact_bundle
 
     sizes = compact_bundle(folder, tuple(n.strip() for n in names.split(",") if n.strip()))
     for name, (before, after) in sizes.items():

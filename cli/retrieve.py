@@ -10,7 +10,7 @@ import typer
 
 from cli.models import MODEL_HELP
 
-# Same values as s2m_retrieval.retrieval / .ranking (a test keeps them equal); importing those here would load
+# Same values as s2m_retrieval.query.engine / .ranking (a test keeps them equal); importing those here would load
 # numpy into `s2m --help`.
 DEFAULT_K = 10
 DEFAULT_CANDIDATES = 100
@@ -66,7 +66,7 @@ def retrieve(
 ) -> None:
     """Find the archive images most like a sketch, or each of several (or, with --like, like an archive image)."""
     from s2m_retrieval.errors import BadInputError
-    from s2m_retrieval.metadata_filter import parse_where
+    from s2m_retrieval.query.filters import parse_where
 
     sketches = list(query or []) + (batch_sketches(batch) if batch is not None else [])
     many = batch is not None or len(sketches) > 1
@@ -79,7 +79,7 @@ def retrieve(
         raise BadInputError("--steps applies to sketch queries; --like skips E and H")
     _check_server_options(ctx, server, token)
     if server is None:
-        from s2m_retrieval.retrieval import check_options, check_steps
+        from s2m_retrieval.query.engine import check_options, check_steps
 
         check_options(k, candidates, alpha, max_distance, normalisation)
         check_steps(steps)
@@ -152,7 +152,7 @@ class QueryOutput:
 
     def result(self, result, record: dict, table: list[str], sketch: Path | None = None) -> None:
         """One answered query: `result` as `result_view` reads it, `record` its JSON, `table` its lines."""
-        from s2m_retrieval.result_view import write_result_sheet
+        from s2m_retrieval.query.result_view import write_result_sheet
 
         note = result.provenance.get("note")
         if note and not self._noted:  # the same for every query of a run
@@ -232,8 +232,8 @@ def _check_sheet(sheet: Path, many: bool) -> None:
 
 def _open_engine(engine: dict):
     from cli.runtime import setup_torch
-    from s2m_retrieval.bundle import resolve_model
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.model.bundle import resolve_model
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     models = resolve_model(engine["model"], engine["home"])
     device = setup_torch(engine["threads"], engine["device"])
@@ -244,8 +244,8 @@ def _open_engine(engine: dict):
 def _local(engine: dict, sketches: list[Path], like: str | None, options: dict, steps: int | None,
            code: str | None, output: QueryOutput) -> None:
     """One query on the models loaded here."""
-    from s2m_retrieval.result_view import result_table
-    from s2m_retrieval.retrieval import check_sketch, read_sketch
+    from s2m_retrieval.query.result_view import result_table
+    from s2m_retrieval.query.engine import check_sketch, read_sketch
 
     sketch = check_sketch(read_sketch(sketches[0]), sketches[0]) if sketches else None
     with _open_engine(engine) as opened:
@@ -261,8 +261,8 @@ def _local_batch(engine: dict, sketches: list[Path], like: str | None, options: 
                  code: str | None, output: QueryOutput) -> None:
     """Several sketch queries on the models loaded here once, read and run a batch at a time."""
     from s2m_retrieval.errors import BadInputError
-    from s2m_retrieval.result_view import result_table
-    from s2m_retrieval.retrieval import QUERY_BATCH, check_sketch, read_sketch
+    from s2m_retrieval.query.result_view import result_table
+    from s2m_retrieval.query.engine import QUERY_BATCH, check_sketch, read_sketch
 
     def read(path: Path):
         try:

@@ -48,7 +48,7 @@ def serve(
         raise BadInputError(f"--log-level must be debug, info, warning or error, got {log_level!r}")
     if max_upload_kb < 1 or max_pixels < 1:
         raise BadInputError(f"--max-upload-kb and --max-pixels must be >= 1, got {max_upload_kb} and {max_pixels}")
-    from s2m_retrieval.bundle import resolve_model
+    from s2m_retrieval.model.bundle import resolve_model
     from s2m_retrieval.service.server import check_bind
 
     check_bind(host, token, no_auth)
@@ -61,7 +61,7 @@ def serve(
 
     # Concurrent queries share the cores: one intra-op pool per query would oversubscribe them.
     device = setup_torch(threads or max(1, (os.cpu_count() or 1) // concurrency), device)
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
     from s2m_retrieval.service import create_app
     from s2m_retrieval.service.server import base_url, listen
     from s2m_retrieval.service.server import serve as run_server

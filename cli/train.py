@@ -168,7 +168,7 @@ def _replace(config, fields: dict):
 
 def _weights(path: Path | None, name: str) -> Path:
     """The given checkpoint, else the shipped one; a missing file is a one-line error naming the option."""
-    from s2m_retrieval.model_files import weights_or_shipped
+    from s2m_retrieval.model.files import weights_or_shipped
 
     return weights_or_shipped(path, name)
 
@@ -180,7 +180,7 @@ def _load_g(path: Path | None, device: str):
 
 
 def _metric(name: str, segmenter: Path | None, device: str):
-    from s2m_retrieval.perceptual import load_perceptual
+    from s2m_retrieval.model.perceptual import load_perceptual
 
     return load_perceptual(name, device, checkpoint=segmenter if name == "seg" else None)
 
@@ -314,7 +314,7 @@ def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter
                          projector_path=None) -> None:
     from tqdm import tqdm
 
-    from s2m_retrieval.checkpoint import load_checkpoint, version_hash
+    from s2m_retrieval.networks.checkpoint import load_checkpoint, version_hash
     from s2m_retrieval.networks.encoders import Encoder, encoder_config_for
     from s2m_retrieval.training.index_space import (BANK_FILE, IndexEncoderTrainConfig, cached_code_bank,
                                                     train_index_encoder)
@@ -394,8 +394,8 @@ def projector(
     A bundle with projector.pt builds its indexes in that space."""
     from tqdm import tqdm
 
-    from s2m_retrieval.checkpoint import load_checkpoint, version_hash
-    from s2m_retrieval.latent_space import DEFAULT_WEIGHTING
+    from s2m_retrieval.networks.checkpoint import load_checkpoint, version_hash
+    from s2m_retrieval.model.latent_space import DEFAULT_WEIGHTING
     from s2m_retrieval.networks.projector import ProjectorConfig
     from s2m_retrieval.training.index_space import BANK_FILE, cached_code_bank
     from s2m_retrieval.training.projector import CODES_FILE, ProjectorTrainConfig, cached_code_table, train_projector

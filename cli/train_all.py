@@ -116,7 +116,7 @@ def train_all(
         manifest = run(options, out, dev, echo=typer.echo, progress=view, stage_start=view.start)
     finally:
         view.close()
-    from s2m_retrieval.bundle import read_manifest
+    from s2m_retrieval.model.bundle import read_manifest
 
     metrics = read_manifest(out)["metrics"]
     typer.echo(f"model bundle: {out} (manifest {manifest.name}, sample grids in {out / 'samples'}/, training curves "

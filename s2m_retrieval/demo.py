@@ -32,7 +32,7 @@ def run_demo(out: str | Path, n: int = 2000, seed: int = 0, echo: Callable[[str]
     from s2m_retrieval.data.phantom import make_phantom
     from s2m_retrieval.data.phantom_archive import write_phantom_archive
     from s2m_retrieval.data.sketch import FreehandConfig, sketch_from_mask
-    from s2m_retrieval.segmentation import segment_images
+    from s2m_retrieval.model.segmentation import segment_images
     from s2m_retrieval.viz import colour_labels, contact_sheet
 
     out = Path(out)
@@ -95,10 +95,10 @@ def _retrieve(out: Path, archive: Path, queries: Path, held_out, models, percept
     """Index the archive with the inverter, retrieve every query sketch, write one contact sheet per query."""
     from tqdm import tqdm
 
-    from s2m_retrieval.encoding import load_encoder
-    from s2m_retrieval.indexing import BuildOptions, build_index
-    from s2m_retrieval.retrieval import RetrievalEngine, read_sketch
-    from s2m_retrieval.result_view import result_table, write_result_sheet
+    from s2m_retrieval.model.archive_encoder import load_encoder
+    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.query.engine import RetrievalEngine, read_sketch
+    from s2m_retrieval.query.result_view import result_table, write_result_sheet
 
     options = ",".join(f"{k}={v}" for k, v in (("models", models), ("perceptual", perceptual)) if v is not None)
     encoder = load_encoder("inverter" + (f":{options}" if options else ""))
@@ -148,10 +148,10 @@ def _chance(archive: Path, grades: list[int]) -> float:
 
 def _generator_samples(out: Path, seed: int, models) -> list[str]:
     """A grid of the generator's samples."""
-    from s2m_retrieval.model_files import model_files
+    from s2m_retrieval.model.files import model_files
 
     path = model_files(models, ("generator",), "the demo")["generator"]
-    from s2m_retrieval.generation_report import generate_images
+    from s2m_retrieval.generation.report import generate_images
     from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.viz import contact_sheet
 
@@ -162,7 +162,7 @@ def _generator_samples(out: Path, seed: int, models) -> list[str]:
 
 
 def _mean_dice(held_out, predicted) -> float:
-    from s2m_retrieval.metrics import dice_per_class
+    from s2m_retrieval.generation.dice import dice_per_class
 
     scores = [dice_per_class(pred, mask, 7) for (_, mask, _), pred in zip(held_out, predicted)]
     return float(np.nanmean(np.stack(scores)[:, 1:]))

@@ -13,7 +13,7 @@ from PIL import Image
 from retrieval_helpers import PERCEPTUAL, labels_csv, phantom_sketch
 
 import s2m_retrieval as s2m
-from s2m_retrieval.retrieval import RetrievalEngine
+from s2m_retrieval.query.engine import RetrievalEngine
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -16,7 +16,7 @@ from PIL import Image
 from retrieval_helpers import phantom_sketch
 from s2m_retrieval.data.archive import ReadStats, iter_batches, read_image, scan_archive
 from s2m_retrieval.errors import BadImageError, BadInputError, UnsupportedImageError
-from s2m_retrieval.retrieval import read_sketch
+from s2m_retrieval.query.engine import read_sketch
 from s2m_retrieval.service.uploads import decode_sketch
 
 SKETCH = phantom_sketch()           # [64, 64] uint8, dark strokes on white
@@ -90,7 +90,7 @@ def test_every_mode_reads_as_the_same_sketch(tmp_path, mode):
     assert grey.shape == SKETCH.shape
     assert np.array_equal(grey < 128, INK), f"{mode}: {(grey < 128).sum()} ink pixels, want {INK.sum()}"
     # HTTP decodes the same bytes to the same sketch.
-    from s2m_retrieval.retrieval import as_grey_sketch
+    from s2m_retrieval.query.engine import as_grey_sketch
 
     assert np.array_equal(as_grey_sketch(decode_sketch(path.read_bytes(), 1 << 24, 1 << 20)), grey)
     # The archive reader sees the same structure (transparency on black there, so only opaque modes compare).
@@ -212,7 +212,7 @@ def test_bundle_without_refiner_is_said_not_silent(cli, setup, tmp_path):
 
 
 def test_query_limits_are_one_set_for_cli_and_http(cli, tmp_path):
-    from s2m_retrieval.retrieval import MAX_CANDIDATES, MAX_K, MAX_STEPS
+    from s2m_retrieval.query.engine import MAX_CANDIDATES, MAX_K, MAX_STEPS
     from s2m_retrieval.service.app import ServiceLimits
 
     limits = ServiceLimits()
@@ -246,7 +246,7 @@ def test_index_killed_before_faiss_is_incomplete_not_empty(cli, setup, tmp_path)
 
 
 def test_killed_build_is_shown_interrupted(setup, tmp_path):
-    from s2m_retrieval.index_report import index_info
+    from s2m_retrieval.build.report import index_info
     from s2m_retrieval.storage import catalog
     from s2m_retrieval.storage.db import open_database
 
@@ -275,7 +275,7 @@ def test_corrupt_sqlite_is_one_line_and_left_alone(cli, setup, tmp_path):
 def test_ids_beyond_64_bits_name_no_image(cli, setup, tmp_path):
     from fastapi.testclient import TestClient
 
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
     from s2m_retrieval.service.app import create_app
     from s2m_retrieval.storage.catalog import as_image_id
 
@@ -367,7 +367,7 @@ def test_make_queries_skips_bad_images(tmp_path, phantom_archive):
 
 def test_verify_gives_its_hint_once(setup, tmp_path):
     from index.layout import index_paths
-    from s2m_retrieval.index_report import verify_index
+    from s2m_retrieval.build.report import verify_index
 
     home = setup.private_home(tmp_path / "home")
     shard = sorted(index_paths(home, "default").shards.glob("*.vectors.npy"))[0]

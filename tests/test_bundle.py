@@ -9,8 +9,8 @@ import pytest
 
 from cli.main import app
 from retrieval_helpers import phantom_sketch
-from s2m_retrieval.bundle import (MANIFEST, bundles_with, describe, list_bundles, read_manifest, refresh_manifest,
-                                  resolve_model, shipped_folder, stale_networks)
+from s2m_retrieval.model.bundle import (MANIFEST, bundles_with, describe, list_bundles, read_manifest, refresh_manifest,
+                                        resolve_model, shipped_folder, stale_networks)
 from s2m_retrieval.errors import BadInputError, CheckpointError, VersionMismatchError
 
 
@@ -126,7 +126,7 @@ def test_index_build_with_a_named_bundle(home, runner, setup, tmp_path):
 def test_engine_finds_bundle_names_under_its_home(home, monkeypatch, tmp_path):
     from retrieval_helpers import phantom_sketch as sketch
 
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     monkeypatch.setenv("S2M_HOME", str(tmp_path / "elsewhere"))  # the home given to open() wins
     with RetrievalEngine.open(home=home, models="alpha") as engine:

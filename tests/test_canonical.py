@@ -11,7 +11,7 @@ from s2m_retrieval.data.canonical import canonical_sketch
 from s2m_retrieval.data.phantom import make_phantom
 from s2m_retrieval.data.sketch import FreehandConfig, mask_contours, render_sketch, sketch_from_mask
 from s2m_retrieval.errors import BadInputError
-from s2m_retrieval.pipeline import sketch_batch
+from s2m_retrieval.model.pipeline import sketch_batch
 
 
 def _ink(sketch: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="module")
 def engine(setup):
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     with RetrievalEngine.open("default", home=setup.home, models=setup.models) as opened:
         yield opened
@@ -164,7 +164,7 @@ def test_errors_are_one_line(server, sketch_files, capsys, tmp_path):
 def test_the_client_path_imports_no_torch(server, sketch_files):
     """A whole `s2m retrieve --server` run in a fresh interpreter, then a look at what it imported."""
     code = ("import sys\nfrom cli.main import _run, app\ntry:\n    _run(app, sys.argv[1:])\nfinally:\n"
-            "    heavy = [m for m in ('torch', 'faiss', 's2m_retrieval.retrieval', 's2m_retrieval.pipeline') "
+            "    heavy = [m for m in ('torch', 'faiss', 's2m_retrieval.query.engine', 's2m_retrieval.model.pipeline') "
             "if m in sys.modules]\n    print('heavy:', heavy, file=sys.stderr)\n")
     for extra in ([], ["--sheet", str(sketch_files["a"].with_name("client_sheet.png"))]):
         done = subprocess.run([sys.executable, "-c", code, "retrieve", str(sketch_files["a"]), "--json",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint
-from s2m_retrieval.compact import compact_bundle
-from s2m_retrieval.pipeline import Sketch2MedI
-from s2m_retrieval.random_models import write_random_models
+from s2m_retrieval.networks.checkpoint import load_checkpoint
+from s2m_retrieval.model.compact import compact_bundle
+from s2m_retrieval.model.pipeline import Sketch2MedI
+from s2m_retrieval.testing.random_models import write_random_models
 from retrieval_helpers import phantom_sketch
 
 

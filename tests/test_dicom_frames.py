@@ -15,10 +15,10 @@ from cli.main import app
 from s2m_retrieval.data.archive import read_image, split_frame_key
 from s2m_retrieval.data.dicom import pick_frames
 from s2m_retrieval.errors import BadInputError
-from s2m_retrieval.fake_encoder import FakeEncoder, FakeEncoderConfig
-from s2m_retrieval.index_report import verify_index
-from s2m_retrieval.index_sync import remove_entries
-from s2m_retrieval.indexing import BuildOptions, add_files, build_index
+from s2m_retrieval.testing.fake_encoder import FakeEncoder, FakeEncoderConfig
+from s2m_retrieval.build.report import verify_index
+from s2m_retrieval.build.sync import remove_entries
+from s2m_retrieval.build.runner import BuildOptions, add_files, build_index
 
 ENC = FakeEncoder(FakeEncoderConfig(resolution=16, grid=4, thumb=4, dim=8))
 COLOURS = [(200, 20, 20), (20, 200, 20), (20, 20, 200)]  # frame k of the colour cine is COLOURS[k]
@@ -55,7 +55,7 @@ def _rows(home) -> dict[str, dict]:
 
 def _thumb_means(home) -> dict[str, tuple[int, ...]]:
     """Each entry's stored thumbnail, as its mean colour: which frame was really read."""
-    from s2m_retrieval.index_reader import open_index
+    from s2m_retrieval.query.index_reader import open_index
 
     with open_index(home=home) as reader:
         images = reader.images(list(map(int, reader.store.ids())))
@@ -141,7 +141,7 @@ def test_interrupted_build_resumes_without_duplicates(frames_archive, tmp_path):
 def test_removed_frames_and_files_stay_out_of_builds_and_rebuilds(frames_archive, tmp_path):
     home = tmp_path / "home"
     build_index(frames_archive, ENC, home=home, options=BuildOptions(frames="all"))
-    from s2m_retrieval.index_reader import open_index
+    from s2m_retrieval.query.index_reader import open_index
 
     with open_index(home=home) as reader:
         ids = {row["path"].rsplit("/", 1)[-1]: i for i, row in
@@ -241,7 +241,7 @@ def test_the_service_serves_the_original_of_one_frame(frames_archive, tmp_path, 
     from fastapi.testclient import TestClient
     from PIL import Image
 
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
     from s2m_retrieval.service import create_app
 
     home = tmp_path / "home"

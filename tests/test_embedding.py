@@ -52,7 +52,7 @@ def test_train_embedding_with_hard_negatives_from_a_code_bank(tmp_path):
     cfg = EmbeddingConfig(img_resolution=32, widths=(4, 8), dim=8)
     tc = EmbeddingTrainConfig(steps=2, batch=4, snapshot_every=10, sample_every=10)
     path = train_embedding(pairs, tmp_path, cfg, tc, progress=lambda p: None, hard=hard)
-    from s2m_retrieval.checkpoint import load_checkpoint
+    from s2m_retrieval.networks.checkpoint import load_checkpoint
 
     assert load_checkpoint(path)["meta"]["hard_negatives"] is True
     with pytest.raises(BadInputError, match="hard negatives cover"):

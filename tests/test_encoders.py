@@ -5,17 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from s2m_retrieval.checkpoint import save_checkpoint
+from s2m_retrieval.networks.checkpoint import save_checkpoint
 from s2m_retrieval.errors import BadInputError, CheckpointError
-from s2m_retrieval.networks.encoders import (
-    Encoder,
-    EncoderConfig,
-    LatentDiscriminator,
-    LatentDiscriminatorConfig,
-    encoder_config_for,
-    entry_resolution,
-    style_levels,
-)
+from s2m_retrieval.networks.encoders import (Encoder, EncoderConfig, LatentDiscriminator, LatentDiscriminatorConfig,
+                                             encoder_config_for, entry_resolution, style_levels)
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
 from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter, load_latent_discriminator
 

@@ -136,7 +136,7 @@ def test_traced_style_draws_the_images_own_edges(phantom_archive, tmp_path):
 
 
 def _tiny_baselines(folder, resolution):
-    from s2m_retrieval.checkpoint import save_checkpoint
+    from s2m_retrieval.networks.checkpoint import save_checkpoint
     from s2m_retrieval.networks.embedding import EmbeddingConfig, SketchImageEmbedding
     from s2m_retrieval.networks.pix2pix import UNetGenerator
     from s2m_retrieval.training.pix2pix import pix2pix_config_for
@@ -201,7 +201,7 @@ def test_sketch2medi_method_ranks_as_the_engine_queries(setup):
     from retrieval_helpers import phantom_sketch
     from s2m_retrieval.evaluation.archive_view import read_archive_view
     from s2m_retrieval.evaluation.methods import Sketch2MediMethod
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     with RetrievalEngine.open(home=setup.home, models=setup.models, perceptual="random") as engine:
         view = read_archive_view(engine)

@@ -11,12 +11,12 @@ import torch
 from retrieval_helpers import phantom_sketch
 
 from index.row_reader import ShardRowReader
-from s2m_retrieval.checkpoint import save_checkpoint
+from s2m_retrieval.networks.checkpoint import save_checkpoint
 from s2m_retrieval.errors import IndexCorruptError, VersionMismatchError
 from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
-from s2m_retrieval.perceptual import load_perceptual
-from s2m_retrieval.ranking import to_model_input
-from s2m_retrieval.retrieval import RetrievalEngine
+from s2m_retrieval.model.perceptual import load_perceptual
+from s2m_retrieval.query.ranking import to_model_input
+from s2m_retrieval.query.engine import RetrievalEngine
 
 RES = 32  # the tiny random G's resolution
 
@@ -31,8 +31,8 @@ def write_segmenter(folder):
 @pytest.fixture(scope="module")
 def pooled(setup, tmp_path_factory):
     """The tiny random models plus a segmenter, and an index built over the phantoms for seg-pool8."""
-    from s2m_retrieval.encoding import load_encoder
-    from s2m_retrieval.indexing import BuildOptions, build_index
+    from s2m_retrieval.model.archive_encoder import load_encoder
+    from s2m_retrieval.build.runner import BuildOptions, build_index
 
     base = tmp_path_factory.mktemp("pooled")
     models = shutil.copytree(setup.models, base / "models")
@@ -82,7 +82,7 @@ def test_build_stores_the_features_of_each_thumb(pooled):
 
 
 def test_rerank_reads_cached_features_not_thumbs(pooled, monkeypatch):
-    import s2m_retrieval.retrieval as retrieval
+    import s2m_retrieval.query.engine as retrieval
 
     models, home = pooled
     with RetrievalEngine.open(home=home, models=models) as engine:

@@ -8,21 +8,11 @@ import math
 import pytest
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint
+from s2m_retrieval.networks.checkpoint import load_checkpoint, save_checkpoint
 from s2m_retrieval.errors import BadInputError, CheckpointError
-from s2m_retrieval.networks.stylegan2 import (
-    Discriminator,
-    Generator,
-    GeneratorConfig,
-    load_generator,
-)
+from s2m_retrieval.networks.stylegan2 import (Discriminator, Generator, GeneratorConfig, load_generator)
 from s2m_retrieval.training.augment import diff_augment, rand_translation
-from s2m_retrieval.training.gan import (
-    GanTrainConfig,
-    discriminator_config_for,
-    load_train_state,
-    train_generator,
-)
+from s2m_retrieval.training.gan import (GanTrainConfig, discriminator_config_for, load_train_state, train_generator)
 
 TINY = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, img_resolution=32, channel_base=128, channel_max=16)
 

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint
+from s2m_retrieval.networks.checkpoint import load_checkpoint
 from s2m_retrieval.data.phantom import make_phantom
 from s2m_retrieval.data.sketch import sketch_from_mask
 from s2m_retrieval.errors import BadInputError, CheckpointError
-from s2m_retrieval.latent_space import LatentWeighting, w_plus_to_vectors
+from s2m_retrieval.model.latent_space import LatentWeighting, w_plus_to_vectors
 from s2m_retrieval.networks.encoders import Encoder, encoder_config_for
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
 from s2m_retrieval.training.index_space import (BANK_FILE, IndexEncoderTrainConfig, bank_losses, build_code_bank,
-                                                cached_code_bank, hard_batch_indices, latent_vectors,
-                                                read_code_bank, train_index_encoder)
+                                                cached_code_bank, hard_batch_indices, latent_vectors, read_code_bank,
+                                                train_index_encoder)
 from s2m_retrieval.training.pairs import PairSet
 
 TINY_G = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, img_resolution=32, channel_base=256, channel_max=16)

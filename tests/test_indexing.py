@@ -19,11 +19,11 @@ from index.layout import IndexLock, index_paths
 from index.store import VectorStore
 from s2m_retrieval.errors import (ArchiveError, DatabaseLockedError, IndexBusyError, IndexMissingError,
                                   VersionMismatchError)
-from s2m_retrieval.fake_encoder import FakeEncoder, FakeEncoderConfig
-from s2m_retrieval.index_reader import open_index
-from s2m_retrieval.index_report import verify_index
-from s2m_retrieval.index_sync import remove_entries
-from s2m_retrieval.indexing import BuildOptions, add_files, build_index
+from s2m_retrieval.testing.fake_encoder import FakeEncoder, FakeEncoderConfig
+from s2m_retrieval.query.index_reader import open_index
+from s2m_retrieval.build.report import verify_index
+from s2m_retrieval.build.sync import remove_entries
+from s2m_retrieval.build.runner import BuildOptions, add_files, build_index
 
 REPO = Path(__file__).resolve().parents[1]
 ENC = FakeEncoder()

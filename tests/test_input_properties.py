@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from s2m_retrieval.data.archive import scan_archive
 from s2m_retrieval.data.csv_table import read_table
 from s2m_retrieval.errors import ArchiveError, BadInputError, S2MError
-from s2m_retrieval.metadata_filter import OPS, LabelFilter, parse_where
+from s2m_retrieval.query.filters import OPS, LabelFilter, parse_where
 from s2m_retrieval.storage.catalog import MAX_IMAGE_ID, as_image_id
 
 # Derandomized: the same examples on every run (tests are deterministic); no example database in the checkout.

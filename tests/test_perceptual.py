@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from s2m_retrieval.checkpoint import save_checkpoint
+from s2m_retrieval.networks.checkpoint import save_checkpoint
 from s2m_retrieval.errors import BadInputError, PerceptualWeightsMissing
 from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
-from s2m_retrieval.perceptual import load_perceptual, torchvision_weights_path
+from s2m_retrieval.model.perceptual import load_perceptual, torchvision_weights_path
 
 ALEXNET_FEATURE_SHAPES = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3),
                           10: (256, 256, 3, 3)}
@@ -95,7 +95,7 @@ def test_seg_dice_compares_segmentations_and_caches_them():
     import numpy as np
 
     from s2m_retrieval.data.phantom import make_phantom
-    from s2m_retrieval.pipeline import image_batch
+    from s2m_retrieval.model.pipeline import image_batch
 
     metric = load_perceptual("seg-dice")                                     # the shipped segmenter
     assert metric.cacheable and metric.version.startswith("seg-dice:")

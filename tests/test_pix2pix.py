@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint
+from s2m_retrieval.networks.checkpoint import load_checkpoint
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.pix2pix import PatchDiscriminator, UNetGenerator
 from s2m_retrieval.training.pairs import phantom_pairs

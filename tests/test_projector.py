@@ -107,9 +107,9 @@ def test_loss_prefers_matching_pairs():
 @pytest.fixture(scope="module")
 def projected(tmp_path_factory, phantom_archive):
     """Random models with a projector, and an index of the test archive built with and one without it."""
-    from s2m_retrieval.encoding import load_encoder
-    from s2m_retrieval.indexing import BuildOptions, build_index
-    from s2m_retrieval.random_models import write_random_models
+    from s2m_retrieval.model.archive_encoder import load_encoder
+    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.testing.random_models import write_random_models
 
     base = tmp_path_factory.mktemp("projected")
     models = write_random_models(base / "models", seed=0, projector_dim=8)
@@ -122,7 +122,7 @@ def projected(tmp_path_factory, phantom_archive):
 
 
 def test_an_index_of_a_bundle_with_a_projector_lives_in_its_space(projected):
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     base, models = projected
     with RetrievalEngine.open("p", home=base / "home", models=models, perceptual=PERCEPTUAL) as eng:
@@ -132,7 +132,7 @@ def test_an_index_of_a_bundle_with_a_projector_lives_in_its_space(projected):
         stored = eng.reader.arrays("vectors", [hit.id for hit in result.hits])
         np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
         # the sketch searches with P's query head over E's weighted code; stored images went through the archive head
-        from s2m_retrieval.latent_space import w_plus_to_vectors
+        from s2m_retrieval.model.latent_space import w_plus_to_vectors
 
         w_plus = eng.pipeline.sketch_to_latent(phantom_sketch())
         query = eng.sketch_vector(w_plus, None)
@@ -144,12 +144,12 @@ def test_an_index_of_a_bundle_with_a_projector_lives_in_its_space(projected):
 
 
 def test_an_index_built_without_the_projector_is_searched_in_weighted_w_plus(projected):
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     base, models = projected
     with RetrievalEngine.open("w", home=base / "home", models=models, perceptual=PERCEPTUAL) as eng:
         assert eng.encoder.projector is None and "projector" not in eng.encoder.config
-        from s2m_retrieval.index_report import index_info
+        from s2m_retrieval.build.report import index_info
 
         assert index_info(name="w", home=base / "home")["projector"] is None
         assert index_info(name="p", home=base / "home")["projector"] == eng.pipeline.versions["projector"]
@@ -158,8 +158,8 @@ def test_an_index_built_without_the_projector_is_searched_in_weighted_w_plus(pro
 
 
 def test_a_projected_index_refuses_models_without_its_projector(projected, tmp_path):
-    from s2m_retrieval.random_models import write_random_models
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.testing.random_models import write_random_models
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     base, models = projected
     bare = tmp_path / "bare"
@@ -173,9 +173,9 @@ def test_a_projected_index_refuses_models_without_its_projector(projected, tmp_p
 
 
 def test_a_projector_of_another_encoder_or_weighting_is_refused(projected, tmp_path):
-    from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint
-    from s2m_retrieval.encoding import load_encoder
-    from s2m_retrieval.random_models import write_random_models
+    from s2m_retrieval.networks.checkpoint import load_checkpoint, save_checkpoint
+    from s2m_retrieval.model.archive_encoder import load_encoder
+    from s2m_retrieval.testing.random_models import write_random_models
 
     _, models = projected
     mixed = tmp_path / "mixed"
@@ -196,7 +196,7 @@ def test_a_projector_of_another_encoder_or_weighting_is_refused(projected, tmp_p
 
 def test_train_projector_cli_writes_a_checkpoint_the_engine_can_use(runner, tmp_path):
     from cli.main import app
-    from s2m_retrieval.random_models import write_random_models
+    from s2m_retrieval.testing.random_models import write_random_models
 
     models = write_random_models(tmp_path / "models", seed=0)
     out = tmp_path / "proj"
@@ -211,13 +211,13 @@ def test_train_projector_cli_writes_a_checkpoint_the_engine_can_use(runner, tmp_
     P = load_projector(out / "projector.pt")
     assert P.config.dim == 4
     shutil.copy(out / "projector.pt", models / "projector.pt")
-    from s2m_retrieval.encoding import load_encoder
+    from s2m_retrieval.model.archive_encoder import load_encoder
 
     encoder = load_encoder(f"inverter:models={models},perceptual={PERCEPTUAL}")
     assert encoder.dim == 4 and encoder.config["projector"]
     # E fine-tuned in P's space: new E and P, a pair the strict loader accepts; a P of another E is refused
-    from s2m_retrieval.checkpoint import load_checkpoint, version_hash
-    from s2m_retrieval.pipeline import Sketch2MedI
+    from s2m_retrieval.networks.checkpoint import load_checkpoint, version_hash
+    from s2m_retrieval.model.pipeline import Sketch2MedI
 
     tuned = tmp_path / "ep"
     e_args = ["train", "encoder", "phantom:6:3", "--objective", "index", "--out", str(tuned), "--generator",

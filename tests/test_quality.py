@@ -7,7 +7,7 @@ import pytest
 
 from s2m_retrieval.data.classes import TONGUE, TONSILS, UVULA
 from s2m_retrieval.errors import WeightsMissingError
-from s2m_retrieval.quality import anatomy_found, frechet_distance, inception_model
+from s2m_retrieval.generation.quality import anatomy_found, frechet_distance, inception_model
 
 
 def test_frechet_distance_of_gaussians():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint
+from s2m_retrieval.networks.checkpoint import load_checkpoint, save_checkpoint
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.refiner import Refiner, RefinerConfig, add_deltas, refine, refiner_config_for
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig

@@ -13,10 +13,10 @@ from retrieval_helpers import PERCEPTUAL, labels_csv, phantom_sketch
 from index.store import VectorStore
 from s2m_retrieval.errors import (BadImageError, BadInputError, CheckpointError, IndexCorruptError, IndexMissingError,
                                   VersionMismatchError)
-from s2m_retrieval.latent_space import LatentWeighting, vectors_to_w_plus, w_plus_to_vectors, weighted_distance
-from s2m_retrieval.metadata_filter import Condition, LabelFilter, parse_where
-from s2m_retrieval.ranking import fuse, normalise
-from s2m_retrieval.retrieval import RetrievalEngine
+from s2m_retrieval.model.latent_space import LatentWeighting, vectors_to_w_plus, w_plus_to_vectors, weighted_distance
+from s2m_retrieval.query.filters import Condition, LabelFilter, parse_where
+from s2m_retrieval.query.ranking import fuse, normalise
+from s2m_retrieval.query.engine import RetrievalEngine
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_the_query_vector_is_e_code_unless_asked_for_the_reinverted_x_hat(engine
         from_x_hat = engine.sketch_vector(w_plus, x_hat, code="reinvert")
         from_e = engine.sketch_vector(w_plus, x_hat)
     # re-inversion is what archive images go through: x̂'s own thumb gives the same vector
-    from s2m_retrieval.pipeline import to_uint8
+    from s2m_retrieval.model.pipeline import to_uint8
 
     assert np.allclose(from_x_hat, engine.encoder.vectors(engine.encoder.w_plus(to_uint8(x_hat))), atol=1e-5)
     assert np.allclose(from_e, engine.encoder.vectors(w_plus)) and not np.allclose(from_e, from_x_hat)
@@ -262,8 +262,8 @@ def test_version_mismatch_and_damaged_files(setup, tmp_path):
 
 
 def test_fake_encoder_index_is_a_mismatch(setup, tmp_path):
-    from s2m_retrieval.fake_encoder import FakeEncoder
-    from s2m_retrieval.indexing import build_index
+    from s2m_retrieval.testing.fake_encoder import FakeEncoder
+    from s2m_retrieval.build.runner import build_index
 
     build_index(setup.archive, FakeEncoder(), home=tmp_path)
     with pytest.raises(VersionMismatchError, match="'fake' encoder"):
@@ -271,8 +271,8 @@ def test_fake_encoder_index_is_a_mismatch(setup, tmp_path):
 
 
 def test_unshipped_weights_are_one_clear_error(setup, tmp_path, monkeypatch):
-    import s2m_retrieval.bundle as bundle
-    from s2m_retrieval.encoding import load_encoder
+    import s2m_retrieval.model.bundle as bundle
+    from s2m_retrieval.model.archive_encoder import load_encoder
 
     monkeypatch.setattr(bundle, "shipped_folder", lambda: tmp_path / "weights")
     with pytest.raises(CheckpointError, match="no trained generator and encoder and inverter are shipped yet"):
@@ -331,8 +331,8 @@ def test_row_reader_matches_gather_and_reports_damage(tmp_path):
 
 
 def test_engine_on_postgres(postgres_url, setup, tmp_path):
-    from s2m_retrieval.encoding import load_encoder
-    from s2m_retrieval.indexing import BuildOptions, build_index
+    from s2m_retrieval.model.archive_encoder import load_encoder
+    from s2m_retrieval.build.runner import BuildOptions, build_index
 
     build_index(setup.archive, load_encoder(setup.encoder_spec), home=tmp_path, db_url=postgres_url,
                 options=BuildOptions(batch_size=10))

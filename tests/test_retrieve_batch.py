@@ -17,7 +17,7 @@ from s2m_retrieval.errors import BadInputError
 
 @pytest.fixture(scope="module")
 def engine(setup):
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     with RetrievalEngine.open("default", home=setup.home, models=setup.models) as opened:
         yield opened
@@ -64,7 +64,7 @@ def test_query_sketches_gives_what_query_sketch_gives_one_by_one(engine, options
 
 
 def test_query_sketches_checks_every_sketch_first(engine):
-    from s2m_retrieval.retrieval import _same_size_batches
+    from s2m_retrieval.query.engine import _same_size_batches
 
     blank = np.full((64, 64), 255, np.uint8)
     with pytest.raises(BadInputError, match="sketch 1: sketch is empty"):

@@ -14,7 +14,7 @@ from PIL import Image
 from retrieval_helpers import labels_csv, phantom_sketch
 
 from cli.main import _run, app
-from s2m_retrieval.index_report import verify_index
+from s2m_retrieval.build.report import verify_index
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,8 @@ def test_retrieve_console_script(setup, sketch_png):
 
 def test_cli_defaults_match_the_library():
     import cli.retrieve as cli_retrieve
-    from s2m_retrieval import api, ranking, retrieval
+    from s2m_retrieval.query import api, ranking
+    from s2m_retrieval.query import engine as retrieval
 
     assert api.DEFAULT_ALPHA == ranking.DEFAULT_ALPHA
     assert (cli_retrieve.DEFAULT_K, cli_retrieve.DEFAULT_CANDIDATES) == (retrieval.DEFAULT_K,

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint
+from s2m_retrieval.networks.checkpoint import load_checkpoint, save_checkpoint
 from s2m_retrieval.errors import BadInputError, CheckpointError
-from s2m_retrieval.metrics import dice_per_class, mean_dice
+from s2m_retrieval.generation.dice import dice_per_class, mean_dice
 from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
-from s2m_retrieval.training.segmenter import (SegTrainConfig, _augment, load_segmenter, segment,
-                                              train_segmenter)
+from s2m_retrieval.training.segmenter import (SegTrainConfig, _augment, load_segmenter, segment, train_segmenter)
 
 TINY = SegmenterConfig(base_channels=8, depth=2, img_resolution=32)
 COLOURS = np.array([[40, 30, 30], [200, 90, 90], [230, 60, 60], [160, 40, 120],

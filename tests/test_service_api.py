@@ -27,7 +27,7 @@ from s2m_retrieval.service import ServiceLimits, create_app  # noqa: E402
 
 @pytest.fixture(scope="module")
 def engine(setup):
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     with RetrievalEngine.open("default", home=setup.home, models=setup.models) as opened:
         yield opened
@@ -121,7 +121,7 @@ def test_more_like_this_and_filters(client):
 def test_generate(client, engine):
     import torch
 
-    from s2m_retrieval.pipeline import to_uint8
+    from s2m_retrieval.model.pipeline import to_uint8
 
     response = client.post("/v1/generate", files={"sketch": ("s.png", SKETCH, "image/png")}, data={"steps": "2"})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
@@ -336,10 +336,10 @@ def test_concurrent_queries_and_a_full_queue(engine, monkeypatch):
 
 def test_served_index_follows_adds_and_removes_without_restart(setup, tmp_path):
     from s2m_retrieval.data.phantom import make_phantom
-    from s2m_retrieval.encoding import load_encoder
-    from s2m_retrieval.index_sync import remove_entries
-    from s2m_retrieval.indexing import BuildOptions, add_files, build_index
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.model.archive_encoder import load_encoder
+    from s2m_retrieval.build.sync import remove_entries
+    from s2m_retrieval.build.runner import BuildOptions, add_files, build_index
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     home = setup.private_home(tmp_path / "home")
     new = tmp_path / "new.png"

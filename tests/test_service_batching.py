@@ -26,7 +26,7 @@ WAIT_MS = 1000
 
 @pytest.fixture(scope="module")
 def engine(setup):
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     with RetrievalEngine.open("default", home=setup.home, models=setup.models) as opened:
         yield opened

@@ -46,7 +46,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def base_url(setup):
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
     from s2m_retrieval.service import create_app
     from s2m_retrieval.service.server import background_server
 

@@ -49,7 +49,7 @@ SKETCHES = [_encoded(SKETCH), _encoded(SKETCH, "JPEG"), _encoded(SKETCH, mode="R
 
 @pytest.fixture(scope="module")
 def api_schema(setup):
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     with RetrievalEngine.open("default", home=setup.home, models=setup.models) as engine:
         yield schemathesis.openapi.from_asgi("/openapi.json", create_app(engine))
@@ -108,7 +108,7 @@ def test_app_served_again_after_a_shutdown_still_answers(setup):
     # query threads for good, and every later query was a 500.
     from fastapi.testclient import TestClient
 
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     with RetrievalEngine.open("default", home=setup.home, models=setup.models) as engine:
         app = create_app(engine)

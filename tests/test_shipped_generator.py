@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint, shipped_weights
-from s2m_retrieval.generation_report import generate_images
+from s2m_retrieval.networks.checkpoint import load_checkpoint, shipped_weights
+from s2m_retrieval.generation.report import generate_images
 from s2m_retrieval.networks.stylegan2 import GeneratorConfig, load_generator
-from s2m_retrieval.quality import anatomy_found
-from s2m_retrieval.segmentation import segment_images
+from s2m_retrieval.generation.quality import anatomy_found
+from s2m_retrieval.model.segmentation import segment_images
 
 
 def test_shipped_generator_makes_throats():

@@ -8,9 +8,9 @@ import torch
 
 from s2m_retrieval.data.phantom import make_phantom
 from s2m_retrieval.data.sketch import FreehandConfig, sketch_from_mask
-from s2m_retrieval.metrics import dice_per_class
-from s2m_retrieval.pipeline import Sketch2MedI, to_uint8
-from s2m_retrieval.segmentation import segment_images
+from s2m_retrieval.generation.dice import dice_per_class
+from s2m_retrieval.model.pipeline import Sketch2MedI, to_uint8
+from s2m_retrieval.model.segmentation import segment_images
 
 N = 16
 SEED = 5  # phantoms of a seed no network was trained on (training uses seed 0)

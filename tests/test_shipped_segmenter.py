@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint, shipped_weights
+from s2m_retrieval.networks.checkpoint import load_checkpoint, shipped_weights
 from s2m_retrieval.data.phantom import make_phantom
-from s2m_retrieval.metrics import dice_per_class
-from s2m_retrieval.segmentation import segment_images
+from s2m_retrieval.generation.dice import dice_per_class
+from s2m_retrieval.model.segmentation import segment_images
 
 
 def test_shipped_segmenter_scores_fresh_phantoms():

@@ -6,29 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint, version_hash
+from s2m_retrieval.networks.checkpoint import load_checkpoint, save_checkpoint, version_hash
 from s2m_retrieval.data.phantom import make_phantom
 from s2m_retrieval.data.sketch import FreehandConfig, sketch_from_mask
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.encoders import Encoder, encoder_config_for
 from s2m_retrieval.networks.refiner import Refiner, refiner_config_for
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
-from s2m_retrieval.perceptual import load_perceptual
-from s2m_retrieval.pipeline import Sketch2MedI, to_uint8
-from s2m_retrieval.training.sketch2medi import (
-    EncoderTrainConfig,
-    PairSet,
-    RefinerTrainConfig,
-    invert,
-    load_encoder,
-    load_inverter,
-    load_refiner,
-    model_version,
-    phantom_pairs,
-    train_encoder,
-    train_inverter,
-    train_refiner,
-)
+from s2m_retrieval.model.perceptual import load_perceptual
+from s2m_retrieval.model.pipeline import Sketch2MedI, to_uint8
+from s2m_retrieval.training.sketch2medi import (EncoderTrainConfig, PairSet, RefinerTrainConfig, invert, load_encoder,
+                                                load_inverter, load_refiner, model_version, phantom_pairs,
+                                                train_encoder, train_inverter, train_refiner)
 
 TINY_G = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, img_resolution=32, channel_base=256, channel_max=16)
 E_KW = dict(widths=(8, 16, 16, 16), head_width=8)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint, version_hash
+from s2m_retrieval.networks.checkpoint import load_checkpoint, save_checkpoint, version_hash
 from s2m_retrieval.data.phantom import make_phantom
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.encoders import Encoder, encoder_config_for
@@ -14,9 +14,10 @@ from s2m_retrieval.networks.pix2pix import UNetGenerator
 from s2m_retrieval.networks.refiner import Refiner, refiner_config_for
 from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
-from s2m_retrieval.perceptual import load_perceptual
-from s2m_retrieval.sketch_quality import (NA_MISSING, REFERENCE, held_out_phantoms, load_models, overlaps_training,
-                                          psnr, quality_markdown, sample_sheet, sketch_dice, sketch_quality)
+from s2m_retrieval.model.perceptual import load_perceptual
+from s2m_retrieval.generation.sketch_quality import (NA_MISSING, REFERENCE, held_out_phantoms, load_models,
+                                                     overlaps_training, psnr, quality_markdown, sample_sheet,
+                                                     sketch_dice, sketch_quality)
 from s2m_retrieval.training.latent import model_version
 from s2m_retrieval.training.pix2pix import pix2pix_config_for
 from s2m_retrieval.training.segmenter import load_segmenter

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from s2m_retrieval.bundle import MANIFEST, read_manifest, shipped_folder
+from s2m_retrieval.model.bundle import MANIFEST, read_manifest, shipped_folder
 from s2m_retrieval.errors import BadInputError
 
 GENERATOR_STEPS = 24  # long enough for the kill to land inside the generator stage
@@ -131,7 +131,7 @@ def hospital_archive(phantom_archive, root):
 
 
 def test_a_hospital_archive_without_masks_trains_and_indexes(phantom_archive, tmp_path):
-    from s2m_retrieval.encoding import load_encoder
+    from s2m_retrieval.model.archive_encoder import load_encoder
 
     archive = hospital_archive(phantom_archive, tmp_path / "hospital")
     ones = {"steps": {s: 1 for s in TINY["steps"]}, "batch": TINY["batch"]}

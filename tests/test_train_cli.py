@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cli.main import _run, app
-from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint, version_hash
+from s2m_retrieval.networks.checkpoint import load_checkpoint, save_checkpoint, version_hash
 from s2m_retrieval.data.sketch import sketch_from_mask
 from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig

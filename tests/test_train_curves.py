@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
-from s2m_retrieval.checkpoint import save_checkpoint
+from s2m_retrieval.networks.checkpoint import save_checkpoint
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
 from s2m_retrieval.training import curves as curves_module
 from s2m_retrieval.training.curves import CSV_FILE, PNG_FILE, TB_DIR, TrainCurves, read_scalars

@@ -79,7 +79,7 @@ def test_the_wheel_carries_weights_static_page_and_migrations(installed):
 def test_everything_is_imported_from_the_fresh_venv(installed):
     _, venv, env, work = installed
     code = ("import json, cli, index, migrations, s2m_retrieval\n"
-            "from s2m_retrieval.bundle import shipped_folder\n"
+            "from s2m_retrieval.model.bundle import shipped_folder\n"
             "from s2m_retrieval.service.app import __file__ as app\n"
             "from s2m_retrieval.storage.migrate import script_location\n"
             "print(json.dumps([m.__file__ for m in (s2m_retrieval, cli, index, migrations)]"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from s2m_retrieval.errors import BadInputError
-from s2m_retrieval.ranking import DEFAULT_ALPHA
+from s2m_retrieval.query.ranking import DEFAULT_ALPHA
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def build_methods(engine, view, options: EvalOptions, *, pix2pix: str | os.PathL
                   embedding: str | os.PathLike | None, segmenter: str | os.PathLike | None, device: str = "cpu"):
     """The requested methods over the index's images; baselines load their checkpoints (default: shipped)."""
     from s2m_retrieval.evaluation import methods as mt
-    from s2m_retrieval.model_files import weights_or_shipped
+    from s2m_retrieval.model.files import weights_or_shipped
 
     n = max(options.candidates)
     built = []

@@ -136,7 +136,7 @@ def make_queries(archive: str | os.PathLike, out: str | os.PathLike, n: int, see
             if entry.mask_path is not None:
                 mask = read_mask(entry.mask_path)
             else:
-                from s2m_retrieval.segmentation import segment_images
+                from s2m_retrieval.model.segmentation import segment_images
 
                 mask = segment_images([read_image(entry.path)], segmenter)[0]
             # A seed per (run seed, query) so one query's sketch never depends on which others were drawn.

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from s2m_retrieval.evaluation.archive_view import ArchiveView
-from s2m_retrieval.pipeline import image_batch, sketch_batch, to_uint8
-from s2m_retrieval.ranking import DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS, fuse
-from s2m_retrieval.retrieval import DEFAULT_QUERY_CODE, QUERY_CODES
+from s2m_retrieval.model.pipeline import image_batch, sketch_batch, to_uint8
+from s2m_retrieval.query.ranking import DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS, fuse
+from s2m_retrieval.query.engine import DEFAULT_QUERY_CODE, QUERY_CODES
 
 METHODS = ("sketch2medi", "edge", "pix2pix", "embedding")
 FEATURE_BATCH = 64
@@ -159,7 +159,7 @@ class EdgeMethod:
         from scipy.ndimage import distance_transform_edt
 
         from s2m_retrieval.data.sketch import mask_contours, render_sketch
-        from s2m_retrieval.segmentation import segment_images
+        from s2m_retrieval.model.segmentation import segment_images
 
         r = self.view.resolution
         self.cap = r / 8.0

@@ -36,7 +36,7 @@ def check_targets(queries: Sequence[Query], view: ArchiveView, index_name: str) 
 def run_methods(queries: Sequence[Query], methods: Sequence, progress: Callable[[int], None] | None = None
                 ) -> Answers:
     """Ask every method about every query sketch."""
-    from s2m_retrieval.retrieval import check_sketch, read_sketch
+    from s2m_retrieval.query.engine import check_sketch, read_sketch
 
     answers = Answers()
     for query in queries:

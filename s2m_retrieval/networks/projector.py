@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s2m_retrieval.checkpoint import read_payload, rebuild_module
+from s2m_retrieval.networks.checkpoint import read_payload, rebuild_module
 
 KIND = "projector"
 SIDES = ("query", "archive")

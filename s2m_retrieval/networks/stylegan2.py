@@ -360,7 +360,7 @@ class Discriminator(nn.Module):
 
 def load_generator(path_or_payload: str | os.PathLike | dict, device: str | torch.device = "cpu") -> Generator:
     """Rebuild a Generator (eval mode) from an s2m generator checkpoint file or its loaded payload."""
-    from s2m_retrieval.checkpoint import read_payload, rebuild_module
+    from s2m_retrieval.networks.checkpoint import read_payload, rebuild_module
 
     payload = read_payload(path_or_payload, "generator")
     G = rebuild_module(payload, GeneratorConfig, Generator)

@@ -29,11 +29,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from s2m_retrieval.errors import (BadInputError, DatabaseLockedError, ImageTooLargeError, IndexBusyError,
                                   IndexIncompleteError, S2MError, UnsupportedImageError, VersionMismatchError)
-from s2m_retrieval.retrieval import MAX_CANDIDATES, MAX_K, MAX_STEPS
-from s2m_retrieval.service import archive_view
-from s2m_retrieval.service.archive_view import ImageNotFound
+from s2m_retrieval.query.engine import MAX_CANDIDATES, MAX_K, MAX_STEPS
+from s2m_retrieval.service import views
+from s2m_retrieval.service.views import ImageNotFound
 from s2m_retrieval.service.batching import MAX_BATCH, MAX_BATCH_WAIT_MS, SketchBatcher, SketchQuery, Stopping
-from s2m_retrieval.service.metrics import UNMATCHED, ServiceMetrics
+from s2m_retrieval.service.prometheus import UNMATCHED, ServiceMetrics
 from s2m_retrieval.service.schemas import (ErrorOut, GenerateOptions, ImageMetaOut, IndexOut, OptionError,
                                            RetrieveOptions, RetrieveOut, parse_options)
 from s2m_retrieval.service.uploads import UnsupportedImage, UploadTooLarge, decode_sketch, from_base64
@@ -191,12 +191,12 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
     runner = QueryRunner(limits, metrics)
     batcher = SketchBatcher(engine, lambda data: _sketch(data, limits), limits.max_batch, limits.batch_wait_ms,
                             metrics.batch_size.observe) if limits.max_batch > 1 else None
-    snapshot = {"columns": archive_view.label_columns(engine)}
+    snapshot = {"columns": views.label_columns(engine)}
 
     def fresh() -> None:
         """Serve what the index holds now: builds, adds and removes since the last request are picked up."""
         if engine.refresh():
-            snapshot["columns"] = archive_view.label_columns(engine)
+            snapshot["columns"] = views.label_columns(engine)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -238,7 +238,7 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
     @v1.get("/index", response_model=IndexOut)
     async def index_info() -> dict:
         """Size, model and metric versions of the served index, its label columns, the service's limits."""
-        return archive_view.index_stats(engine) | {"label_columns": snapshot["columns"], "limits": asdict(limits)}
+        return views.index_stats(engine) | {"label_columns": snapshot["columns"], "limits": asdict(limits)}
 
     @v1.post("/retrieve", response_model=RetrieveOut, responses=_errors(400, 404, 411, 413, 415, 422),
              openapi_extra=_request_body(RetrieveOptions, "A sketch query (sketch) or \"more like this\" (like)."))
@@ -250,7 +250,7 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
         if (data is None) == (opts.like is None):
             raise BadInputError("give either a sketch (a PNG/JPEG file or base64) or like=IMAGE_ID, not "
                                 + ("both" if data is not None else "neither"))
-        from s2m_retrieval.metadata_filter import parse_where
+        from s2m_retrieval.query.filters import parse_where
 
         parse_where(opts.where)  # before the models run
         query = dict(k=opts.k, n_candidates=opts.candidates, alpha=opts.alpha, where=opts.where,
@@ -259,7 +259,7 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
             if opts.steps is not None:
                 raise BadInputError("steps apply to sketch queries; a like query uses the image's stored vector")
             def work():
-                archive_view.image_meta(engine, opts.like)  # 404 for an id outside the index
+                views.image_meta(engine, opts.like)  # 404 for an id outside the index
                 return engine.query_like(opts.like, **query)
             result = await runner.run(work)
         else:
@@ -289,11 +289,11 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
         def work():
             import torch
 
-            from s2m_retrieval.pipeline import to_uint8
+            from s2m_retrieval.model.pipeline import to_uint8
 
             with torch.inference_mode():
                 _, _, x_hat = engine.pipeline.generate(_sketch(data, limits), steps=steps)
-            return archive_view.png_bytes(to_uint8(x_hat)[0])
+            return views.png_bytes(to_uint8(x_hat)[0])
 
         png = await runner.run(work)
         return Response(png, media_type="image/png", headers={"X-S2M-Steps": str(steps)})
@@ -304,13 +304,13 @@ def create_app(engine, limits: ServiceLimits | None = None, token: str | None = 
             "thumb: the stored thumbnail the re-rank uses; original: the archive file, re-encoded as PNG."))
               ) -> Response:
         """An indexed image by id: its stored thumbnail, or its original archive file."""
-        png = archive_view.image_png(engine, image_id, size)
+        png = views.image_png(engine, image_id, size)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     @v1.get("/images/{image_id}/meta", response_model=ImageMetaOut, responses=_errors(404, 422))
     def image_meta(image_id: int) -> dict:
         """An indexed image's file name, size and labels."""
-        return archive_view.image_meta(engine, image_id)
+        return views.image_meta(engine, image_id)
 
     app.include_router(v1)
     return app
@@ -324,7 +324,7 @@ def _alone(engine, query: SketchQuery, grey, metrics: ServiceMetrics):
 
 
 def _sketch(data: bytes, limits: ServiceLimits):
-    from s2m_retrieval.retrieval import check_sketch
+    from s2m_retrieval.query.engine import check_sketch
 
     return check_sketch(decode_sketch(data, limits.max_upload_bytes, limits.max_pixels))
 
@@ -380,7 +380,7 @@ async def _read_body(request: Request, limits: ServiceLimits) -> tuple[dict, byt
 def _data_url(array) -> str:
     import base64
 
-    return "data:image/png;base64," + base64.b64encode(archive_view.png_bytes(array)).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(views.png_bytes(array)).decode("ascii")
 
 
 def _result_json(result, include_images: bool) -> dict:

@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from s2m_retrieval.errors import BadInputError
-from s2m_retrieval.ranking import DEFAULT_ALPHA, DEFAULT_NORMALISATION
-from s2m_retrieval.retrieval import DEFAULT_CANDIDATES, DEFAULT_K
+from s2m_retrieval.query.ranking import DEFAULT_ALPHA, DEFAULT_NORMALISATION
+from s2m_retrieval.query.engine import DEFAULT_CANDIDATES, DEFAULT_K
 
 
 class OptionError(BadInputError):

@@ -11,19 +11,18 @@ from typing import Callable
 
 import torch
 
-from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
+from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.encoders import (Encoder, EncoderConfig, LatentDiscriminator, LatentDiscriminatorConfig,
                                              encoder_config_for)
 from s2m_retrieval.networks.stylegan2 import Generator
-from s2m_retrieval.perceptual import PerceptualDistance
+from s2m_retrieval.model.perceptual import PerceptualDistance
 from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.gan import save_image_grid
 from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, adversarial_loss, as_float,
                                            check_steps, default_progress, delta_loss, finish_step, latent_d_step,
-                                           model_version,
-                                           out_path, real_w, reconstruction_loss, resolve_perceptual, restore_state,
-                                           save_state, sketch_rgb, wnorm_loss)
+                                           model_version, out_path, real_w, reconstruction_loss, resolve_perceptual,
+                                           restore_state, save_state, sketch_rgb, wnorm_loss)
 from s2m_retrieval.training.pairs import PairSet
 
 ENCODER_FILE = "encoder.pt"

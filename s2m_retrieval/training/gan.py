@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
+from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from s2m_retrieval.training.augment import POLICIES, diff_augment

@@ -22,19 +22,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
+from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
-from s2m_retrieval.latent_space import DEFAULT_WEIGHTING, LatentWeighting, vector_layout
+from s2m_retrieval.model.latent_space import DEFAULT_WEIGHTING, LatentWeighting, vector_layout
 from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.projector import KIND as PROJECTOR_KIND, LatentProjector
 from s2m_retrieval.networks.stylegan2 import Generator
-from s2m_retrieval.perceptual import PerceptualDistance
+from s2m_retrieval.model.perceptual import PerceptualDistance
 from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.gan import save_image_grid
 from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, as_float, check_steps,
-                                           default_progress, finish_step, model_version, out_path,
-                                           reconstruction_loss, resolve_perceptual, restore_state, save_state,
-                                           sketch_rgb)
+                                           default_progress, finish_step, model_version, out_path, reconstruction_loss,
+                                           resolve_perceptual, restore_state, save_state, sketch_rgb)
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.state import atomic_save
 

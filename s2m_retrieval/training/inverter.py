@@ -11,7 +11,7 @@ import torch
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.encoders import Encoder, EncoderConfig, LatentDiscriminatorConfig, encoder_config_for
 from s2m_retrieval.networks.stylegan2 import Generator
-from s2m_retrieval.perceptual import PerceptualDistance
+from s2m_retrieval.model.perceptual import PerceptualDistance
 from s2m_retrieval.training.encoder import EncoderTrainConfig, encode_iterations, fit_w_encoder
 from s2m_retrieval.training.gan import check_images
 from s2m_retrieval.training.latent import SAMPLE_ROWS, TrainProgress, as_float

@@ -11,9 +11,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.checkpoint import config_to_dict, version_hash
+from s2m_retrieval.networks.checkpoint import config_to_dict, version_hash
 from s2m_retrieval.errors import BadInputError, CheckpointError
-from s2m_retrieval.perceptual import PerceptualDistance, load_perceptual
+from s2m_retrieval.model.perceptual import PerceptualDistance, load_perceptual
 from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.state import STATE_FORMAT, atomic_save, load_train_state, rng_state, set_rng_state
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.checkpoint import config_to_dict
+from s2m_retrieval.networks.checkpoint import config_to_dict
 from s2m_retrieval.data.canonical import CANONICAL_VERSION, canonical_sketch
 from s2m_retrieval.data.sketch import FreehandConfig, mask_contours, render_sketch
 from s2m_retrieval.errors import BadInputError
@@ -116,7 +116,7 @@ def archive_pairs(root: str | os.PathLike, size: int = 64, *, variants: int = DE
     """Pairs from an archive folder (squared by `policy`): its masks/ when every image has one, else the
     segmenter's label maps."""
     from s2m_retrieval.data.archive import load_archive_arrays, scan_archive
-    from s2m_retrieval.segmentation import segment_images
+    from s2m_retrieval.model.segmentation import segment_images
 
     entries = scan_archive(root)[:limit]
     with_masks = bool(entries) and all(e.mask_path is not None for e in entries)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
+from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.pix2pix import PatchDiscriminator, PatchDiscriminatorConfig, Pix2PixConfig, UNetGenerator
 from s2m_retrieval.training.curves import TrainCurves

@@ -20,9 +20,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
+from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
-from s2m_retrieval.latent_space import LatentWeighting
+from s2m_retrieval.model.latent_space import LatentWeighting
 from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.projector import KIND, LatentProjector, ProjectorConfig
 from s2m_retrieval.training.curves import TrainCurves

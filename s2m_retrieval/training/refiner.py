@@ -11,12 +11,12 @@ from typing import Callable
 
 import torch
 
-from s2m_retrieval.checkpoint import config_to_dict, save_checkpoint
+from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.refiner import Refiner, RefinerConfig, add_deltas, refine, refiner_config_for
 from s2m_retrieval.networks.stylegan2 import Generator
-from s2m_retrieval.perceptual import PerceptualDistance
+from s2m_retrieval.model.perceptual import PerceptualDistance
 from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.encoder import sketch_batches
 from s2m_retrieval.training.gan import save_image_grid

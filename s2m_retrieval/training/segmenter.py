@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from s2m_retrieval.checkpoint import config_from_dict, config_to_dict, load_checkpoint, save_checkpoint
+from s2m_retrieval.networks.checkpoint import config_from_dict, config_to_dict, load_checkpoint, save_checkpoint
 from s2m_retrieval.errors import BadInputError, CheckpointError
-from s2m_retrieval.metrics import dice_per_class, mean_dice
+from s2m_retrieval.generation.dice import dice_per_class, mean_dice
 from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
 from s2m_retrieval.training.curves import TrainCurves, steps_per_point
 

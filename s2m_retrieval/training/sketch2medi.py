@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from s2m_retrieval.checkpoint import read_payload, rebuild_module
+from s2m_retrieval.networks.checkpoint import read_payload, rebuild_module
 from s2m_retrieval.networks.encoders import Encoder, EncoderConfig, LatentDiscriminator, LatentDiscriminatorConfig
 from s2m_retrieval.networks.refiner import Refiner, RefinerConfig
 from s2m_retrieval.training.encoder import EncoderTrainConfig, train_encoder

@@ -88,10 +88,10 @@ def _segmenter_grid(model, images, path: Path) -> None:
 
 
 def _segmenter_stage(run: StageRun) -> None:
-    from s2m_retrieval.checkpoint import load_checkpoint
+    from s2m_retrieval.networks.checkpoint import load_checkpoint
     from s2m_retrieval.data.archive import ReadStats, load_archive_arrays
     from s2m_retrieval.networks.segmenter import SegmenterConfig
-    from s2m_retrieval.segmentation import segmenter_path
+    from s2m_retrieval.model.segmentation import segmenter_path
     from s2m_retrieval.training.segmenter import SegTrainConfig, load_segmenter, train_segmenter
 
     o, dst = run.options, run.out / "segmenter.pt"
@@ -151,7 +151,7 @@ def _generator_stage(run: StageRun) -> None:
 
 def stage_metric(run: StageRun):
     """The perceptual metric the E/H/inverter stages train with (seg: over the bundle's own segmenter)."""
-    from s2m_retrieval.perceptual import load_perceptual
+    from s2m_retrieval.model.perceptual import load_perceptual
 
     name = run.options.perceptual
     return load_perceptual(name, run.device, checkpoint=run.out / "segmenter.pt" if name == "seg" else None)

@@ -72,7 +72,7 @@ def archive_fingerprint(entries) -> str:
     """sha256 over every image's relative path and content hash, with its mask's and labels.csv's."""
     import hashlib
 
-    from s2m_retrieval.build_reader import file_sha256
+    from s2m_retrieval.build.reader import file_sha256
 
     h = hashlib.sha256()
     for entry in entries:
@@ -84,8 +84,8 @@ def archive_fingerprint(entries) -> str:
 
 
 def _plan(o: TrainAllOptions, n_images: int, n_held: int, has_masks: bool, fingerprint: str) -> dict:
-    from s2m_retrieval.checkpoint import load_checkpoint, version_hash
-    from s2m_retrieval.segmentation import segmenter_path
+    from s2m_retrieval.networks.checkpoint import load_checkpoint, version_hash
+    from s2m_retrieval.model.segmentation import segmenter_path
 
     segmenter = "trained on the archive's masks"
     if not has_masks:
@@ -124,7 +124,7 @@ def train_all(options: TrainAllOptions, out: str | os.PathLike, device: str = "c
               stage_start: Callable[[int, str, int], None] | None = None) -> Path:
     """Train every network of a bundle into `out` (resuming what a previous run left), measure it, write
     bundle.json; return its path. `stage_start(index, stage, total_steps)` is called before each stage runs."""
-    from s2m_retrieval.bundle import build_manifest, write_manifest
+    from s2m_retrieval.model.bundle import build_manifest, write_manifest
     from s2m_retrieval.data.archive import scan_archive
 
     o = dataclasses.replace(options, archive=Path(options.archive).resolve())
@@ -176,7 +176,7 @@ def train_all(options: TrainAllOptions, out: str | os.PathLike, device: str = "c
 
 
 def _measure(run: StageRun, held_entries) -> dict:
-    from s2m_retrieval.bundle_metrics import bundle_metrics, held_out_archive
+    from s2m_retrieval.generation.bundle_metrics import bundle_metrics, held_out_archive
     from s2m_retrieval.data.archive import load_archive_arrays
     from s2m_retrieval.training.segmenter import load_segmenter
 

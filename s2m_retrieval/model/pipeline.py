@@ -10,14 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.checkpoint import check_lineage, load_checkpoint, shipped_weights, version_hash
+from s2m_retrieval.networks.checkpoint import check_lineage, load_checkpoint, shipped_weights, version_hash
 from s2m_retrieval.data.sketch import is_blank_sketch
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.projector import LatentProjector
 from s2m_retrieval.networks.refiner import Refiner, refine
 from s2m_retrieval.networks.stylegan2 import Generator, load_generator
-from s2m_retrieval.perceptual import DEFAULT_BACKEND, PerceptualDistance, load_perceptual
+from s2m_retrieval.model.perceptual import DEFAULT_BACKEND, PerceptualDistance, load_perceptual
 from s2m_retrieval.training.latent import model_version
 
 SHIPPED = "shipped"          # from_checkpoints' marker for the package's own weights

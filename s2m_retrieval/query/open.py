@@ -6,17 +6,17 @@ import os
 
 from index.stamp import IndexStamp
 from s2m_retrieval.errors import CheckpointError, IndexCorruptError, VersionMismatchError
-from s2m_retrieval.index_reader import IndexReader
-from s2m_retrieval.inverter_encoder import FORMAT, InverterEncoder
-from s2m_retrieval.latent_space import LatentWeighting
-from s2m_retrieval.perceptual import PerceptualDistance
-from s2m_retrieval.pipeline import Sketch2MedI
+from s2m_retrieval.query.index_reader import IndexReader
+from s2m_retrieval.model.inverter_encoder import FORMAT, InverterEncoder
+from s2m_retrieval.model.latent_space import LatentWeighting
+from s2m_retrieval.model.perceptual import PerceptualDistance
+from s2m_retrieval.model.pipeline import Sketch2MedI
 
 
 def load_pipeline(models: str | os.PathLike | None, device: str = "cpu") -> Sketch2MedI:
     """G, E, the inverter and (when present) H and the projector from a models folder, else from the shipped
     weights."""
-    from s2m_retrieval.model_files import model_files
+    from s2m_retrieval.model.files import model_files
 
     files = model_files(models, ("generator", "encoder", "inverter"), "retrieval with sketches")
     return Sketch2MedI.from_checkpoints(generator=files["generator"], encoder=files["encoder"],
@@ -48,8 +48,8 @@ def load_metric(name: str | PerceptualDistance | None, stamp: IndexStamp, models
                 device: str = "cpu") -> PerceptualDistance:
     """The perceptual metric `name` (a backend, or one already loaded), by default the backend the index was
     built for; another version than the index's raises."""
-    from s2m_retrieval.model_files import segmenter_file
-    from s2m_retrieval.perceptual import SEG_BACKENDS, load_perceptual
+    from s2m_retrieval.model.files import segmenter_file
+    from s2m_retrieval.model.perceptual import SEG_BACKENDS, load_perceptual
 
     if isinstance(name, PerceptualDistance):
         metric = name
@@ -73,7 +73,7 @@ def index_encoder(pipeline: Sketch2MedI, metric: PerceptualDistance, config: dic
     built = {k: config.get(k) for k in ("generator", "inverter")}
     loaded = {k: pipeline.versions.get(k) for k in ("generator", "inverter")}
     if built != loaded:
-        from s2m_retrieval.bundle import bundles_with
+        from s2m_retrieval.model.bundle import bundles_with
 
         def show(v):
             return " and ".join(f"{k} {v[k]}" for k in v)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from s2m_retrieval.checkpoint import shipped_weights
+from s2m_retrieval.networks.checkpoint import shipped_weights
 from s2m_retrieval.errors import BadInputError, CheckpointError
 
 SHIPPED_SEGMENTER = "segmenter"

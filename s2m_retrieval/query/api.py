@@ -85,7 +85,7 @@ class Bundle:
 
 def load_bundle(name_or_path: PathLike | Bundle | None = None, home: PathLike | None = None) -> Bundle:
     """A model bundle by name (under HOME/models/, see `s2m models list`) or folder; None: the shipped one."""
-    from s2m_retrieval.bundle import bundle_name, network_files, read_manifest
+    from s2m_retrieval.model.bundle import bundle_name, network_files, read_manifest
 
     folder = _models_folder(name_or_path, home)
     files = network_files(folder)
@@ -124,8 +124,8 @@ def draw_sketch(image: np.ndarray | Image.Image | PathLike, *, mask: np.ndarray 
                                 "label map of this image")
         label = fit_square(labels.astype(np.uint8), size, nearest=True)
     else:
-        from s2m_retrieval.model_files import segmenter_file
-        from s2m_retrieval.segmentation import check_sketchable, segment_images
+        from s2m_retrieval.model.files import segmenter_file
+        from s2m_retrieval.model.segmentation import check_sketchable, segment_images
 
         check_sketchable(pixels, name)
         label = segment_images([fit_square(pixels, size)], checkpoint=segmenter_file(_models_folder(models, home)))[0]
@@ -144,7 +144,7 @@ def build_index(archive: PathLike, name: str = "default", *, home: PathLike | No
     what is left. `home`: the index home (default $S2M_HOME or ~/.s2m); `factory`: a FAISS factory string (default:
     by size); `fit`: crop or pad non-square images (default: as the bundle was trained); `perceptual`: the
     re-rank metric stored with the index (default seg-pool8); `db_url`: PostgreSQL instead of SQLite."""
-    from s2m_retrieval.indexing import BuildOptions, build_index as run
+    from s2m_retrieval.build.runner import BuildOptions, build_index as run
 
     return _build(run, archive, name, home, models, progress, fit, perceptual, db_url,
                   BuildOptions(name=name, factory=factory, rebuild=rebuild))
@@ -155,7 +155,7 @@ def add_images(files: Sequence[PathLike], name: str = "default", *, home: PathLi
                perceptual: str | None = None, db_url: str | None = None) -> BuildReport:
     """Add image files (without labels) to an index, as `build_index` does for a folder (an open `Index` sees
     them after `refresh()`)."""
-    from s2m_retrieval.indexing import BuildOptions, add_files
+    from s2m_retrieval.build.runner import BuildOptions, add_files
 
     return _build(add_files, list(files), name, home, models, progress, fit, perceptual, db_url,
                   BuildOptions(name=name))
@@ -165,7 +165,7 @@ def remove_images(keys: Sequence[int | str], name: str = "default", *, home: Pat
                   db_url: str | None = None) -> int:
     """Remove images from an index by id, path, file stem or labels.csv id; returns how many were removed (a key
     naming no image is skipped, one naming several is an error)."""
-    from s2m_retrieval.index_sync import remove_entries
+    from s2m_retrieval.build.sync import remove_entries
 
     return len(remove_entries([str(k) for k in keys], name=name, home=home, db_url=db_url).removed)
 
@@ -175,7 +175,7 @@ def open_index(name: str = "default", *, home: PathLike | None = None, models: P
     """Open index `name` with the bundle that built it (default: the shipped one): models loaded and the index
     memory-mapped once, queries answered warm from that snapshot (`Index.refresh` takes in later changes). Use it
     as a context manager or call `close()`."""
-    from s2m_retrieval.retrieval import RetrievalEngine
+    from s2m_retrieval.query.engine import RetrievalEngine
 
     return Index(RetrievalEngine.open(name, home=home, db_url=db_url, models=_models_folder(models, home),
                                       device=device))
@@ -186,9 +186,9 @@ def generate(sketch: SketchLike, *, models: PathLike | Bundle | None = None, ste
     """What the model makes of a sketch: x̂ = G(E(sketch)) after `steps` refinement steps of H (default: H's
     trained T, 0 without a refiner), uint8 RGB `[R, R, 3]` at the bundle's resolution. Loads the models on every
     call; `Index.generate` reuses an open index's."""
-    from s2m_retrieval.model_files import model_files
-    from s2m_retrieval.pipeline import DEFAULT_REFINE_STEPS, Sketch2MedI
-    from s2m_retrieval.retrieval import check_steps
+    from s2m_retrieval.model.files import model_files
+    from s2m_retrieval.model.pipeline import DEFAULT_REFINE_STEPS, Sketch2MedI
+    from s2m_retrieval.query.engine import check_steps
 
     grey = _sketch(sketch)
     files = model_files(_models_folder(models, home), ("generator", "encoder"), "generating from a sketch")
@@ -242,7 +242,7 @@ class Index:
 
     def generate(self, sketch: SketchLike, steps: int | None = None) -> np.ndarray:
         """x̂ of a sketch with this index's models, uint8 RGB `[R, R, 3]` (see `generate`)."""
-        from s2m_retrieval.retrieval import check_steps
+        from s2m_retrieval.query.engine import check_steps
 
         steps = self._engine.default_steps if steps is None else steps
         check_steps(steps)
@@ -265,14 +265,14 @@ class Index:
 
 
 def _models_folder(models, home) -> Path:
-    from s2m_retrieval.bundle import resolve_model
+    from s2m_retrieval.model.bundle import resolve_model
 
     return models.path if isinstance(models, Bundle) else resolve_model(models, home)
 
 
 def _build(run, source, name, home, models, progress, fit, perceptual, db_url, options) -> BuildReport:
     """Load the bundle's inverter and run an indexing call; progress reports running totals."""
-    from s2m_retrieval.encoding import load_encoder
+    from s2m_retrieval.model.archive_encoder import load_encoder
 
     encoder = load_encoder("inverter" + (f":perceptual={perceptual}" if perceptual else ""),
                            _models_folder(models, home), fit, home)
@@ -310,7 +310,7 @@ def _sketch(sketch: SketchLike) -> np.ndarray:
     """A sketch as grey uint8 [H, W]; a blank one is a BadInputError."""
     from PIL import Image
 
-    from s2m_retrieval.retrieval import check_sketch, read_sketch
+    from s2m_retrieval.query.engine import check_sketch, read_sketch
 
     if isinstance(sketch, (str, os.PathLike)):
         return check_sketch(read_sketch(sketch), sketch)
@@ -325,7 +325,7 @@ def _x_hat(model, grey: np.ndarray, steps: int) -> np.ndarray:
     """x̂ [R, R, 3] uint8 of one sketch through a loaded Sketch2MedI."""
     import torch
 
-    from s2m_retrieval.pipeline import to_uint8
+    from s2m_retrieval.model.pipeline import to_uint8
 
     with torch.inference_mode():
         _, _, x_hat = model.generate(grey, steps=steps)

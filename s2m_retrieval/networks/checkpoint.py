@@ -129,4 +129,4 @@ def check_lineage(payloads: dict[str, dict | None], versions: dict[str, str | No
 
 def shipped_weights(name: str) -> Path:
     """Path of a weights file shipped as package data (`s2m_retrieval/weights/<name>.pt`)."""
-    return Path(__file__).resolve().parent / "weights" / f"{name}.pt"
+    return Path(__file__).resolve().parents[1] / "weights" / f"{name}.pt"

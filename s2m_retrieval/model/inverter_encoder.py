@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from s2m_retrieval.errors import BadInputError, CheckpointError
-from s2m_retrieval.latent_space import DEFAULT_WEIGHTING, LatentWeighting, w_plus_to_vectors
+from s2m_retrieval.model.latent_space import DEFAULT_WEIGHTING, LatentWeighting, w_plus_to_vectors
 from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.projector import LatentProjector
 from s2m_retrieval.networks.stylegan2 import Generator
-from s2m_retrieval.perceptual import SEG_BACKENDS, PerceptualDistance
+from s2m_retrieval.model.perceptual import SEG_BACKENDS, PerceptualDistance
 
 # The metric a new index is built for (and re-ranked with): `seg` pooled to 8x8, whose compact features are
 # stored per image, so a query computes features for x̂ only (re-rank of 100: ~15 ms against ~250-370 ms
@@ -84,11 +84,11 @@ at G's resolution.
              projector: bool = True) -> InverterEncoder:
         """From a model bundle (name or folder; None: the shipped one): generator.pt, inverter.pt and, when the
         bundle has one and `projector` is on, projector.pt (else vectors stay weighted W+)."""
-        from s2m_retrieval.checkpoint import check_lineage, load_checkpoint, version_hash
-        from s2m_retrieval.model_files import model_files, segmenter_file
+        from s2m_retrieval.networks.checkpoint import check_lineage, load_checkpoint, version_hash
+        from s2m_retrieval.model.files import model_files, segmenter_file
         from s2m_retrieval.networks.projector import load_projector
         from s2m_retrieval.networks.stylegan2 import load_generator
-        from s2m_retrieval.perceptual import load_perceptual
+        from s2m_retrieval.model.perceptual import load_perceptual
         from s2m_retrieval.training.sketch2medi import load_inverter
 
         files = model_files(models, ("generator", "inverter"), "indexing an archive with real W+ codes",
@@ -161,7 +161,7 @@ at G's resolution.
 
     def w_plus(self, images: np.ndarray) -> torch.Tensor:
         """uint8 RGB images [B, H, W, 3] -> W+ [B, num_ws, w_dim] (on the CPU)."""
-        from s2m_retrieval.pipeline import image_batch
+        from s2m_retrieval.model.pipeline import image_batch
         from s2m_retrieval.training.inverter import invert
 
         x = image_batch(images, self.resolution).to(self.device)
@@ -189,7 +189,7 @@ at G's resolution.
     def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """[B, R, R, 3] uint8 -> {"vectors": [B, dim] float32, "thumbs": [B, R, R, 3] uint8, and for a cacheable
         metric "features": [B, D] fp16, the re-rank's features of each image}."""
-        from s2m_retrieval.ranking import to_model_input
+        from s2m_retrieval.query.ranking import to_model_input
 
         r = self.resolution
         if images.ndim != 4 or images.shape[1:] != (r, r, 3) or images.dtype != np.uint8:

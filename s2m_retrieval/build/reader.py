@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from s2m_retrieval.data.archive import (ArchiveEntry, ReadStats, entry_frames, frame_key, iter_batches,
-                                        read_image_size, skip_reason)
+from s2m_retrieval.data.archive import (ArchiveEntry, ReadStats, entry_frames, frame_key, iter_batches, read_image_size,
+                                        skip_reason)
 from s2m_retrieval.errors import BadImageError
 
 if TYPE_CHECKING:

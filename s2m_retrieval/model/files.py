@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from s2m_retrieval.checkpoint import shipped_weights
+from s2m_retrieval.networks.checkpoint import shipped_weights
 from s2m_retrieval.errors import CheckpointError
 
 # File names inside a models folder, as `s2m train ...` writes them; segmenter.pt is optional (the seg metric),
@@ -17,7 +17,7 @@ TRAIN_HINT = {"generator": "s2m train generator", "encoder": "s2m train encoder"
 
 def models_folder(models: str | os.PathLike | None, home: str | os.PathLike | None = None) -> Path:
     """The folder holding the checkpoints: the bundle `models` names (a name or a folder), else the shipped one."""
-    from s2m_retrieval.bundle import resolve_model
+    from s2m_retrieval.model.bundle import resolve_model
 
     return resolve_model(models, home)
 
@@ -26,7 +26,7 @@ def model_files(models: str | os.PathLike | None, required: tuple[str, ...], pur
                 hint: str = "") -> dict[str, Path | None]:
     """Checkpoint paths by component (None where absent); a missing required one is a one-line CheckpointError
     naming it, what it is needed for, how to get it, and `hint` (e.g. an alternative for tests)."""
-    from s2m_retrieval.bundle import bundle_name, is_shipped
+    from s2m_retrieval.model.bundle import bundle_name, is_shipped
 
     folder = models_folder(models)
     files = {name: folder / f"{name}.pt" for name in MODEL_FILES}
@@ -48,7 +48,7 @@ def model_files(models: str | os.PathLike | None, required: tuple[str, ...], pur
 
 def segmenter_file(models: str | os.PathLike | None) -> Path | None:
     """A bundle's own segmenter.pt for the seg perceptual metric (None: use the shipped one)."""
-    from s2m_retrieval.bundle import is_shipped
+    from s2m_retrieval.model.bundle import is_shipped
 
     folder = models_folder(models)
     if is_shipped(folder):

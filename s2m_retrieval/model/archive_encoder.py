@@ -69,14 +69,14 @@ def load_encoder(spec: str, model: str | os.PathLike | None = None, fit: str | N
     """
     name, _, opts = spec.partition(":")
     if name == "fake":
-        from s2m_retrieval.fake_encoder import FakeEncoder
+        from s2m_retrieval.testing.fake_encoder import FakeEncoder
 
         if model is not None or fit is not None:
             raise BadInputError("--model and --fit apply to the inverter encoder, not the fake one")
         return FakeEncoder.from_options(_parse_options(opts))
     if name == "inverter":
-        from s2m_retrieval.bundle import resolve_model, training_fit
-        from s2m_retrieval.inverter_encoder import InverterEncoder
+        from s2m_retrieval.model.bundle import resolve_model, training_fit
+        from s2m_retrieval.model.inverter_encoder import InverterEncoder
 
         options = _parse_options(opts)
         if model is not None:

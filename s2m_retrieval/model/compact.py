@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from s2m_retrieval.checkpoint import load_checkpoint, save_checkpoint, version_hash
+from s2m_retrieval.networks.checkpoint import load_checkpoint, save_checkpoint, version_hash
 
 # Dependency order: a network's version is final before anything that records it is rewritten.
 ORDER = ("generator", "segmenter", "encoder", "inverter", "refiner", "projector", "pix2pix", "embedding")

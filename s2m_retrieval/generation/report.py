@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from s2m_retrieval.quality import anatomy_found, domain_features, frechet_distance
+from s2m_retrieval.generation.quality import anatomy_found, domain_features, frechet_distance
 
 
 def blurred(images: np.ndarray, radius: float) -> np.ndarray:

@@ -23,8 +23,8 @@ import numpy as np
 from s2m_retrieval.data.canonical import as_grey_sketch
 from s2m_retrieval.data.sketch import is_blank_sketch
 from s2m_retrieval.errors import BadImageError, BadInputError, IndexCorruptError, VersionMismatchError
-from s2m_retrieval.ranking import (DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS, cached_perceptual_distances,
-                                   fuse, perceptual_distances)
+from s2m_retrieval.query.ranking import (DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS,
+                                         cached_perceptual_distances, fuse, perceptual_distances)
 
 if TYPE_CHECKING:
     import torch
@@ -142,7 +142,7 @@ class RetrievalEngine:
 
     def __init__(self, reader, pipeline, metric, encoder, models_folder: Path | None = None) -> None:
         from index.row_reader import ShardRowReader
-        from s2m_retrieval.metadata_filter import LabelFilter
+        from s2m_retrieval.query.filters import LabelFilter
 
         self.reader = reader        # IndexReader: stamp, memory-mapped FAISS, SQL, shards
         self.pipeline = pipeline    # Sketch2MedI: G, E, H (optional), inverter
@@ -166,10 +166,10 @@ class RetrievalEngine:
         The index is opened first (a missing one fails fast), then the models; then the index's model version
         and perceptual metric must match them (VersionMismatchError telling to rebuild otherwise).
         """
-        from s2m_retrieval.bundle import resolve_model
-        from s2m_retrieval.engine_setup import index_encoder, load_metric, load_pipeline, stored_config
-        from s2m_retrieval.index_reader import open_index
-        from s2m_retrieval.pipeline import Sketch2MedI
+        from s2m_retrieval.model.bundle import resolve_model
+        from s2m_retrieval.query.open import index_encoder, load_metric, load_pipeline, stored_config
+        from s2m_retrieval.query.index_reader import open_index
+        from s2m_retrieval.model.pipeline import Sketch2MedI
 
         reader = open_index(name=name, home=home, db_url=db_url)
         try:
@@ -190,7 +190,7 @@ class RetrievalEngine:
     @property
     def default_steps(self) -> int:
         """Refinement steps when none are given: H's trained T, or 0 without a refiner."""
-        from s2m_retrieval.pipeline import DEFAULT_REFINE_STEPS
+        from s2m_retrieval.model.pipeline import DEFAULT_REFINE_STEPS
 
         return DEFAULT_REFINE_STEPS if self.pipeline.refiner is not None else 0
 
@@ -213,7 +213,7 @@ class RetrievalEngine:
         puts both sides through the same inverter, so its biases cancel, and carries H's refinement (which adjusts
         G's weights, not W+) into the first stage.
         """
-        from s2m_retrieval.pipeline import to_uint8
+        from s2m_retrieval.model.pipeline import to_uint8
 
         _check_code(code)
         own = self.encoder.query_vectors(w_plus)
@@ -246,7 +246,7 @@ class RetrievalEngine:
         since H and G only make x_hat, and the vectors are the same."""
         import torch
 
-        from s2m_retrieval.pipeline import to_uint8
+        from s2m_retrieval.model.pipeline import to_uint8
 
         _check_code(code)
         if not greys:
@@ -328,7 +328,7 @@ class RetrievalEngine:
                    normalisation: str = DEFAULT_NORMALISATION) -> Result:
         """"More like this": an indexed image (id or path) uses its stored vector and thumb, skipping E and H;
         an image file outside the index is inverted like archive images are."""
-        from s2m_retrieval.ranking import to_model_input
+        from s2m_retrieval.query.ranking import to_model_input
 
         check_options(k, n_candidates, alpha, max_distance, normalisation)
         timings: dict[str, float] = {}
@@ -453,7 +453,7 @@ class RetrievalEngine:
     def _rank(self, vector: np.ndarray, query_image, k: int, n_candidates: int, alpha: float, where: str | None,
               max_distance: float | None, how: str, timings: dict[str, float]) -> Result:
         """FAISS candidates (filtered) -> perceptual distances to their thumbs -> fused score -> top k."""
-        from s2m_retrieval.metadata_filter import parse_where
+        from s2m_retrieval.query.filters import parse_where
 
         t0 = time.perf_counter()
         conditions = parse_where(where)
@@ -496,8 +496,8 @@ class RetrievalEngine:
         """Reopen the index if a build, add or remove rewrote its manifest since it was opened (the models stay
         loaded); True when it did. An index rebuilt with other models is a VersionMismatchError."""
         from index.row_reader import ShardRowReader
-        from s2m_retrieval.index_reader import open_index
-        from s2m_retrieval.metadata_filter import LabelFilter
+        from s2m_retrieval.query.index_reader import open_index
+        from s2m_retrieval.query.filters import LabelFilter
 
         with self._refresh_lock:
             seen = _mtime(self.reader.paths.manifest)

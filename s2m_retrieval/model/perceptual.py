@@ -222,9 +222,9 @@ def _load_lpips(net: str, device: torch.device) -> PerceptualDistance:
 
 
 def _load_seg(checkpoint: str | os.PathLike | None, device: torch.device, name: str = "seg") -> PerceptualDistance:
-    from s2m_retrieval.checkpoint import config_from_dict, load_checkpoint, version_hash
+    from s2m_retrieval.networks.checkpoint import config_from_dict, load_checkpoint, version_hash
     from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
-    from s2m_retrieval.segmentation import segmenter_path
+    from s2m_retrieval.model.segmentation import segmenter_path
 
     payload = load_checkpoint(segmenter_path(checkpoint), kind="segmenter")
     try:

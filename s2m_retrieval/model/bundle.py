@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from index.atomic import write_json
-from s2m_retrieval.checkpoint import load_checkpoint, shipped_weights, version_hash
+from s2m_retrieval.networks.checkpoint import load_checkpoint, shipped_weights, version_hash
 from s2m_retrieval.errors import BadInputError, CheckpointError
 
 MANIFEST = "bundle.json"

@@ -10,13 +10,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from s2m_retrieval.checkpoint import load_checkpoint, version_hash
+from s2m_retrieval.networks.checkpoint import load_checkpoint, version_hash
 from s2m_retrieval.data.sketch import FreehandConfig, sketch_from_mask
 from s2m_retrieval.errors import BadInputError, CheckpointError
-from s2m_retrieval.metrics import dice_per_class, mean_dice
-from s2m_retrieval.perceptual import PerceptualDistance
-from s2m_retrieval.pipeline import to_uint8
-from s2m_retrieval.quality import domain_features, frechet_distance
+from s2m_retrieval.generation.dice import dice_per_class, mean_dice
+from s2m_retrieval.model.perceptual import PerceptualDistance
+from s2m_retrieval.model.pipeline import to_uint8
+from s2m_retrieval.generation.quality import domain_features, frechet_distance
 
 HELD_OUT_START = 1_000_000   # phantom indices far past any training archive: same distribution, unseen anatomy
 EVAL_SKETCH_STREAM = 7919    # third SeedSequence word: eval sketches never share a stream with training variants

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from s2m_retrieval.checkpoint import save_checkpoint, version_hash
+from s2m_retrieval.networks.checkpoint import save_checkpoint, version_hash
 from s2m_retrieval.networks.encoders import Encoder, encoder_config_for
 from s2m_retrieval.networks.refiner import Refiner, refiner_config_for
 from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
@@ -70,7 +70,7 @@ def write_random_models(out_dir: str | os.PathLike, g_config: GeneratorConfig = 
     save_checkpoint(out / "refiner.pt", kind="refiner", config=H.config, state_dict=H.state_dict(),
                     meta={**meta, "encoder_version": e_version})
     if projector_dim > 0:
-        from s2m_retrieval.latent_space import DEFAULT_WEIGHTING
+        from s2m_retrieval.model.latent_space import DEFAULT_WEIGHTING
         from s2m_retrieval.networks.projector import KIND, LatentProjector, ProjectorConfig
 
         config = ProjectorConfig(in_dim=DEFAULT_WEIGHTING.dim(G.num_ws, g_config.w_dim),

@@ -12,8 +12,8 @@ import torch
 from s2m_retrieval.data.archive import ArchiveEntry, iter_batches
 from s2m_retrieval.data.sketch import FreehandConfig, sketch_from_mask
 from s2m_retrieval.errors import ArchiveError
-from s2m_retrieval.perceptual import PerceptualDistance
-from s2m_retrieval.sketch_quality import EVAL_SKETCH_STREAM, HeldOut
+from s2m_retrieval.model.perceptual import PerceptualDistance
+from s2m_retrieval.generation.sketch_quality import EVAL_SKETCH_STREAM, HeldOut
 
 NA = "n/a"
 REFINE_STEPS = 3
@@ -55,9 +55,9 @@ def bundle_metrics(folder: str | os.PathLike, held: HeldOut, metric: PerceptualD
                    device: str | torch.device = "cpu", seed: int = 0) -> dict:
     """The manifest's metrics: FD of G's samples in the segmenter's feature space (with the real-vs-real floor),
     perceptual distance and DICE of sketch -> x_hat against the held-out images, inversion quality."""
-    from s2m_retrieval.generation_report import generation_report
+    from s2m_retrieval.generation.report import generation_report
     from s2m_retrieval.networks.stylegan2 import load_generator
-    from s2m_retrieval.sketch_quality import Models, generate_all, invert_quality, mean_distance, sketch_dice
+    from s2m_retrieval.generation.sketch_quality import Models, generate_all, invert_quality, mean_distance, sketch_dice
     from s2m_retrieval.training.segmenter import segment
     from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter, load_refiner
 
