@@ -63,12 +63,12 @@ def build_methods(engine, view, options: EvalOptions, *, pix2pix: str | os.PathL
         elif name == "edge":
             built.append(mt.EdgeMethod(view, n, segmenter))
         elif name == "pix2pix":
-            from s2m_retrieval.training.pix2pix import load_pix2pix
+            from s2m_retrieval.networks.pix2pix import load_pix2pix
 
             built.append(mt.Pix2PixMethod(view, load_pix2pix(weights_or_shipped(pix2pix, "pix2pix"), device),
                                           engine.metric, n))
         else:
-            from s2m_retrieval.training.embedding import load_embedding
+            from s2m_retrieval.networks.embedding import load_embedding
 
             built.append(mt.EmbeddingMethod(view, load_embedding(weights_or_shipped(embedding, "embedding"), device),
                                             n))

@@ -27,7 +27,7 @@ def held_out_archive(entries: Sequence[ArchiveEntry], reference: np.ndarray, siz
                      segmenter, seed: int = 0) -> HeldOut:
     """Held-out archive entries as sketches (default free-hand strength, seeds never used in training), their
     masks (the archive's when all have one, else the segmenter's) and images; `reference` are training images."""
-    from s2m_retrieval.training.segmenter import segment
+    from s2m_retrieval.networks.segmenter import segment
 
     with_masks = all(e.mask_path is not None for e in entries)
     images, masks, kept = [], [], []
@@ -58,8 +58,9 @@ def bundle_metrics(folder: str | os.PathLike, held: HeldOut, metric: PerceptualD
     from s2m_retrieval.generation.report import generation_report
     from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.generation.sketch_quality import Models, generate_all, invert_quality, mean_distance, sketch_dice
-    from s2m_retrieval.training.segmenter import segment
-    from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter, load_refiner
+    from s2m_retrieval.networks.segmenter import segment
+    from s2m_retrieval.networks.encoders import load_encoder, load_inverter
+    from s2m_retrieval.networks.refiner import load_refiner
 
     folder = Path(folder)
     files = {n: folder / f"{n}.pt" for n in ("generator", "encoder", "refiner", "inverter")}

@@ -29,7 +29,7 @@ def generate_images(generator, n: int, seed: int, batch: int = 64, truncation_ps
 def generation_report(generator, real_a: np.ndarray, real_b: np.ndarray, segmenter, seed: int = 0,
                       blur_radius: float = 1.5) -> dict:
     """FD(generated, real_a) next to FD(real_b, real_a) (floor) and FD(blur(real_b), real_a) (baseline)."""
-    from s2m_retrieval.training.segmenter import segment
+    from s2m_retrieval.networks.segmenter import segment
 
     n = len(real_a)
     fake = generate_images(generator, n, seed)

@@ -106,8 +106,9 @@ def load_models(generator: str | os.PathLike, encoder=None, encoder_alone=None, 
                 inverter=None, device: str | torch.device = "cpu") -> Models:
     """Load the given checkpoints; each must have been trained on this G (and H on one of the given E's)."""
     from s2m_retrieval.networks.stylegan2 import load_generator
-    from s2m_retrieval.training.pix2pix import load_pix2pix
-    from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter, load_refiner
+    from s2m_retrieval.networks.pix2pix import load_pix2pix
+    from s2m_retrieval.networks.encoders import load_encoder, load_inverter
+    from s2m_retrieval.networks.refiner import load_refiner
 
     g_payload = load_checkpoint(generator, kind="generator")
     g_version = version_hash(g_payload)
@@ -199,7 +200,7 @@ def sketch_quality(held: HeldOut, models: Models, segmenter, metrics: dict[str, 
                    max_steps: int = 5, optimise_steps: int = 20, batch: int = 32,
                    progress: Callable[[str, int, int], None] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """The quality report (JSON-ready) and the generated images per method; a str metric is an n/a reason."""
-    from s2m_retrieval.training.segmenter import segment
+    from s2m_retrieval.networks.segmenter import segment
 
     def step(stage: str) -> Callable[[int, int], None]:
         return lambda done, total: progress is not None and progress(stage, done, total)
@@ -236,7 +237,7 @@ def sketch_quality(held: HeldOut, models: Models, segmenter, metrics: dict[str, 
 def invert_quality(models: Models, images: np.ndarray, metrics: dict, optimise_steps: int, batch: int,
                    progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Rows of G(inv(image)) vs image: ReStyle iterations 1..3 (1 without), then + optimisation; with images/s."""
-    from s2m_retrieval.training.inverter import invert
+    from s2m_retrieval.model.inversion import invert
 
     if models.inverter is None:
         return []

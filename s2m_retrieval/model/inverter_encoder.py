@@ -89,7 +89,7 @@ at G's resolution.
         from s2m_retrieval.networks.projector import load_projector
         from s2m_retrieval.networks.stylegan2 import load_generator
         from s2m_retrieval.model.perceptual import load_perceptual
-        from s2m_retrieval.training.sketch2medi import load_inverter
+        from s2m_retrieval.networks.encoders import load_inverter
 
         files = model_files(models, ("generator", "inverter"), "indexing an archive with real W+ codes",
                             hint="or for tests and development only pass --encoder fake")
@@ -162,7 +162,7 @@ at G's resolution.
     def w_plus(self, images: np.ndarray) -> torch.Tensor:
         """uint8 RGB images [B, H, W, 3] -> W+ [B, num_ws, w_dim] (on the CPU)."""
         from s2m_retrieval.model.pipeline import image_batch
-        from s2m_retrieval.training.inverter import invert
+        from s2m_retrieval.model.inversion import invert
 
         x = image_batch(images, self.resolution).to(self.device)
         w = invert(self.inverter, self.G, x, self.iterations, self.optimise_steps, self.perceptual)

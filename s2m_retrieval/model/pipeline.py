@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.networks.checkpoint import check_lineage, load_checkpoint, shipped_weights, version_hash
+from s2m_retrieval.networks.checkpoint import check_lineage, load_checkpoint, model_version, shipped_weights, version_hash
 from s2m_retrieval.data.sketch import is_blank_sketch
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.encoders import Encoder
@@ -18,7 +18,6 @@ from s2m_retrieval.networks.projector import LatentProjector
 from s2m_retrieval.networks.refiner import Refiner, refine
 from s2m_retrieval.networks.stylegan2 import Generator, load_generator
 from s2m_retrieval.model.perceptual import DEFAULT_BACKEND, PerceptualDistance, load_perceptual
-from s2m_retrieval.training.latent import model_version
 
 SHIPPED = "shipped"          # from_checkpoints' marker for the package's own weights
 DEFAULT_REFINE_STEPS = 3     # the T H was trained with
@@ -113,7 +112,8 @@ class Sketch2MedI:
         """Load the components (SHIPPED: package weights; None: leave out); strict checks what each was trained on
         (the projector also against the inverter whose codes it read)."""
         from s2m_retrieval.networks.projector import load_projector
-        from s2m_retrieval.training.sketch2medi import load_encoder, load_inverter, load_refiner
+        from s2m_retrieval.networks.encoders import load_encoder, load_inverter
+        from s2m_retrieval.networks.refiner import load_refiner
 
         def payload(value, name):
             if value is None:
@@ -154,7 +154,7 @@ class Sketch2MedI:
     @torch.no_grad()
     def invert(self, images, iterations: int | None = None, optimise_steps: int = 0) -> torch.Tensor:
         """uint8 RGB images [B, H, W, 3] -> W+ [B, num_ws, w_dim] with the archive inverter."""
-        from s2m_retrieval.training.inverter import invert
+        from s2m_retrieval.model.inversion import invert
 
         if self.inverter is None:
             raise BadInputError("no archive inverter loaded: load one to invert images")

@@ -19,7 +19,7 @@ MAX_ROUGHNESS = 0.7    # mean neighbour difference / standard deviation: photos 
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str):
-    from s2m_retrieval.training.segmenter import load_segmenter
+    from s2m_retrieval.networks.segmenter import load_segmenter
 
     return load_segmenter(path)
 
@@ -40,7 +40,7 @@ def segmenter_path(checkpoint: str | os.PathLike | None = None) -> str:
 def segment_images(images: Sequence[np.ndarray] | np.ndarray,
                    checkpoint: str | os.PathLike | None = None) -> np.ndarray:
     """Label maps uint8 `[N, H, W]` for RGB uint8 images `[N, H, W, 3]` of one size."""
-    from s2m_retrieval.training.segmenter import segment
+    from s2m_retrieval.networks.segmenter import segment
 
     return segment(cached_segmenter(checkpoint), np.stack(list(images)))
 

@@ -8,9 +8,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from s2m_retrieval.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "s2m/1"
 
@@ -130,3 +133,15 @@ def check_lineage(payloads: dict[str, dict | None], versions: dict[str, str | No
 def shipped_weights(name: str) -> Path:
     """Path of a weights file shipped as package data (`s2m_retrieval/weights/<name>.pt`)."""
     return Path(__file__).resolve().parents[1] / "weights" / f"{name}.pt"
+
+
+def model_version(module: torch.nn.Module) -> str:
+    """The version stamp a checkpoint of `module` (with its `.config`) would get from `version_hash`."""
+    return version_hash({"config": config_to_dict(module.config),
+                         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}})
+
+
+def load_network(path_or_payload, kind: str, config_cls, module_cls, device="cpu"):
+    """Rebuild a network (eval mode, frozen) from a checkpoint of `kind`: config dict + state_dict, no pickled code."""
+    module = rebuild_module(read_payload(path_or_payload, kind), config_cls, module_cls)
+    return module.to(device).eval().requires_grad_(False)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from s2m_retrieval.networks.checkpoint import load_network
 
 
 @dataclass(frozen=True)
@@ -57,3 +60,9 @@ class SketchImageEmbedding(nn.Module):
     def forward(self, sketch: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Similarity logits [N_sketch, N_image] between every sketch and every image."""
         return self.log_scale.exp() * self.sketch(sketch) @ self.image(image).T
+
+
+def load_embedding(path_or_payload: str | os.PathLike | dict, device: str | torch.device = "cpu"
+                   ) -> SketchImageEmbedding:
+    """The embedding towers (eval mode, frozen) from a kind="embedding" checkpoint."""
+    return load_network(path_or_payload, "embedding", EmbeddingConfig, SketchImageEmbedding, device)

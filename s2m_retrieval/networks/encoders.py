@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from s2m_retrieval.errors import BadInputError
+from s2m_retrieval.networks.checkpoint import load_network
 
 LEVELS = ("coarse", "medium", "fine")
 STYLE_MODES = ("e4e", "psp")
@@ -203,3 +205,20 @@ class LatentDiscriminator(nn.Module):
         if w.ndim != 2 or w.shape[1] != self.config.w_dim:
             raise ValueError(f"latent discriminator expects w [M, {self.config.w_dim}], got {list(w.shape)}")
         return self.net(w)
+
+
+def load_encoder(path_or_payload: str | os.PathLike | dict, device: str | torch.device = "cpu") -> Encoder:
+    """The sketch encoder E (eval mode, frozen) from a kind="encoder" checkpoint."""
+    return load_network(path_or_payload, "encoder", EncoderConfig, Encoder, device)
+
+
+def load_inverter(path_or_payload: str | os.PathLike | dict, device: str | torch.device = "cpu") -> Encoder:
+    """The archive inverter (an Encoder over images) from a kind="inverter" checkpoint."""
+    return load_network(path_or_payload, "inverter", EncoderConfig, Encoder, device)
+
+
+def load_latent_discriminator(path_or_payload: str | os.PathLike | dict,
+                              device: str | torch.device = "cpu") -> LatentDiscriminator:
+    """D_latent from a kind="latent_discriminator" checkpoint."""
+    return load_network(path_or_payload, "latent_discriminator", LatentDiscriminatorConfig, LatentDiscriminator,
+                        device)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from s2m_retrieval.networks.checkpoint import load_network
 
 from s2m_retrieval.errors import BadInputError
 
@@ -139,3 +142,8 @@ class PatchDiscriminator(nn.Module):
             raise ValueError(f"PatchGAN expects sketch + image with {cfg.in_channels} channels at "
                              f"{cfg.img_resolution} px, got {list(sketch.shape)} and {list(image.shape)}")
         return self.net(x)
+
+
+def load_pix2pix(path_or_payload: str | os.PathLike | dict, device: str | torch.device = "cpu") -> UNetGenerator:
+    """The pix2pix U-Net (eval mode, frozen) from a kind="pix2pix" checkpoint."""
+    return load_network(path_or_payload, "pix2pix", Pix2PixConfig, UNetGenerator, device)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from s2m_retrieval.errors import BadInputError
+from s2m_retrieval.networks.checkpoint import load_network
 from s2m_retrieval.networks.encoders import DownBlock
 
 DEFAULT_MIN_RESOLUTION = 16  # medium and fine layers; coarse ones carry the layout E already decided
@@ -137,3 +139,7 @@ def refine(H: Refiner, G: nn.Module, w_plus: torch.Tensor, sketch: torch.Tensor,
         images.append(G(w_plus, weight_deltas=deltas, noise_mode=noise_mode))
     return deltas, images
 
+
+def load_refiner(path_or_payload: str | os.PathLike | dict, device: str | torch.device = "cpu") -> Refiner:
+    """The refiner H (eval mode, frozen) from a kind="refiner" checkpoint."""
+    return load_network(path_or_payload, "refiner", RefinerConfig, Refiner, device)

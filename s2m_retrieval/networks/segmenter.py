@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from s2m_retrieval.errors import BadInputError, CheckpointError
+from s2m_retrieval.networks.checkpoint import config_from_dict, load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -81,3 +86,57 @@ class Segmenter(nn.Module):
             skip = skips.pop()
             y = block(torch.cat([F.interpolate(y, size=skip.shape[-2:], mode="nearest"), skip], 1))
         return self.head(y)                          # [N, num_classes, H, W]
+
+
+def as_uint8(array, name: str, ndim: int) -> torch.Tensor:
+    tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.dtype != torch.uint8 or tensor.ndim != ndim:
+        raise BadInputError(f"{name} must be uint8 with {ndim} dims, got {tensor.dtype} {list(tensor.shape)}")
+    return tensor.cpu()
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float [N, 3, size, size] in [-1, 1]."""
+    x = images.float() / 127.5 - 1.0
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(-1, 1)
+
+
+@torch.no_grad()
+def predict_labels(model: Segmenter, x: torch.Tensor, size: tuple[int, int], batch: int) -> np.ndarray:
+    """Labels uint8 [N, *size] for float images [N, C, R, R] at the model side."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(x), batch):
+        logits = model(x[start:start + batch].to(device))
+        if tuple(logits.shape[-2:]) != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        out.append(logits.argmax(1).to(torch.uint8).cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def segment(model: Segmenter, images, batch: int = 32) -> np.ndarray:
+    """uint8 RGB images [N, H, W, 3] (or one [H, W, 3]) -> uint8 label maps [N, H, W] (or [H, W]) at their size."""
+    array = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    single = array.ndim == 3
+    array = as_uint8(array[None] if single else array, "images", 4)
+    if array.shape[-1] != model.config.in_channels:
+        raise BadInputError(f"images have {array.shape[-1]} channels, the segmenter takes {model.config.in_channels}")
+    x = resize_images(array.permute(0, 3, 1, 2), model.config.img_resolution)
+    labels = predict_labels(model, x, tuple(array.shape[1:3]), batch)
+    return labels[0] if single else labels
+
+
+def load_segmenter(path: str | os.PathLike, device: str | torch.device = "cpu") -> Segmenter:
+    """Rebuild a Segmenter (eval mode) from a `kind="segmenter"` checkpoint."""
+    payload = load_checkpoint(path, kind="segmenter")
+    try:
+        model = Segmenter(config_from_dict(SegmenterConfig, payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not match its segmenter config ({str(exc)[:120]})") from exc
+    return model.to(device).eval()

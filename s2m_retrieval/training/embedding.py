@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
+from s2m_retrieval.networks.embedding import load_embedding  # noqa: F401  (re-exported)
 from s2m_retrieval.networks.embedding import EmbeddingConfig, SketchImageEmbedding
 from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.index_space import draw_pairs, hard_batch_indices
@@ -119,11 +120,3 @@ def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: Embeddin
         report(TrainProgress(step, tc.steps, fitted, {"batch_acc": accuracy}, time.perf_counter() - t0))
         finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, lambda: None, snapshot, curves)
     return snapshot(final=True)
-
-
-def load_embedding(path_or_payload: str | os.PathLike | dict, device: str | torch.device = "cpu"
-                   ) -> SketchImageEmbedding:
-    """The embedding towers (eval mode, frozen) from a kind="embedding" checkpoint."""
-    from s2m_retrieval.training.sketch2medi import _rebuild
-
-    return _rebuild(path_or_payload, KIND, EmbeddingConfig, SketchImageEmbedding, device)

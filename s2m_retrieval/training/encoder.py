@@ -16,6 +16,7 @@ from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.encoders import (Encoder, EncoderConfig, LatentDiscriminator, LatentDiscriminatorConfig,
                                              encoder_config_for)
 from s2m_retrieval.networks.stylegan2 import Generator
+from s2m_retrieval.model.inversion import average_image, encode_iterations
 from s2m_retrieval.model.perceptual import PerceptualDistance
 from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.gan import save_image_grid
@@ -67,31 +68,6 @@ class EncoderTrainConfig:
 def active_deltas(tc: EncoderTrainConfig, step: int) -> int | None:
     """How many e4e deltas train at `step` (None: all)."""
     return None if tc.progressive_every == 0 else step // tc.progressive_every
-
-
-def average_image(G: Generator, w_avg: torch.Tensor) -> torch.Tensor:
-    """G(w_avg) [1, C, R, R]: ReStyle's starting reconstruction."""
-    with torch.no_grad():
-        return G(w_avg.view(1, 1, -1).expand(1, G.num_ws, -1), noise_mode="const")
-
-
-def encode_iterations(E: Encoder, G: Generator, x: torch.Tensor, iterations: int, active: int | None = None,
-                      final_image: bool = True) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """ReStyle loop without gradients: [(w_plus, G(w_plus))] per iteration, starting from w_avg and G(w_avg);
-    without `final_image` the last G(w_plus) (a third of an archive inversion's time) is None, not computed."""
-    if iterations > 1 and not E.config.extra_channels:
-        raise BadInputError("more than one encoder iteration needs an encoder with extra_channels (ReStyle input)")
-    out = []
-    with torch.no_grad():
-        w, recon = None, None
-        if E.config.extra_channels:
-            recon = average_image(G, E.w_avg).expand(x.shape[0], -1, -1, -1)
-        for i in range(iterations):
-            w = E(x, recon, w_start=w, active_deltas=active)
-            x_hat = G(w, noise_mode="const") if final_image or i < iterations - 1 else None
-            out.append((w, x_hat))
-            recon = x_hat if E.config.extra_channels else None
-    return out
 
 
 def fit_w_encoder(kind: str, draw: DrawBatch, fixed: tuple[torch.Tensor, torch.Tensor], G: Generator,

@@ -9,15 +9,15 @@ from typing import Callable
 import torch
 
 from s2m_retrieval.errors import BadInputError
-from s2m_retrieval.networks.encoders import Encoder, EncoderConfig, LatentDiscriminatorConfig, encoder_config_for
+from s2m_retrieval.networks.encoders import EncoderConfig, LatentDiscriminatorConfig, encoder_config_for
 from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.model.perceptual import PerceptualDistance
-from s2m_retrieval.training.encoder import EncoderTrainConfig, encode_iterations, fit_w_encoder
+from s2m_retrieval.model.inversion import invert  # noqa: F401  (re-exported for training code)
+from s2m_retrieval.training.encoder import EncoderTrainConfig, fit_w_encoder
 from s2m_retrieval.training.gan import check_images
 from s2m_retrieval.training.latent import SAMPLE_ROWS, TrainProgress, as_float
 
 INVERTER_TRAIN_CONFIG = EncoderTrainConfig(iterations=3)  # ReStyle trains with a few iterations per batch
-OPTIMISE_LR = 0.01
 
 
 def image_batches(images: torch.Tensor, batch: int, xflip: bool):
@@ -53,30 +53,3 @@ def train_inverter(images: torch.Tensor, G: Generator, out_dir: str | os.PathLik
                          G, out_dir, enc_cfg, d_config, train_config, perceptual, device, resume, progress, info)
 
 
-def invert(inverter: Encoder, G: Generator, images: torch.Tensor, iterations: int | None = None,
-           optimise_steps: int = 0, perceptual: PerceptualDistance | None = None,
-           perceptual_weight: float = 0.8, lr: float = OPTIMISE_LR) -> torch.Tensor:
-    """W+ [N, num_ws, w_dim] of images [N, 3, R, R] in [-1, 1]: ReStyle iterations (default 3, or 1), then
-    `optimise_steps` Adam steps on W+ against L2 + perceptual_weight * perceptual (when given)."""
-    res = G.config.img_resolution
-    if images.ndim != 4 or tuple(images.shape[1:]) != (G.config.img_channels, res, res):
-        raise BadInputError(f"invert expects images [N, {G.config.img_channels}, {res}, {res}] in [-1, 1], "
-                            f"got {list(images.shape)}")
-    if iterations is None:
-        iterations = 3 if inverter.config.extra_channels else 1
-    w_plus = encode_iterations(inverter, G, images, iterations, final_image=False)[-1][0]
-    if optimise_steps <= 0:
-        return w_plus
-    w = w_plus.clone().requires_grad_(True)
-    opt = torch.optim.Adam([w], lr=lr)
-    with torch.enable_grad():
-        for _ in range(optimise_steps):
-            x_hat = G(w, noise_mode="const")
-            # A sum over images keeps each image's gradient independent of the batch size.
-            loss = (x_hat - images).square().mean(dim=(1, 2, 3)).sum()
-            if perceptual is not None and perceptual_weight > 0:
-                loss = loss + perceptual_weight * perceptual.distance(x_hat, images).sum()
-            # autograd.grad on w alone: G's own parameters must not collect gradients here.
-            (w.grad,) = torch.autograd.grad(loss, [w])
-            opt.step()
-    return w.detach()

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.networks.checkpoint import config_to_dict, version_hash
+from s2m_retrieval.networks.checkpoint import config_to_dict, model_version  # noqa: F401  (model_version re-exported)
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.model.perceptual import PerceptualDistance, load_perceptual
 from s2m_retrieval.training.curves import TrainCurves
@@ -30,12 +30,6 @@ class TrainProgress:
     loss: float
     terms: dict
     sec_per_step: float
-
-
-def model_version(module: torch.nn.Module) -> str:
-    """The version stamp a checkpoint of `module` (with its `.config`) would get from `version_hash`."""
-    return version_hash({"config": config_to_dict(module.config),
-                         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}})
 
 
 def as_float(batch: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
+from s2m_retrieval.networks.pix2pix import load_pix2pix  # noqa: F401  (re-exported)
 from s2m_retrieval.networks.pix2pix import PatchDiscriminator, PatchDiscriminatorConfig, Pix2PixConfig, UNetGenerator
 from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.encoder import sketch_batches
@@ -134,10 +135,3 @@ def train_pix2pix(pairs: PairSet, out_dir: str | os.PathLike, config: Pix2PixCon
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
         finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot, curves)
     return snapshot(final=True)
-
-
-def load_pix2pix(path_or_payload: str | os.PathLike | dict, device: str | torch.device = "cpu") -> UNetGenerator:
-    """The pix2pix U-Net (eval mode, frozen) from a kind="pix2pix" checkpoint."""
-    from s2m_retrieval.training.sketch2medi import _rebuild
-
-    return _rebuild(path_or_payload, KIND, Pix2PixConfig, UNetGenerator, device)

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from s2m_retrieval.networks.checkpoint import config_from_dict, config_to_dict, load_checkpoint, save_checkpoint
-from s2m_retrieval.errors import BadInputError, CheckpointError
+from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
+from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.generation.dice import dice_per_class, mean_dice
-from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
+from s2m_retrieval.networks.segmenter import (Segmenter, SegmenterConfig, as_uint8, predict_labels,  # noqa: F401
+                                              resize_images, load_segmenter, segment)  # (the last two re-exported)
 from s2m_retrieval.training.curves import TrainCurves, steps_per_point
 
 KIND = "segmenter"
@@ -44,25 +45,10 @@ class SegTrainConfig:
             raise ValueError("SegTrainConfig.val_fraction must be in (0, 1)")
 
 
-def _as_uint8(array, name: str, ndim: int) -> torch.Tensor:
-    tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
-    if tensor.dtype != torch.uint8 or tensor.ndim != ndim:
-        raise BadInputError(f"{name} must be uint8 with {ndim} dims, got {tensor.dtype} {list(tensor.shape)}")
-    return tensor.cpu()
-
-
-def _resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> float [N, 3, size, size] in [-1, 1]."""
-    x = images.float() / 127.5 - 1.0
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(-1, 1)
-
-
 def _prepare(images, masks, cfg: SegmenterConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images [N, H, W, C] and masks [N, H, W] -> uint8 [N, C, R, R] and int64 [N, R, R] at the model side."""
-    images = _as_uint8(images, "images", 4)
-    masks = _as_uint8(masks, "masks", 3)
+    images = as_uint8(images, "images", 4)
+    masks = as_uint8(masks, "masks", 3)
     if images.shape[:3] != masks.shape or images.shape[3] != cfg.in_channels:
         raise BadInputError(f"images {list(images.shape)} and masks {list(masks.shape)} do not pair up "
                             f"as [N, H, W, {cfg.in_channels}] and [N, H, W]")
@@ -72,7 +58,7 @@ def _prepare(images, masks, cfg: SegmenterConfig) -> tuple[torch.Tensor, torch.T
     x, y = [], []
     for start in range(0, len(images), 256):  # chunks keep the float copy small for big archives
         chunk = images[start:start + 256].permute(0, 3, 1, 2)
-        x.append(((_resize_images(chunk, size) + 1) * 127.5).round().to(torch.uint8))
+        x.append(((resize_images(chunk, size) + 1) * 127.5).round().to(torch.uint8))
         y.append(F.interpolate(masks[start:start + 256, None].float(), size=(size, size), mode="nearest")[:, 0])
     return torch.cat(x), torch.cat(y).long()
 
@@ -114,34 +100,6 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.
     total = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     soft_dice = (2 * overlap + 1) / (total + 1)  # +1 keeps classes absent from the batch finite
     return F.cross_entropy(logits, target) + dice_weight * (1 - soft_dice.mean())
-
-
-@torch.no_grad()
-def _predict(model: Segmenter, x: torch.Tensor, size: tuple[int, int], batch: int) -> np.ndarray:
-    """Labels uint8 [N, *size] for float images [N, C, R, R] at the model side."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(x), batch):
-        logits = model(x[start:start + batch].to(device))
-        if tuple(logits.shape[-2:]) != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        out.append(logits.argmax(1).to(torch.uint8).cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy()
-
-
-def segment(model: Segmenter, images, batch: int = 32) -> np.ndarray:
-    """uint8 RGB images [N, H, W, 3] (or one [H, W, 3]) -> uint8 label maps [N, H, W] (or [H, W]) at their size."""
-    array = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
-    single = array.ndim == 3
-    array = _as_uint8(array[None] if single else array, "images", 4)
-    if array.shape[-1] != model.config.in_channels:
-        raise BadInputError(f"images have {array.shape[-1]} channels, the segmenter takes {model.config.in_channels}")
-    x = _resize_images(array.permute(0, 3, 1, 2), model.config.img_resolution)
-    labels = _predict(model, x, tuple(array.shape[1:3]), batch)
-    return labels[0] if single else labels
 
 
 def train_segmenter(images, masks, config: SegTrainConfig = SegTrainConfig(),
@@ -190,7 +148,7 @@ def train_segmenter(images, masks, config: SegTrainConfig = SegTrainConfig(),
             progress(step + 1, config.steps, losses[-1])
 
     size = seg_config.img_resolution
-    pred = _predict(model, x[val_idx].float() / 127.5 - 1.0, (size, size), 64)
+    pred = predict_labels(model, x[val_idx].float() / 127.5 - 1.0, (size, size), 64)
     dice = dice_per_class(pred, y[val_idx].numpy(), seg_config.num_classes)
     window = max(1, min(10, config.steps // 5))
     metrics = {
@@ -213,14 +171,3 @@ def train_segmenter(images, masks, config: SegTrainConfig = SegTrainConfig(),
         meta["train_config"] = config_to_dict(config)
         save_checkpoint(out_path, kind=KIND, config=seg_config, state_dict=model.state_dict(), meta=meta)
     return metrics
-
-
-def load_segmenter(path: str | os.PathLike, device: str | torch.device = "cpu") -> Segmenter:
-    """Rebuild a Segmenter (eval mode) from a `kind="segmenter"` checkpoint."""
-    payload = load_checkpoint(path, kind=KIND)
-    try:
-        model = Segmenter(config_from_dict(SegmenterConfig, payload["config"]))
-        model.load_state_dict(payload["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not match its segmenter config ({str(exc)[:120]})") from exc
-    return model.to(device).eval()
