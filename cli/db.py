@@ -21,7 +21,8 @@ def upgrade(
 ) -> None:
     """Migrate the database schema up to REVISION (default: the newest)."""
     from s2m_retrieval.storage import migrate
-    from s2m_retrieval.storage.db import display_url, open_database
+    from s2m_retrieval.storage import open_database
+    from s2m_retrieval.storage.db import display_url
 
     database = open_database(home, db, migrate=False)
     try:
@@ -41,7 +42,8 @@ def downgrade(
 ) -> None:
     """Revert the database schema down to REVISION (data in the tables it drops is lost)."""
     from s2m_retrieval.storage import migrate
-    from s2m_retrieval.storage.db import display_url, open_database
+    from s2m_retrieval.storage import open_database
+    from s2m_retrieval.storage.db import display_url
 
     database = open_database(home, db, migrate=False)
     try:
@@ -57,7 +59,8 @@ def downgrade(
 def current(home: Path = HOME, db: str = DB) -> None:
     """Show the schema revision of the database and the newest one this version knows (read-only)."""
     from s2m_retrieval.storage import migrate
-    from s2m_retrieval.storage.db import display_url, open_database, resolve_db_url, sqlite_file
+    from s2m_retrieval.storage import open_database
+    from s2m_retrieval.storage.db import display_url, resolve_db_url, sqlite_file
 
     file = sqlite_file(resolve_db_url(home, db))
     if file is not None and not file.is_file():

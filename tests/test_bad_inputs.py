@@ -248,7 +248,7 @@ def test_index_killed_before_faiss_is_incomplete_not_empty(cli, setup, tmp_path)
 def test_killed_build_is_shown_interrupted(setup, tmp_path):
     from s2m_retrieval.build.report import index_info
     from s2m_retrieval.storage import catalog
-    from s2m_retrieval.storage.db import open_database
+    from s2m_retrieval.storage import open_database
 
     home = setup.private_home(tmp_path / "home")
     db = open_database(home)

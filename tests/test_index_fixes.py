@@ -119,7 +119,7 @@ def test_cli_verify_exits_1_on_problems(archive, tmp_path):
 
 
 def test_an_edited_labels_csv_reaches_unchanged_files_without_re_encoding(archive, tmp_path):
-    from s2m_retrieval.storage.db import open_database
+    from s2m_retrieval.storage import open_database
     from s2m_retrieval.storage.models import Image
 
     home = tmp_path / "home"

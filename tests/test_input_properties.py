@@ -256,7 +256,7 @@ def where_texts(draw):
 
 
 def _open_db(tmp_path_factory):
-    from s2m_retrieval.storage.db import open_database
+    from s2m_retrieval.storage import open_database
 
     return open_database(url=f"sqlite:///{tmp_path_factory.mktemp('where') / 's2m.db'}")
 
@@ -267,7 +267,7 @@ def label_db(request, tmp_path_factory):
     PostgreSQL too when a server is configured (the filter reads labels with each backend's JSON functions)."""
     from conftest import fresh_postgres_database
 
-    from s2m_retrieval.storage.db import open_database
+    from s2m_retrieval.storage import open_database
 
     if request.param == "sqlite":
         db = _open_db(tmp_path_factory)

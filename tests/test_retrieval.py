@@ -286,7 +286,7 @@ def test_unshipped_weights_are_one_clear_error(setup, tmp_path, monkeypatch):
 def test_label_filter_types_on_sqlite_and_postgres(db_url):
     from s2m_retrieval.storage import catalog
     from s2m_retrieval.storage.catalog import ImageRecord
-    from s2m_retrieval.storage.db import open_database
+    from s2m_retrieval.storage import open_database
 
     db = open_database(url=db_url)
     try:

@@ -10,7 +10,8 @@ from sqlalchemy import inspect, select
 from s2m_retrieval.errors import DatabaseError, DatabaseLockedError
 from s2m_retrieval.storage import catalog, migrate
 from s2m_retrieval.storage.catalog import ImageRecord
-from s2m_retrieval.storage.db import open_database, resolve_db_url, resolve_home
+from s2m_retrieval.storage import open_database
+from s2m_retrieval.storage.db import resolve_db_url, resolve_home
 from s2m_retrieval.storage.models import Base, Image, Vector
 
 TABLES = {"images", "model_versions", "index_builds", "vectors", "meta"}

@@ -14,7 +14,8 @@ from s2m_retrieval.data.archive import split_frame_key
 from s2m_retrieval.errors import IndexCorruptError
 from s2m_retrieval.build.sync import check_owner, rebuild_list
 from s2m_retrieval.storage import catalog
-from s2m_retrieval.storage.db import display_url, open_database, resolve_home
+from s2m_retrieval.storage import open_database
+from s2m_retrieval.storage.db import display_url, resolve_home
 
 
 def _disk(paths: IndexPaths) -> dict:

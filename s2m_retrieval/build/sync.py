@@ -20,7 +20,8 @@ from s2m_retrieval.data.archive import frame_prefix, split_frame_key
 from s2m_retrieval.errors import BadInputError, IndexCorruptError
 from s2m_retrieval.storage import catalog
 from s2m_retrieval.storage.catalog import StoredVector
-from s2m_retrieval.storage.db import Database, display_url, open_database, resolve_home
+from s2m_retrieval.storage import open_database
+from s2m_retrieval.storage.db import Database, display_url, resolve_home
 
 log = logging.getLogger(__name__)
 ADD_CHUNK = 8192  # vectors gathered from shards per FAISS add, to bound memory

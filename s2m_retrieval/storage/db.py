@@ -155,19 +155,3 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
-
-
-def open_database(home: str | os.PathLike | None = None, url: str | None = None, *, migrate: bool = True,
-                  timeout_s: float | None = None) -> Database:
-    """Open the database, upgrading its schema to the latest migration on first use."""
-    from s2m_retrieval.storage.migrate import ensure_schema
-
-    url = resolve_db_url(home, url)
-    db = Database(url=url, engine=make_engine(url, timeout_s=timeout_s))
-    if migrate:
-        try:
-            ensure_schema(db)
-        except BaseException:
-            db.dispose()
-            raise
-    return db

@@ -9,12 +9,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from s2m_retrieval.training.budgets import GENERATOR_CHANNELS
-
-if TYPE_CHECKING:
-    from s2m_retrieval.training.train_all import TrainAllOptions
+from s2m_retrieval.training.budgets import GENERATOR_CHANNELS, TrainAllOptions
 
 RUNS = "train"
 PAIRS = "pairs.pt"

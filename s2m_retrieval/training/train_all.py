@@ -12,62 +12,13 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from s2m_retrieval.errors import ArchiveError, BadInputError, CheckpointError
-from s2m_retrieval.training.budgets import BATCH, BUDGETS, RESOLUTIONS, STAGES
+from s2m_retrieval.training.budgets import STAGES, TrainAllOptions
 from s2m_retrieval.training.stages import RUNS, STAGE_RUNNERS, Progress, StageRun, stage_metric
 
 PLAN = "plan.json"
-# Config parts --config-json may override (tests use tiny networks), besides "steps" and "batch" per stage.
-CONFIG_PARTS = ("segmenter", "generator", "encoder", "discriminator", "refiner", "inverter")
-
-@dataclass(frozen=True)
-class TrainAllOptions:
-    """What `s2m train all` was asked for; everything but device and threads is the run's plan."""
-
-    archive: Path
-    res: int = 64
-    budget: str = "small"
-    fit: str = "crop"
-    perceptual: str = "seg"
-    segmenter: Path | None = None     # for archives without masks (default: the shipped phantom segmenter)
-    seed: int = 0
-    pairs_per_image: int = 4
-    held_out: int | None = None       # default: 5 % of the archive, between 2 and 200 images
-    snapshot_every: int = 100         # optimizer steps between resume snapshots
-    overrides: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        from s2m_retrieval.data.archive import FIT_POLICIES
-
-        if self.res not in RESOLUTIONS:
-            raise BadInputError(f"--res must be one of {', '.join(map(str, RESOLUTIONS))}, got {self.res}")
-        if self.budget not in BUDGETS:
-            raise BadInputError(f"--budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
-        if self.fit not in FIT_POLICIES:
-            raise BadInputError(f"--fit must be crop or pad, got {self.fit!r}")
-        if self.pairs_per_image < 1 or self.snapshot_every < 1 or (self.held_out is not None and self.held_out < 2):
-            raise BadInputError("--pairs-per-image and --snapshot-every must be >= 1, --held-out >= 2")
-        unknown = set(self.overrides) - set(CONFIG_PARTS) - {"steps", "batch"}
-        if unknown:
-            raise BadInputError(f"--config-json: unknown parts {sorted(unknown)} "
-                                f"(known: {', '.join(CONFIG_PARTS)}, steps, batch)")
-
-    def steps(self, stage: str) -> int:
-        """Optimizer steps of a stage: the budget's, unless overridden."""
-        return int(self.overrides.get("steps", {}).get(stage, BUDGETS[self.budget].steps[stage]))
-
-    def batch(self, stage: str) -> int:
-        """Batch size of a stage."""
-        return int(self.overrides.get("batch", {}).get(stage, BATCH[stage]))
-
-    def part(self, name: str) -> dict:
-        """Config field overrides of one network."""
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.overrides.get(name, {}).items()}
-
-
 def archive_fingerprint(entries) -> str:
     """sha256 over every image's relative path and content hash, with its mask's and labels.csv's."""
     import hashlib
