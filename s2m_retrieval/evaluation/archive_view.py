@@ -37,15 +37,11 @@ class ArchiveView:
 
 def read_archive_view(engine) -> ArchiveView:
     """Every image of the engine's index with its stored thumb (never the archive files)."""
-    from sqlalchemy import select
-
-    from s2m_retrieval.storage.models import Image, Vector
+    from s2m_retrieval.storage.catalog import index_entries
 
     with engine.reader.db.session() as s:
-        rows = s.execute(select(Image.id, Image.path, Image.labels, Vector.shard, Vector.row)
-                         .join(Vector, Vector.image_id == Image.id)
-                         .where(Vector.index_name == engine.reader.stamp.name).order_by(Image.id)).all()
+        rows = index_entries(s, engine.reader.stamp.name)
     thumbs = engine.rows.rows("thumbs", [(shard, row) for _, _, _, shard, row in rows])
     return ArchiveView(archive_ids=[Path(path).stem for _, path, _, _, _ in rows],
                        image_ids=np.array([i for i, *_ in rows], dtype=np.int64), thumbs=thumbs,
-                       labels=[labels or {} for _, _, labels, _, _ in rows])
+                       labels=[labels for _, _, labels, _, _ in rows])

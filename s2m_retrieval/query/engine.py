@@ -415,15 +415,10 @@ class RetrievalEngine:
 
     def _locations(self, ids: list[int]) -> dict[int, tuple[str, str, dict, int]]:
         """image id -> (shard, path, labels, row) for ids still in the index."""
-        from sqlalchemy import select
-
-        from s2m_retrieval.storage.models import Image, Vector
+        from s2m_retrieval.storage.catalog import entry_locations
 
         with self.reader.db.session() as s:
-            rows = s.execute(select(Image.id, Vector.shard, Image.path, Image.labels, Vector.row)
-                             .join(Vector, Vector.image_id == Image.id)
-                             .where(Vector.index_name == self.reader.stamp.name, Image.id.in_(ids)))
-            return {iid: (shard, path, labels or {}, row) for iid, shard, path, labels, row in rows}
+            return entry_locations(s, self.reader.stamp.name, ids)
 
     def _thumbs(self, ids: np.ndarray, rows: dict) -> np.ndarray:
         """Stored thumbnails [N, R, R, 3] uint8 of these candidates, from the shards (never the archive files)."""

@@ -75,25 +75,6 @@ NUMBER_KINDS = frozenset({"integer", "real", "number"})   # SQLite json_type / P
 TEXT_KINDS = frozenset({"text", "string"})
 
 
-def _column_select(dialect: str, index_name: str, column: str):
-    """SELECT image id, JSON type and value of one labels key over the index's images, for this SQL dialect."""
-    from sqlalchemy import String, func, literal, select
-
-    from s2m_retrieval.storage.models import Image, Vector
-
-    if dialect == "sqlite":
-        path = f'$."{column}"'
-        kind, value = func.json_type(Image.labels, path), func.json_extract(Image.labels, path)
-    elif dialect == "postgresql":
-        key = literal(column, String)  # a JSON-typed bind would be serialised to '"key"'
-        kind = func.jsonb_typeof(Image.labels.op("->")(key))
-        value = Image.labels.op("->>", return_type=String)(key)
-    else:
-        raise BadInputError(f"--where filters support SQLite and PostgreSQL databases, not {dialect}")
-    return (select(Image.id, kind, value).join(Vector, Vector.image_id == Image.id)
-            .where(Vector.index_name == index_name).order_by(Image.id))
-
-
 @dataclass(frozen=True)
 class LabelColumn:
     """One labels key over an index: ids [M], numbers [M] (NaN: not a JSON number), texts [M] ("" and
@@ -129,8 +110,10 @@ class LabelFilter:
     def column(self, name: str) -> LabelColumn:
         """The values of labels key `name` over the index; a key no image has is a BadInputError."""
         if name not in self._columns:
+            from s2m_retrieval.storage.catalog import label_values
+
             with self.db.session() as s:
-                rows = s.execute(_column_select(self.db.engine.dialect.name, self.index_name, name)).all()
+                rows = label_values(s, self.index_name, name)
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             numbers = np.array([float(v) if k in NUMBER_KINDS else np.nan for _, k, v in rows], dtype=np.float64)
             is_text = np.array([k in TEXT_KINDS for _, k, _ in rows], dtype=bool)
@@ -142,14 +125,11 @@ class LabelFilter:
         return self._columns[name]
 
     def _known_keys(self) -> list[str]:
-        from sqlalchemy import select
-
-        from s2m_retrieval.storage.models import Image, Vector
+        from s2m_retrieval.storage.catalog import sample_labels
 
         with self.db.session() as s:
-            sample = s.scalars(select(Image.labels).join(Vector, Vector.image_id == Image.id)
-                               .where(Vector.index_name == self.index_name).limit(KNOWN_SAMPLE))
-            return sorted({key for labels in sample for key in (labels or {})})
+            sample = sample_labels(s, self.index_name, KNOWN_SAMPLE)
+        return sorted({key for labels in sample for key in labels})
 
     def allowed(self, conditions: list[Condition]) -> np.ndarray:
         """Sorted image ids (int64) of the index whose labels satisfy every condition."""

@@ -15,9 +15,8 @@ from index.stamp import IndexStamp, read_stamp
 from index.store import VectorStore
 from s2m_retrieval.errors import IndexCorruptError, IndexIncompleteError, IndexMissingError
 from s2m_retrieval.build.sync import check_owner
-from s2m_retrieval.storage.db import Database, open_database, resolve_home
-
-SQL_CHUNK = 500  # ids per IN (...) lookup
+from s2m_retrieval.storage import open_database
+from s2m_retrieval.storage.db import Database, resolve_home
 
 
 @dataclass
@@ -53,17 +52,11 @@ class IndexReader:
 
     def _locations(self, image_ids) -> dict[int, tuple[str, int]]:
         """image id -> (shard, row); an id without a row is an IndexCorruptError."""
-        from sqlalchemy import select
-
-        from s2m_retrieval.storage.models import Vector
+        from s2m_retrieval.storage.catalog import vector_locations
 
         ids = [int(i) for i in image_ids]
-        where = {}
         with self.db.session() as s:
-            for start in range(0, len(ids), SQL_CHUNK):
-                found = s.execute(select(Vector.image_id, Vector.shard, Vector.row).where(
-                    Vector.index_name == self.stamp.name, Vector.image_id.in_(ids[start:start + SQL_CHUNK])))
-                where.update((iid, (shard, row)) for iid, shard, row in found)
+            where = vector_locations(s, self.stamp.name, ids)
         absent = [i for i in ids if i not in where]
         if absent:
             raise IndexCorruptError(f"index {self.stamp.name!r} has no stored row for image ids {absent[:5]}; "
@@ -77,14 +70,10 @@ class IndexReader:
 
     def images(self, image_ids: Sequence[int]) -> dict[int, dict]:
         """Metadata rows (path, size, labels) of these image ids."""
-        from sqlalchemy import select
-
-        from s2m_retrieval.storage.models import Image
+        from s2m_retrieval.storage.catalog import image_rows
 
         with self.db.session() as s:
-            found = s.scalars(select(Image).where(Image.id.in_([int(i) for i in image_ids])))
-            return {img.id: {"id": img.id, "path": img.path, "stem": img.stem, "width": img.width,
-                             "height": img.height, "labels": img.labels} for img in found}
+            return image_rows(s, image_ids)
 
     def close(self) -> None:
         """Release the database connections."""

@@ -26,9 +26,7 @@ def load_pipeline(models: str | os.PathLike | None, device: str = "cpu") -> Sket
 
 def stored_config(reader: IndexReader) -> dict:
     """The inverter settings the index was built with (its model_versions row); other encoders are a mismatch."""
-    from sqlalchemy import select
-
-    from s2m_retrieval.storage.models import ModelVersion
+    from s2m_retrieval.storage.catalog import model_config
 
     stamp = reader.stamp
     if stamp.model_name != InverterEncoder.name:
@@ -36,7 +34,7 @@ def stored_config(reader: IndexReader) -> dict:
                                    f"(model version {stamp.model_version}), not the Sketch2MedI inverter; "
                                    f"rebuild it: {stamp.rebuild_hint()}")
     with reader.db.session() as s:
-        config = s.scalar(select(ModelVersion.config).where(ModelVersion.version == stamp.model_version))
+        config = model_config(s, stamp.model_version)
     if not isinstance(config, dict) or config.get("encoder") != FORMAT:
         raise IndexCorruptError(f"index {stamp.name!r}: the database has no {FORMAT} record of model version "
                                 f"{stamp.model_version} (another --db than the build's?); rebuild it: "

@@ -43,13 +43,10 @@ def index_stats(engine) -> dict:
 def label_columns(engine) -> dict[str, dict]:
     """Label columns of the index for filters: {name: {kind, min, max, values}}; `values` lists the distinct
     values when there are few (else None), over the labels of up to LABEL_SAMPLE images."""
-    from sqlalchemy import select
-
-    from s2m_retrieval.storage.models import Image, Vector
+    from s2m_retrieval.storage.catalog import sample_labels
 
     with engine.reader.db.session() as s:
-        rows = s.scalars(select(Image.labels).join(Vector, Vector.image_id == Image.id)
-                         .where(Vector.index_name == engine.reader.stamp.name).limit(LABEL_SAMPLE)).all()
+        rows = sample_labels(s, engine.reader.stamp.name, LABEL_SAMPLE)
     seen: dict[str, set] = {}
     for labels in rows:
         for key, value in (labels or {}).items():

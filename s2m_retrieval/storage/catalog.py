@@ -267,3 +267,72 @@ def model_versions_of(session: Session, index_name: str) -> list[str]:
     stmt = (select(ModelVersion.version).join(Vector, Vector.model_version_id == ModelVersion.id)
             .where(Vector.index_name == index_name).distinct())
     return sorted(session.scalars(stmt))
+
+
+# --- reads of the query side (the engine, filters, evaluation, the service's views) ---------------------------
+
+def index_entries(session: Session, index_name: str) -> list[tuple[int, str, dict, str, int]]:
+    """(image id, path, labels, shard, row) of every image of an index, by image id."""
+    stmt = (select(Image.id, Image.path, Image.labels, Vector.shard, Vector.row)
+            .join(Vector, Vector.image_id == Image.id).where(Vector.index_name == index_name).order_by(Image.id))
+    return [(iid, path, labels or {}, shard, row) for iid, path, labels, shard, row in session.execute(stmt)]
+
+
+def entry_locations(session: Session, index_name: str, image_ids: Sequence[int]) -> dict[int, tuple[str, str, dict, int]]:
+    """image id -> (shard, path, labels, row) for those of `image_ids` still in the index."""
+    out = {}
+    for part in _chunks([int(i) for i in image_ids]):
+        rows = session.execute(select(Image.id, Vector.shard, Image.path, Image.labels, Vector.row)
+                               .join(Vector, Vector.image_id == Image.id)
+                               .where(Vector.index_name == index_name, Image.id.in_(part)))
+        out.update((iid, (shard, path, labels or {}, row)) for iid, shard, path, labels, row in rows)
+    return out
+
+
+def vector_locations(session: Session, index_name: str, image_ids: Sequence[int]) -> dict[int, tuple[str, int]]:
+    """image id -> (shard, row) of the stored arrays, for those of `image_ids` the index holds."""
+    out = {}
+    for part in _chunks([int(i) for i in image_ids]):
+        found = session.execute(select(Vector.image_id, Vector.shard, Vector.row)
+                                .where(Vector.index_name == index_name, Vector.image_id.in_(part)))
+        out.update((iid, (shard, row)) for iid, shard, row in found)
+    return out
+
+
+def image_rows(session: Session, image_ids: Sequence[int]) -> dict[int, dict]:
+    """image id -> metadata (id, path, stem, width, height, labels) of these ids."""
+    out = {}
+    for part in _chunks([int(i) for i in image_ids]):
+        for img in session.scalars(select(Image).where(Image.id.in_(part))):
+            out[img.id] = {"id": img.id, "path": img.path, "stem": img.stem, "width": img.width,
+                           "height": img.height, "labels": img.labels}
+    return out
+
+
+def sample_labels(session: Session, index_name: str, limit: int) -> list[dict]:
+    """The labels of up to `limit` images of an index (to describe its label columns)."""
+    stmt = (select(Image.labels).join(Vector, Vector.image_id == Image.id)
+            .where(Vector.index_name == index_name).limit(limit))
+    return [labels or {} for labels in session.scalars(stmt)]
+
+
+def label_values(session: Session, index_name: str, column: str) -> list[tuple[int, str | None, object]]:
+    """(image id, JSON type, value) of one labels key over the index's images, by image id; the JSON type is
+    SQLite's json_type or PostgreSQL's jsonb_typeof (None where the key is absent)."""
+    from sqlalchemy import String, literal
+
+    from s2m_retrieval.errors import BadInputError
+
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        path = f'$."{column}"'
+        kind, value = func.json_type(Image.labels, path), func.json_extract(Image.labels, path)
+    elif dialect == "postgresql":
+        key = literal(column, String)  # a JSON-typed bind would be serialised to '"key"'
+        kind = func.jsonb_typeof(Image.labels.op("->")(key))
+        value = Image.labels.op("->>", return_type=String)(key)
+    else:
+        raise BadInputError(f"--where filters support SQLite and PostgreSQL databases, not {dialect}")
+    stmt = (select(Image.id, kind, value).join(Vector, Vector.image_id == Image.id)
+            .where(Vector.index_name == index_name).order_by(Image.id))
+    return [tuple(row) for row in session.execute(stmt)]
