@@ -15,11 +15,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
 from s2m_retrieval.errors import BadImageError, BadInputError, S2MError
+from s2m_retrieval.query.result_view import Hit
 
 TIMEOUT_S = 120.0            # a query may wait in the server's queue behind others
 PER_QUERY_STATUSES = (400, 413, 415)   # the sketch (or the filter) of this query; the next one may be fine
@@ -32,24 +33,11 @@ class ServerError(S2MError):
 
 
 @dataclass
-class RemoteHit:
-    """One ranked hit as the server shows it; `path` is the archive's file name."""
-
-    rank: int
-    id: int
-    path: str
-    latent_distance: float
-    perceptual_distance: float | None
-    score: float
-    labels: dict = field(default_factory=dict)
-
-
-@dataclass
 class RemoteResult:
     """A server's answer: what `result_view` reads (and, when asked with images, the sheet's pictures) plus the
     JSON record printed for it."""
 
-    hits: list[RemoteHit]
+    hits: list[Hit]
     candidates: int
     timings_ms: dict[str, float]
     provenance: dict
@@ -179,7 +167,7 @@ def _naming(detail: str, sketch: Path | None) -> str:
 
 def _result(answer: dict, round_trip_ms: float, sketch: Path | None, images: bool, url: str) -> RemoteResult:
     try:
-        hits = [RemoteHit(rank=h["rank"], id=h["id"], path=h["file"], latent_distance=h["latent_distance"],
+        hits = [Hit(rank=h["rank"], id=h["id"], path=h["file"], latent_distance=h["latent_distance"],
                           perceptual_distance=h["perceptual_distance"], score=h["score"], labels=h["labels"])
                 for h in answer["hits"]]
         timings = dict(answer["timings_ms"]) | {"round_trip": round(round_trip_ms, 2)}

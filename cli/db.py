@@ -13,6 +13,21 @@ DB = typer.Option(None, "--db", envvar="S2M_DB_URL",
                   help="Database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite HOME/s2m.db).")
 
 
+def _migrate(home: Path | None, db: str | None, step, revision: str) -> None:
+    """Run one migration step (`migrate.upgrade` or `migrate.downgrade`) and print the revisions it moved between."""
+    from s2m_retrieval.storage import migrate, open_database
+    from s2m_retrieval.storage.db import display_url
+
+    database = open_database(home, db, migrate=False)
+    try:
+        before = migrate.current_revision(database)
+        step(migrate)(database, revision)
+        after = migrate.current_revision(database)
+    finally:
+        database.dispose()
+    typer.echo(f"{display_url(database.url)}: {before or 'empty'} -> {after or 'empty'}")
+
+
 @app.command("upgrade")
 def upgrade(
     revision: str = typer.Argument("head", help="Target revision."),
@@ -20,18 +35,7 @@ def upgrade(
     db: str = DB,
 ) -> None:
     """Migrate the database schema up to REVISION (default: the newest)."""
-    from s2m_retrieval.storage import migrate
-    from s2m_retrieval.storage import open_database
-    from s2m_retrieval.storage.db import display_url
-
-    database = open_database(home, db, migrate=False)
-    try:
-        before = migrate.current_revision(database)
-        migrate.upgrade(database, revision)
-        after = migrate.current_revision(database)
-    finally:
-        database.dispose()
-    typer.echo(f"{display_url(database.url)}: {before or 'empty'} -> {after}")
+    _migrate(home, db, lambda migrate: migrate.upgrade, revision)
 
 
 @app.command("downgrade")
@@ -41,25 +45,13 @@ def downgrade(
     db: str = DB,
 ) -> None:
     """Revert the database schema down to REVISION (data in the tables it drops is lost)."""
-    from s2m_retrieval.storage import migrate
-    from s2m_retrieval.storage import open_database
-    from s2m_retrieval.storage.db import display_url
-
-    database = open_database(home, db, migrate=False)
-    try:
-        before = migrate.current_revision(database)
-        migrate.downgrade(database, revision)
-        after = migrate.current_revision(database)
-    finally:
-        database.dispose()
-    typer.echo(f"{display_url(database.url)}: {before or 'empty'} -> {after or 'empty'}")
+    _migrate(home, db, lambda migrate: migrate.downgrade, revision)
 
 
 @app.command("current")
 def current(home: Path = HOME, db: str = DB) -> None:
     """Show the schema revision of the database and the newest one this version knows (read-only)."""
-    from s2m_retrieval.storage import migrate
-    from s2m_retrieval.storage import open_database
+    from s2m_retrieval.storage import migrate, open_database
     from s2m_retrieval.storage.db import display_url, resolve_db_url, sqlite_file
 
     file = sqlite_file(resolve_db_url(home, db))

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ import numpy as np
 from s2m_retrieval.data.canonical import as_grey_sketch
 from s2m_retrieval.data.sketch import is_blank_sketch
 from s2m_retrieval.errors import BadImageError, BadInputError, IndexCorruptError, VersionMismatchError
+from s2m_retrieval.query.result_view import Hit
 from s2m_retrieval.query.ranking import (DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS,
                                          cached_perceptual_distances, fuse, perceptual_distances)
 
@@ -39,20 +40,6 @@ MAX_STEPS = 10
 # Sketches per forward of a batch query: with the shipped E + H + G on one CPU thread, 256 px sketches take ~1.5x
 # fewer ms each at 16 a batch than one at a time.
 QUERY_BATCH = 16
-
-
-@dataclass
-class Hit:
-    """One result row; distances: latent (Euclidean in the index's space) and perceptual; score: fused, lower is
-    better."""
-
-    rank: int
-    id: int
-    path: str
-    latent_distance: float
-    perceptual_distance: float | None
-    score: float
-    labels: dict = field(default_factory=dict)
 
 
 @dataclass

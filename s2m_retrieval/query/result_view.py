@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from s2m_retrieval.data.dicom import FRAME_LABEL
 
 META_COLUMNS = 4  # label columns shown in the table (all of them are in --json)
+
+
+@dataclass
+class Hit:
+    """One result row; distances: latent (Euclidean in the index's space) and perceptual; score: fused, lower is
+    better."""
+
+    rank: int
+    id: int
+    path: str
+    latent_distance: float
+    perceptual_distance: float | None
+    score: float
+    labels: dict = field(default_factory=dict)
 
 
 def _fmt(value) -> str:
