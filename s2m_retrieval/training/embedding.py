@@ -16,10 +16,9 @@ from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.embedding import load_embedding  # noqa: F401  (re-exported)
 from s2m_retrieval.networks.embedding import EmbeddingConfig, SketchImageEmbedding
-from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.index_space import draw_pairs, hard_batch_indices
-from s2m_retrieval.training.latent import (STATE_FILE, TrainProgress, check_steps, default_progress, finish_step,
-                                           out_path, restore_state, save_state)
+from s2m_retrieval.training.latent import (start_run, check_finite, optimizer_step, TrainProgress, check_steps,
+                                           finish_step, out_path, save_state)
 from s2m_retrieval.training.pairs import PairSet
 
 EMBEDDING_FILE = "embedding.pt"
@@ -75,12 +74,8 @@ def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: Embeddin
     net = SketchImageEmbedding(cfg).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     networks, optimizers, configs = {"embedding": net}, {"embedding": opt}, {"embedding": cfg}
-    state_path = out_dir / STATE_FILE
-    step = 0
-    if resume and state_path.exists():
-        step = restore_state(state_path, KIND, networks, optimizers, configs, data_gen, device)
-    curves = TrainCurves(out_dir, step, optimizers)
-    report = curves.wrap(progress or default_progress("train embedding", tc.steps, step))
+    state_path, step, curves, report = start_run(out_dir, KIND, networks, optimizers, configs, data_gen,
+                                                 device, resume, progress, "train embedding", tc.steps)
     if hard is not None and len(hard) != len(pairs):
         raise BadInputError(f"hard negatives cover {len(hard)} images, the pairs {len(pairs)}: use one source")
 
@@ -107,15 +102,11 @@ def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: Embeddin
             group["lr"] = tc.lr * 0.5 * (1 + math.cos(math.pi * step / tc.steps))
         logits = net(sketch, image)
         loss = contrastive_loss(logits)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        fitted = optimizer_step(opt, loss)
         with torch.no_grad():
             net.log_scale.clamp_(0.0, math.log(100.0))  # CLIP's cap: a runaway temperature stalls training
         step += 1
-        fitted = loss.item()
-        if not math.isfinite(fitted):
-            raise BadInputError(f"embedding training diverged at step {step} (loss {fitted}); lower the learning rate")
+        check_finite("embedding", step, fitted)
         accuracy = (logits.argmax(dim=1) == torch.arange(len(logits), device=device)).float().mean().item()
         report(TrainProgress(step, tc.steps, fitted, {"batch_acc": accuracy}, time.perf_counter() - t0))
         finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, lambda: None, snapshot, curves)

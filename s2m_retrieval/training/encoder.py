@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -18,12 +17,11 @@ from s2m_retrieval.networks.encoders import (Encoder, EncoderConfig, LatentDiscr
 from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.model.inversion import average_image, encode_iterations
 from s2m_retrieval.model.perceptual import PerceptualDistance
-from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.gan import save_image_grid
-from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, adversarial_loss, as_float,
-                                           check_steps, default_progress, delta_loss, finish_step, latent_d_step,
-                                           model_version, out_path, real_w, reconstruction_loss, resolve_perceptual,
-                                           restore_state, save_state, sketch_rgb, wnorm_loss)
+from s2m_retrieval.training.latent import (start_run, check_finite, SAMPLE_ROWS, TrainProgress, adversarial_loss,
+                                           as_float, check_steps, delta_loss, finish_step, latent_d_step, model_version,
+                                           out_path, real_w, reconstruction_loss, resolve_perceptual, save_state,
+                                           sketch_rgb, wnorm_loss)
 from s2m_retrieval.training.pairs import PairSet
 
 ENCODER_FILE = "encoder.pt"
@@ -103,12 +101,8 @@ def fit_w_encoder(kind: str, draw: DrawBatch, fixed: tuple[torch.Tensor, torch.T
         opt_D = torch.optim.Adam(D.parameters(), lr=tc.d_lr * c, betas=(0.9 ** c, 0.999 ** c))
         networks["D"], optimizers["D"] = D, opt_D
     configs = {"encoder": enc_cfg, "discriminator": d_cfg if D is not None else None, "generator": g_version}
-    state_path = out_dir / STATE_FILE
-    step = 0
-    if resume and state_path.exists():
-        step = restore_state(state_path, kind, networks, optimizers, configs, data_gen, device)
-    curves = TrainCurves(out_dir, step, optimizers)
-    report = curves.wrap(progress or default_progress(f"train {kind}", tc.steps, step))
+    state_path, step, curves, report = start_run(out_dir, kind, networks, optimizers, configs, data_gen,
+                                                 device, resume, progress, f"train {kind}", tc.steps)
     avg_image = average_image(G, E.w_avg) if enc_cfg.extra_channels else None
     meta = {"generator_version": g_version, "perceptual": perceptual.version, "seed": tc.seed,
             "train_config": config_to_dict(tc), "data": data_info}
@@ -160,8 +154,7 @@ def fit_w_encoder(kind: str, draw: DrawBatch, fixed: tuple[torch.Tensor, torch.T
             terms.update(latent_d_step(D, opt_D, real_w(G, fake.shape[0], device), fake,
                                        tc.r1_gamma, tc.r1_interval, step))
         step += 1
-        if not math.isfinite(fitted):
-            raise BadInputError(f"{kind} training diverged at step {step} (loss {fitted}); lower the learning rate")
+        check_finite(kind, step, fitted)
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
         finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot, curves)
     return snapshot(final=True)

@@ -29,11 +29,10 @@ from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.projector import KIND as PROJECTOR_KIND, LatentProjector
 from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.model.perceptual import PerceptualDistance
-from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.gan import save_image_grid
-from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, as_float, check_steps,
-                                           default_progress, finish_step, model_version, out_path, reconstruction_loss,
-                                           resolve_perceptual, restore_state, save_state, sketch_rgb)
+from s2m_retrieval.training.latent import (start_run, check_finite, optimizer_step, SAMPLE_ROWS, TrainProgress,
+                                           as_float, check_steps, finish_step, model_version, out_path,
+                                           reconstruction_loss, resolve_perceptual, save_state, sketch_rgb)
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.state import atomic_save
 
@@ -293,12 +292,8 @@ def train_index_encoder(pairs: PairSet, bank: CodeBank, E: Encoder, G: Generator
     data_gen = torch.Generator().manual_seed(tc.seed)
     opt = torch.optim.Adam(params, lr=tc.lr)
     optimizers = {"E": opt}
-    state_path = out_dir / STATE_FILE
-    step = 0
-    if resume and state_path.exists():
-        step = restore_state(state_path, "index_encoder", networks, optimizers, configs, data_gen, device)
-    curves = TrainCurves(out_dir, step, optimizers)
-    report = curves.wrap(progress or default_progress("train encoder (index space)", tc.steps, step))
+    state_path, step, curves, report = start_run(out_dir, "index_encoder", networks, optimizers, configs, data_gen,
+                                                 device, resume, progress, "train encoder (index space)", tc.steps)
     meta = {"generator_version": g_version, "inverter_version": bank.info.get("inverter_version"),
             "perceptual": None if perceptual is None else perceptual.version, "seed": tc.seed,
             "objective": "index" if projector is None else "projector", "init_version": init_version,
@@ -350,14 +345,9 @@ def train_index_encoder(pairs: PairSet, bank: CodeBank, E: Encoder, G: Generator
             recon, parts = reconstruction_loss(x_hat, image[:tc.image_batch], perceptual, 1.0, 0.8)
             loss = loss + tc.image_weight * recon
             terms.update(parts)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        fitted = optimizer_step(opt, loss)
         step += 1
-        fitted = loss.item()
-        if not math.isfinite(fitted):
-            raise BadInputError(f"index-space encoder training diverged at step {step} (loss {fitted}); "
-                                "lower the learning rate")
+        check_finite("index-space encoder", step, fitted)
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
         finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot, curves)
     return snapshot(final=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,3 +171,29 @@ def finish_step(step: int, total: int, sample_every: int, snapshot_every: int,
             curves.flush()
     if step == total and curves is not None:
         curves.close()
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One plain step (zero_grad, backward, step); the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def check_finite(what: str, step: int, fitted: float, name: str = "loss") -> None:
+    """A non-finite loss stops the training with a one-line error (the last snapshot stays resumable)."""
+    if not math.isfinite(fitted):
+        raise BadInputError(f"{what} training diverged at step {step} ({name} {fitted}); lower the learning rate")
+
+
+def start_run(out_dir: Path, kind: str, networks: dict, optimizers: dict, configs: dict, data_gen: torch.Generator,
+              device: torch.device, resume: bool, progress: Callable[[TrainProgress], None] | None, desc: str,
+              total_steps: int) -> tuple[Path, int, TrainCurves, Callable[[TrainProgress], None]]:
+    """(state path, first step, curves, report) of a run: resumed from OUT/latest.pt when there is one."""
+    state_path = out_dir / STATE_FILE
+    step = 0
+    if resume and state_path.exists():
+        step = restore_state(state_path, kind, networks, optimizers, configs, data_gen, device)
+    curves = TrainCurves(out_dir, step, optimizers)
+    return state_path, step, curves, curves.wrap(progress or default_progress(desc, total_steps, step))

@@ -16,11 +16,10 @@ from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.pix2pix import load_pix2pix  # noqa: F401  (re-exported)
 from s2m_retrieval.networks.pix2pix import PatchDiscriminator, PatchDiscriminatorConfig, Pix2PixConfig, UNetGenerator
-from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.encoder import sketch_batches
 from s2m_retrieval.training.gan import save_image_grid
-from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, finish_step, as_float, check_steps,
-                                           default_progress, out_path, restore_state, save_state, sketch_rgb)
+from s2m_retrieval.training.latent import (start_run, check_finite, SAMPLE_ROWS, TrainProgress, finish_step, as_float,
+                                           check_steps, out_path, save_state, sketch_rgb)
 from s2m_retrieval.training.pairs import PairSet
 
 PIX2PIX_FILE = "pix2pix.pt"
@@ -82,12 +81,8 @@ def train_pix2pix(pairs: PairSet, out_dir: str | os.PathLike, config: Pix2PixCon
     opt_D = torch.optim.Adam(D.parameters(), lr=tc.lr, betas=(tc.beta1, 0.999))
     networks, optimizers = {"G": net, "D": D}, {"G": opt_G, "D": opt_D}
     configs = {"generator": cfg, "discriminator": d_cfg}
-    state_path = out_dir / STATE_FILE
-    step = 0
-    if resume and state_path.exists():
-        step = restore_state(state_path, KIND, networks, optimizers, configs, data_gen, device)
-    curves = TrainCurves(out_dir, step, optimizers)
-    report = curves.wrap(progress or default_progress("train pix2pix", tc.steps, step))
+    state_path, step, curves, report = start_run(out_dir, KIND, networks, optimizers, configs, data_gen,
+                                                 device, resume, progress, "train pix2pix", tc.steps)
     draw = sketch_batches(pairs, tc.batch, tc.xflip)
     n = min(SAMPLE_ROWS, len(pairs))
     fixed = (as_float(pairs.sketches[:n, 0][:, None]).to(device), as_float(pairs.images[:n]).to(device))
@@ -129,8 +124,7 @@ def train_pix2pix(pairs: PairSet, out_dir: str | os.PathLike, config: Pix2PixCon
         opt_G.step()
         step += 1
         fitted = l1.item()
-        if not math.isfinite(fitted):
-            raise BadInputError(f"pix2pix training diverged at step {step} (L1 {fitted}); lower the learning rate")
+        check_finite("pix2pix", step, fitted, "L1")
         terms = {"l1": fitted, "adv": adv.item(), "d": d_loss.item()}
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
         finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot, curves)

@@ -25,10 +25,9 @@ from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.model.latent_space import LatentWeighting
 from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.projector import KIND, LatentProjector, ProjectorConfig
-from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.index_space import CodeBank, _shift, hard_batch_indices, latent_vectors
-from s2m_retrieval.training.latent import (STATE_FILE, TrainProgress, as_float, check_steps, default_progress,
-                                           finish_step, model_version, out_path, restore_state, save_state)
+from s2m_retrieval.training.latent import (start_run, check_finite, optimizer_step, TrainProgress, as_float,
+                                           check_steps, finish_step, model_version, out_path, save_state)
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.state import atomic_save
 
@@ -148,12 +147,8 @@ def train_projector(codes: torch.Tensor, bank: CodeBank, out_dir: str | os.PathL
     P = P.to(device).train()
     opt = torch.optim.AdamW(P.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     networks, optimizers, configs = {"projector": P}, {"projector": opt}, {"projector": config}
-    state_path = out_dir / STATE_FILE
-    step = 0
-    if resume and state_path.exists():
-        step = restore_state(state_path, KIND, networks, optimizers, configs, data_gen, device)
-    curves = TrainCurves(out_dir, step, optimizers)
-    report = curves.wrap(progress or default_progress("train projector", tc.steps, step))
+    state_path, step, curves, report = start_run(out_dir, KIND, networks, optimizers, configs, data_gen,
+                                                 device, resume, progress, "train projector", tc.steps)
     meta = {**(meta or {}), "seed": tc.seed, "train_config": config_to_dict(tc), "bank": bank.info,
             "num_images": n, "variants": int(variants)}
     vectors = bank.vectors.to(device)
@@ -175,13 +170,9 @@ def train_projector(codes: torch.Tensor, bank: CodeBank, out_dir: str | os.PathL
         queries = codes[idx, variant, mirrored].to(device)
         stored = vectors[(idx + mirrored * n).to(device)]
         loss, accuracy = projector_loss(P, queries, stored, tc.tau, tc.symmetric)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        fitted = optimizer_step(opt, loss)
         step += 1
-        fitted = loss.item()
-        if not math.isfinite(fitted):
-            raise BadInputError(f"projector training diverged at step {step} (loss {fitted}); lower the learning rate")
+        check_finite("projector", step, fitted)
         report(TrainProgress(step, tc.steps, fitted, {"batch_acc": accuracy}, time.perf_counter() - t0))
         finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, lambda: None, snapshot, curves)
     return snapshot(final=True)

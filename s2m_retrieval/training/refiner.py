@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,12 +16,11 @@ from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.refiner import Refiner, RefinerConfig, add_deltas, refine, refiner_config_for
 from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.model.perceptual import PerceptualDistance
-from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.encoder import sketch_batches
 from s2m_retrieval.training.gan import save_image_grid
-from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, finish_step, as_float, check_steps,
-                                           default_progress, model_version, out_path, reconstruction_loss,
-                                           resolve_perceptual, restore_state, save_state, sketch_rgb)
+from s2m_retrieval.training.latent import (start_run, check_finite, SAMPLE_ROWS, TrainProgress, finish_step, as_float,
+                                           check_steps, model_version, out_path, reconstruction_loss,
+                                           resolve_perceptual, save_state, sketch_rgb)
 from s2m_retrieval.training.pairs import PairSet
 
 REFINER_FILE = "refiner.pt"
@@ -77,12 +75,8 @@ def train_refiner(pairs: PairSet, G: Generator, E: Encoder, out_dir: str | os.Pa
     opt = torch.optim.Adam(H.parameters(), lr=tc.lr)
     networks, optimizers = {"H": H}, {"H": opt}
     configs = {"refiner": cfg, "generator": g_version, "encoder": e_version}
-    state_path = out_dir / STATE_FILE
-    step = 0
-    if resume and state_path.exists():
-        step = restore_state(state_path, "refiner", networks, optimizers, configs, data_gen, device)
-    curves = TrainCurves(out_dir, step, optimizers)
-    report = curves.wrap(progress or default_progress("train refiner", tc.steps, step))
+    state_path, step, curves, report = start_run(out_dir, "refiner", networks, optimizers, configs, data_gen,
+                                                 device, resume, progress, "train refiner", tc.steps)
     draw = sketch_batches(pairs, tc.batch, tc.xflip)
     n = min(SAMPLE_ROWS, len(pairs))
     fixed = (as_float(pairs.sketches[:n, 0][:, None]).to(device), as_float(pairs.images[:n]).to(device))
@@ -125,8 +119,7 @@ def train_refiner(pairs: PairSet, G: Generator, E: Encoder, out_dir: str | os.Pa
         opt.step()
         fitted = loss.item()
         step += 1
-        if not math.isfinite(fitted):
-            raise BadInputError(f"refiner training diverged at step {step} (loss {fitted}); lower the learning rate")
+        check_finite("refiner", step, fitted)
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
         finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot, curves)
     return snapshot(final=True)
