@@ -20,6 +20,19 @@ class BadInputError(S2MError):
     exit_code = 2
 
 
+class UnknownNameError(BadInputError):
+    """A name looked up in one of the registries (encoders, perceptual distances, evaluation methods) is not in it."""
+
+
+def lookup(registry, name: str, what: str):
+    """`registry[name]`, the one way named things are found; an unknown name is an UnknownNameError listing the
+    known ones."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown {what} {name!r}; choose one of {', '.join(registry)}") from None
+
+
 class BadImageError(BadInputError):
     """An image file is truncated, not an image, empty or too large."""
 

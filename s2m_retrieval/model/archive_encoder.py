@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from s2m_retrieval.errors import BadInputError
+from s2m_retrieval.errors import BadInputError, lookup
 
 
 @runtime_checkable
@@ -68,21 +68,28 @@ def load_encoder(spec: str, model: str | os.PathLike | None = None, fit: str | N
     (default: as the bundle was trained, else crop).
     """
     name, _, opts = spec.partition(":")
-    if name == "fake":
-        from s2m_retrieval.testing.fake_encoder import FakeEncoder
+    return lookup(ENCODERS, name, "encoder")(_parse_options(opts), model, fit, home)
 
-        if model is not None or fit is not None:
-            raise BadInputError("--model and --fit apply to the inverter encoder, not the fake one")
-        return FakeEncoder.from_options(_parse_options(opts))
-    if name == "inverter":
-        from s2m_retrieval.model.bundle import resolve_model, training_fit
-        from s2m_retrieval.model.inverter_encoder import InverterEncoder
 
-        options = _parse_options(opts)
-        if model is not None:
-            if "models" in options:
-                raise BadInputError("give the model bundle once: --model, or models= in --encoder")
-            options["models"] = os.fspath(resolve_model(model, home))
-        options.setdefault("fit", fit or training_fit(resolve_model(options.get("models"), home)))
-        return InverterEncoder.from_options(options)
-    raise BadInputError(f"unknown encoder {name!r} (inverter or fake)")
+def _fake(options: dict, model, fit, home) -> ArchiveEncoder:
+    from s2m_retrieval.testing.fake_encoder import FakeEncoder
+
+    if model is not None or fit is not None:
+        raise BadInputError("--model and --fit apply to the inverter encoder, not the fake one")
+    return FakeEncoder.from_options(options)
+
+
+def _inverter(options: dict, model, fit, home) -> ArchiveEncoder:
+    from s2m_retrieval.model.bundle import resolve_model, training_fit
+    from s2m_retrieval.model.inverter_encoder import InverterEncoder
+
+    if model is not None:
+        if "models" in options:
+            raise BadInputError("give the model bundle once: --model, or models= in --encoder")
+        options["models"] = os.fspath(resolve_model(model, home))
+    options.setdefault("fit", fit or training_fit(resolve_model(options.get("models"), home)))
+    return InverterEncoder.from_options(options)
+
+
+# spec name -> loader(options, model, fit, home)
+ENCODERS = {"inverter": _inverter, "fake": _fake}

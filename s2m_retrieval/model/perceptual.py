@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from s2m_retrieval.errors import BadInputError, CheckpointError, PerceptualWeightsMissing
+from s2m_retrieval.errors import CheckpointError, PerceptualWeightsMissing, lookup
 
 BACKENDS = ("seg", "lpips-alex", "lpips-vgg", "seg-pool8", "seg-dice", "random")
 SEG_BACKENDS = ("seg", "seg-pool8", "seg-dice")  # the backends built on a segmenter checkpoint
@@ -239,14 +239,17 @@ def _load_seg(checkpoint: str | os.PathLike | None, device: torch.device, name: 
                               pool=POOLED_GRID.get(name)).to(device)
 
 
+def _load_random(checkpoint, device: torch.device, name: str) -> PerceptualDistance:
+    return PerceptualDistance("random", "random:0", _RandomTrunk(0)).to(device)
+
+
+# name -> loader(checkpoint, device, name); the seg backends read a segmenter checkpoint.
+LOADERS = {"seg": _load_seg, "lpips-alex": lambda c, d, n: _load_lpips("alex", d),
+           "lpips-vgg": lambda c, d, n: _load_lpips("vgg", d), "seg-pool8": _load_seg, "seg-dice": _load_seg,
+           "random": _load_random}
+
+
 def load_perceptual(name: str = DEFAULT_BACKEND, device: str | torch.device = "cpu",
                     checkpoint: str | os.PathLike | None = None) -> PerceptualDistance:
     """The perceptual distance `name` (one of BACKENDS); `checkpoint` picks a segmenter for the SEG_BACKENDS."""
-    device = torch.device(device)
-    if name in SEG_BACKENDS:
-        return _load_seg(checkpoint, device, name)
-    if name in ("lpips-alex", "lpips-vgg"):
-        return _load_lpips(name.split("-")[1], device)
-    if name == "random":
-        return PerceptualDistance("random", "random:0", _RandomTrunk(0)).to(device)
-    raise BadInputError(f"unknown perceptual distance {name!r}; choose one of {', '.join(BACKENDS)}")
+    return lookup(LOADERS, name, "perceptual distance")(checkpoint, torch.device(device), name)
