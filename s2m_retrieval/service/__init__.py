@@ -2,6 +2,7 @@
 
 `create_app(engine)` builds the FastAPI application; the engine (models + index) is opened by the caller, once,
 so importing this package loads no model. `s2m serve` opens the engine and runs the app with uvicorn.
+May import: `errors`, `data`, `model`, `query`, `storage`.
 """
 
 from s2m_retrieval.service.app import ServiceLimits, create_app

@@ -1,4 +1,8 @@
-"""SQL metadata storage: typed models, engines and sessions, Alembic migrations."""
+"""SQL metadata storage: typed models, engines and sessions, the catalog (every SQL statement of the project),
+Alembic migrations; `open_database` opens a database and brings its schema up to date.
+
+May import: `errors` and the `migrations` package only.
+"""
 
 from __future__ import annotations
 
