@@ -131,6 +131,27 @@ CONFIG_JSON = typer.Option(None, "--config-json", hidden=True,
                                 "pix2pix, train).")
 
 
+# The options the training commands share, by parameter name: a command lists the ones it takes as keyword-only
+# parameters without defaults (`*, limit, threads, ...`) and `@_shared_options` gives them these.
+SHARED_OPTIONS = {"pairs_per_image": (int, PAIRS_PER_IMAGE), "pairs_cache": (Path, PAIRS_CACHE), "limit": (int, LIMIT),
+                  "snapshot_every": (int, SNAPSHOT_EVERY), "threads": (int, THREADS), "device": (str, DEVICE),
+                  "fresh": (bool, FRESH), "config_json": (str, CONFIG_JSON)}
+
+
+def _shared_options(func):
+    """Give `func`'s keyword-only parameters without defaults their option of SHARED_OPTIONS (what Typer reads)."""
+    import inspect
+
+    params = []
+    for param in inspect.signature(func, eval_str=True).parameters.values():
+        if param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+            annotation, option = SHARED_OPTIONS[param.name]
+            param = param.replace(default=option, annotation=annotation)
+        params.append(param)
+    func.__signature__ = inspect.signature(func).replace(parameters=params)
+    return func
+
+
 def _setup(threads: int, device: str) -> str:
     from cli.runtime import setup_torch
 
@@ -245,6 +266,7 @@ def _curves_note(run_dir: Path) -> None:
 
 
 @app.command("encoder")
+@_shared_options
 def encoder(
     archive: str = typer.Argument(..., help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, pairs.pt, samples/, encoder.pt "
@@ -255,16 +277,8 @@ def encoder(
     lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate of E."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     adv: bool = typer.Option(True, "--adv/--no-adv", help="With the latent discriminator D (e4e), or E alone."),
-    pairs_per_image: int = PAIRS_PER_IMAGE,
-    pairs_cache: Path = PAIRS_CACHE,
-    limit: int = LIMIT,
     perceptual: str = PERCEPTUAL,
     segmenter: Path = SEGMENTER,
-    snapshot_every: int = SNAPSHOT_EVERY,
-    threads: int = THREADS,
-    device: str = DEVICE,
-    fresh: bool = FRESH,
-    config_json: str = CONFIG_JSON,
     objective: str = typer.Option("image", "--objective",
                                   help="image: reconstruct the paired image (L2 + perceptual + latent D); index: "
                                        "land on the paired image's stored index vector (distillation + InfoNCE "
@@ -278,6 +292,7 @@ def encoder(
     projector_path: Path = typer.Option(None, "--projector", help="Train in this projector's retrieval space "
                                         "('shipped': the package's), its query head beside E; writes OUT/projector.pt "
                                         "too. --objective index only."),
+    *, pairs_per_image, pairs_cache, limit, snapshot_every, threads, device, fresh, config_json,
 ) -> None:
     """Train the sketch encoder E (and D_latent) against frozen G; rerun to resume. `--objective index` trains
     E for the index space instead: its code pulled onto the stored vector of the sketched image and pushed
@@ -363,6 +378,7 @@ def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter
 
 
 @app.command("projector")
+@_shared_options
 def projector(
     archive: str = typer.Argument(..., help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, code_bank.pt, sketch_codes.pt, projector.pt."),
@@ -379,15 +395,8 @@ def projector(
     dim: int = typer.Option(256, "--dim", help="Size of the retrieval space (the index's vector length)."),
     hidden: int = typer.Option(0, "--hidden", help="0: linear heads; N: one hidden layer of N units."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
-    pairs_per_image: int = PAIRS_PER_IMAGE,
-    pairs_cache: Path = PAIRS_CACHE,
-    limit: int = LIMIT,
     segmenter: Path = PAIR_SEGMENTER,
-    snapshot_every: int = SNAPSHOT_EVERY,
-    threads: int = THREADS,
-    device: str = DEVICE,
-    fresh: bool = FRESH,
-    config_json: str = CONFIG_JSON,
+    *, pairs_per_image, pairs_cache, limit, snapshot_every, threads, device, fresh, config_json,
 ) -> None:
     """Train the retrieval-space projector P: E frozen, two heads fitted so that E's code of a sketch and the
     stored code of the sketched image meet on one unit sphere (InfoNCE, stored look-alikes in the batches).
@@ -441,6 +450,7 @@ def projector(
 
 
 @app.command("refiner")
+@_shared_options
 def refiner(
     archive: str = typer.Argument(..., help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, pairs.pt, samples/, refiner.pt."),
@@ -451,18 +461,11 @@ def refiner(
     batch: int = typer.Option(8, "--batch", help="Batch size."),
     lr: float = typer.Option(3e-4, "--lr", help="Adam learning rate of H."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
-    pairs_per_image: int = PAIRS_PER_IMAGE,
-    pairs_cache: Path = PAIRS_CACHE,
-    limit: int = LIMIT,
     perceptual: str = PERCEPTUAL,
     segmenter: Path = SEGMENTER,
-    snapshot_every: int = SNAPSHOT_EVERY,
-    threads: int = THREADS,
-    device: str = DEVICE,
-    fresh: bool = FRESH,
-    config_json: str = CONFIG_JSON,
     init: Path = typer.Option(None, "--init", help="Fine-tune this refiner checkpoint ('shipped': the package's) "
                                                    "instead of starting fresh, e.g. after E was retrained."),
+    *, pairs_per_image, pairs_cache, limit, snapshot_every, threads, device, fresh, config_json,
 ) -> None:
     """Train the refiner H with G and E frozen; rerun to resume."""
     from s2m_retrieval.networks.refiner import refiner_config_for
@@ -486,6 +489,7 @@ def refiner(
 
 
 @app.command("inverter")
+@_shared_options
 def inverter(
     archive: str = typer.Argument(..., help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, samples/, inverter.pt "
@@ -497,14 +501,9 @@ def inverter(
     lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     adv: bool = typer.Option(True, "--adv/--no-adv", help="Keep codes among G's w's with the latent D (e4e)."),
-    limit: int = LIMIT,
     perceptual: str = PERCEPTUAL,
     segmenter: Path = SEGMENTER,
-    snapshot_every: int = SNAPSHOT_EVERY,
-    threads: int = THREADS,
-    device: str = DEVICE,
-    fresh: bool = FRESH,
-    config_json: str = CONFIG_JSON,
+    *, limit, snapshot_every, threads, device, fresh, config_json,
 ) -> None:
     """Train the archive inverter (image -> W+) against frozen G; rerun to resume."""
     from s2m_retrieval.networks.encoders import LatentDiscriminatorConfig, encoder_config_for
@@ -531,6 +530,7 @@ def inverter(
 
 
 @app.command("pix2pix")
+@_shared_options
 def pix2pix(
     archive: str = typer.Argument(..., help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, pairs.pt, samples/, pix2pix.pt."),
@@ -540,15 +540,8 @@ def pix2pix(
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate (beta1 0.5), G and D."),
     l1: float = typer.Option(100.0, "--l1", help="Weight of the L1 term (pix2pix's lambda)."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
-    pairs_per_image: int = PAIRS_PER_IMAGE,
-    pairs_cache: Path = PAIRS_CACHE,
-    limit: int = LIMIT,
     segmenter: Path = PAIR_SEGMENTER,
-    snapshot_every: int = SNAPSHOT_EVERY,
-    threads: int = THREADS,
-    device: str = DEVICE,
-    fresh: bool = FRESH,
-    config_json: str = CONFIG_JSON,
+    *, pairs_per_image, pairs_cache, limit, snapshot_every, threads, device, fresh, config_json,
 ) -> None:
     """Train the pix2pix baseline (U-Net + PatchGAN, L1 + adversarial) on the same pairs as E; rerun to resume."""
     from s2m_retrieval.training.pix2pix import Pix2PixTrainConfig, patch_config_for, pix2pix_config_for, train_pix2pix
@@ -567,6 +560,7 @@ def pix2pix(
 
 
 @app.command("embedding")
+@_shared_options
 def embedding(
     archive: str = typer.Argument(..., help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", help="Run folder: latest.pt, pairs.pt, embedding.pt."),
@@ -575,18 +569,11 @@ def embedding(
     batch: int = typer.Option(64, "--batch", help="Batch size (the other pairs of a batch are the negatives)."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (cosine decay to 0)."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
-    pairs_per_image: int = PAIRS_PER_IMAGE,
-    pairs_cache: Path = PAIRS_CACHE,
-    limit: int = LIMIT,
     segmenter: Path = PAIR_SEGMENTER,
-    snapshot_every: int = SNAPSHOT_EVERY,
-    threads: int = THREADS,
-    device: str = DEVICE,
-    fresh: bool = FRESH,
-    config_json: str = CONFIG_JSON,
     bank: Path = typer.Option(None, "--hard-negatives", help="A code bank file of E's index-space training "
                                                               "(OUT/code_bank.pt of `train encoder --objective "
                                                               "index` on the same source): look-alikes share batches."),
+    *, pairs_per_image, pairs_cache, limit, snapshot_every, threads, device, fresh, config_json,
 ) -> None:
     """Train the learned sketch-image embedding baseline (two CNN towers, InfoNCE) on the same pairs as E."""
     from s2m_retrieval.networks.embedding import EmbeddingConfig
