@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from cli.models import MODEL_HELP
+from cli.runtime import shared_options
 
 app = typer.Typer(help="Build and inspect the archive index (FAISS vectors + SQL metadata).", no_args_is_help=True)
 
@@ -28,6 +29,11 @@ FRAMES = typer.Option(None, "--frames", help="Multi-frame DICOM files (cine, dos
                                              "their middle one (N//2), or all, each frame an entry of its own with "
                                              "its number in the `frame` label (default: the index's own choice; "
                                              "first for a new index; changing it needs --rebuild).")
+
+# The options the index commands share, by parameter name (see cli.runtime.shared_options).
+_shared = shared_options({"name": (str, NAME), "home": (Path, HOME), "db": (str, DB), "as_json": (bool, JSON_OUT),
+                          "encoder": (str, ENCODER), "model": (str, MODEL), "fit": (str, FIT),
+                          "keep_tags": (bool, KEEP_TAGS), "frames": (str, FRAMES)})
 
 
 class _Bar:
@@ -59,9 +65,9 @@ def _report(summary, as_json: bool) -> None:
 
 
 @app.command("build")
+@_shared
 def build(
     archive: Path = typer.Argument(..., help="Archive folder (images, optional masks/ and labels.csv)."),
-    name: str = NAME,
     factory: str = typer.Option(None, "--factory",
                                 help="FAISS factory, e.g. Flat, IVF256,Flat, HNSW32, PCA256,Flat, IVF1024,PQ32 "
                                      "(default: the index's own, or chosen by archive size)."),
@@ -69,14 +75,6 @@ def build(
                               help="Images per batch (per encoder call, shard file and SQL transaction)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Forget the index's vectors and encode everything again."),
     prune: bool = typer.Option(False, "--prune", help="Remove entries whose files are gone from the archive."),
-    home: Path = HOME,
-    db: str = DB,
-    as_json: bool = JSON_OUT,
-    encoder: str = ENCODER,
-    model: str = MODEL,
-    fit: str = FIT,
-    keep_tags: bool = KEEP_TAGS,
-    frames: str = FRAMES,
     engine: str = typer.Option("local", "--engine", help="Where images are decoded and encoded: local (this "
                                                          "process) or ray (a Ray cluster; needs the [ray] extra)."),
     address: str = typer.Option(None, "--address", help="Ray cluster: auto (the one this node belongs to) or "
@@ -84,6 +82,7 @@ def build(
     num_actors: int = typer.Option(None, "--num-actors", help="Ray encoder actors, each loading the models once "
                                                               "(default: one per GPU, else CPUs - 1)."),
     gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", help="GPUs each Ray actor takes (0: CPU only)."),
+    *, name, home, db, as_json, encoder, model, fit, keep_tags, frames,
 ) -> None:
     """Index ARCHIVE: add new images, replace changed ones, skip unchanged ones; resumable after a kill."""
     from contextlib import nullcontext
@@ -117,17 +116,10 @@ def build(
 
 
 @app.command("add")
+@_shared
 def add(
     files: list[Path] = typer.Argument(..., help="Image files to add (or re-encode when changed)."),
-    name: str = NAME,
-    home: Path = HOME,
-    db: str = DB,
-    as_json: bool = JSON_OUT,
-    encoder: str = ENCODER,
-    model: str = MODEL,
-    fit: str = FIT,
-    keep_tags: bool = KEEP_TAGS,
-    frames: str = FRAMES,
+    *, name, home, db, as_json, encoder, model, fit, keep_tags, frames,
 ) -> None:
     """Add individual image files to an index."""
     from s2m_retrieval.data.dicom import check_frame_choice

@@ -1,4 +1,5 @@
-"""Torch threads and device choice shared by the commands, checked before any work starts."""
+"""What the commands share: torch threads and device choice (checked before any work starts), options
+declared once for several commands."""
 
 from __future__ import annotations
 
@@ -22,3 +23,21 @@ def setup_torch(threads: int = 0, device: str = "auto") -> str:
             raise BadInputError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
         return device
     raise BadInputError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+
+
+def shared_options(table: dict):
+    """A decorator: the command's keyword-only parameters without defaults get their (annotation, typer option)
+    from `table`, so options several commands take alike are declared once (`*, home, db, ...`)."""
+    import inspect
+
+    def wrap(func):
+        params = []
+        for param in inspect.signature(func, eval_str=True).parameters.values():
+            if param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+                annotation, option = table[param.name]
+                param = param.replace(default=option, annotation=annotation)
+            params.append(param)
+        func.__signature__ = inspect.signature(func).replace(parameters=params)
+        return func
+
+    return wrap

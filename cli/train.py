@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cli.runtime import shared_options
 from cli.train_all import train_all
 
 app = typer.Typer(help="Train the networks (segmenter, generator, ...) on an archive.", no_args_is_help=True)
@@ -137,19 +138,7 @@ SHARED_OPTIONS = {"pairs_per_image": (int, PAIRS_PER_IMAGE), "pairs_cache": (Pat
                   "snapshot_every": (int, SNAPSHOT_EVERY), "threads": (int, THREADS), "device": (str, DEVICE),
                   "fresh": (bool, FRESH), "config_json": (str, CONFIG_JSON)}
 
-
-def _shared_options(func):
-    """Give `func`'s keyword-only parameters without defaults their option of SHARED_OPTIONS (what Typer reads)."""
-    import inspect
-
-    params = []
-    for param in inspect.signature(func, eval_str=True).parameters.values():
-        if param.kind is param.KEYWORD_ONLY and param.default is param.empty:
-            annotation, option = SHARED_OPTIONS[param.name]
-            param = param.replace(default=option, annotation=annotation)
-        params.append(param)
-    func.__signature__ = inspect.signature(func).replace(parameters=params)
-    return func
+_shared_options = shared_options(SHARED_OPTIONS)
 
 
 def _setup(threads: int, device: str) -> str:
