@@ -60,3 +60,16 @@ def labels_csv(archive: Path) -> dict[str, dict]:
 
     with open(archive / "labels.csv", newline="") as fh:
         return {row["id"]: row for row in csv.DictReader(fh)}
+
+
+def cli_error(capsys, args) -> tuple[int, str]:
+    """(exit code, stderr) of an `s2m` command that must fail with one line and no traceback."""
+    import pytest
+
+    from cli.main import _run, app
+
+    with pytest.raises(SystemExit) as code:
+        _run(app, args)
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return code.value.code, err

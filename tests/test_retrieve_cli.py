@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from retrieval_helpers import labels_csv, phantom_sketch
+from retrieval_helpers import cli_error, labels_csv, phantom_sketch
 
-from cli.main import _run, app
+from cli.main import app
 from s2m_retrieval.build.report import verify_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,12 +94,7 @@ def test_like_where_max_distance_and_sheet(runner, setup, tmp_path):
     assert none.exit_code == 0 and "no image matches" in none.stdout
 
 
-def _error(capsys, args) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as code:
-        _run(app, args)
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return code.value.code, err
+_error = cli_error
 
 
 def test_errors_are_one_line_and_lose_nothing(setup, tmp_path, capsys, sketch_png):

@@ -15,17 +15,12 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the service tests need the service extra: pip install -e '.[test]'")
 
-from cli.main import _run, app  # noqa: E402
+from retrieval_helpers import cli_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _error(capsys, args) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as code:
-        _run(app, args)
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return code.value.code, err
+_error = cli_error
 
 
 def test_serve_errors_are_one_line(capsys, setup, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,18 @@ def _disk(paths: IndexPaths) -> dict:
     return {"faiss_bytes": faiss_bytes, "shard_bytes": ShardStore(paths.shards).size_bytes()}
 
 
+@contextmanager
+def _owned_session(paths: IndexPaths, stamp, db_url: str | None):
+    """A session of the index's own database (another database's index is a one-line error); yields (url, s)."""
+    db = open_database(paths.home, db_url)
+    try:
+        check_owner(paths, stamp, db)
+        with db.session() as s:
+            yield db.url, s
+    finally:
+        db.dispose()
+
+
 def index_info(*, name: str = "default", home=None, db_url: str | None = None) -> dict:
     """Stamp, counts (SQL rows, FAISS vectors), disk use and recent builds of an index, as plain data.
 
@@ -30,19 +43,14 @@ def index_info(*, name: str = "default", home=None, db_url: str | None = None) -
     """
     paths = index_paths(resolve_home(home), name).require()
     stamp = read_stamp(paths.manifest)
-    db = open_database(paths.home, db_url)
-    try:
-        check_owner(paths, stamp, db)
-        with db.session() as s:
-            rows = catalog.count_vectors(s, name)
-            projector = (catalog.model_config(s, stamp.model_version) or {}).get("projector")
-            builds = [{"id": b.id, "status": b.status, "started_at": b.started_at.isoformat(timespec="seconds"),
-                       "finished_at": b.finished_at.isoformat(timespec="seconds") if b.finished_at else None,
-                       "added": b.n_added, "skipped": b.n_skipped, "replaced": b.n_replaced,
-                       "removed": b.n_removed, "bad": b.n_bad, "source": b.source}
-                      for b in catalog.recent_builds(s, name)]
-    finally:
-        db.dispose()
+    with _owned_session(paths, stamp, db_url) as (url, s):
+        rows = catalog.count_vectors(s, name)
+        projector = (catalog.model_config(s, stamp.model_version) or {}).get("projector")
+        builds = [{"id": b.id, "status": b.status, "started_at": b.started_at.isoformat(timespec="seconds"),
+                   "finished_at": b.finished_at.isoformat(timespec="seconds") if b.finished_at else None,
+                   "added": b.n_added, "skipped": b.n_skipped, "replaced": b.n_replaced,
+                   "removed": b.n_removed, "bad": b.n_bad, "source": b.source}
+                  for b in catalog.recent_builds(s, name)]
     if not IndexLock.held(paths):
         for b in builds:
             if b["status"] == "running":
@@ -51,7 +59,7 @@ def index_info(*, name: str = "default", home=None, db_url: str | None = None) -
         faiss_count = VectorStore.load(paths.faiss_file, mmap=True).ntotal if paths.faiss_file.is_file() else None
     except IndexCorruptError:
         faiss_count = None
-    return {"name": name, "folder": str(paths.root), "database": display_url(db.url),
+    return {"name": name, "folder": str(paths.root), "database": display_url(url),
             "stamp": dataclasses.asdict(stamp), "projector": projector, "sql_rows": rows, "faiss_vectors": faiss_count,
             **_disk(paths), "builds": builds}
 
@@ -90,14 +98,9 @@ def verify_index(*, name: str = "default", home=None, db_url: str | None = None,
     report = VerifyReport(name=name)
     with IndexLock(paths):  # a build in progress would show half-done state
         stamp = read_stamp(paths.manifest)
-        db = open_database(paths.home, db_url)
-        try:
-            check_owner(paths, stamp, db)
-            with db.session() as s:
-                rows = catalog.stored_vectors(s, name)
-                versions = catalog.model_versions_of(s, name)
-        finally:
-            db.dispose()
+        with _owned_session(paths, stamp, db_url) as (_, s):
+            rows = catalog.stored_vectors(s, name)
+            versions = catalog.model_versions_of(s, name)
         sql_ids = {r.image_id for r in rows}
         report.checked["sql_rows"] = len(rows)
 

@@ -65,6 +65,19 @@ def _latest_sample(run_dir: Path, out: Path, stage: str) -> None:
         _place(grids[-1], out / "samples" / f"{stage}.png")
 
 
+def _frozen_generator(run: StageRun):
+    """The generator stage's G, frozen, for the stages trained against it."""
+    from s2m_retrieval.networks.stylegan2 import load_generator
+
+    return load_generator(run.out / "generator.pt", run.device).requires_grad_(False)
+
+
+def _publish(run: StageRun, run_dir: Path, path: Path, stage: str) -> None:
+    """Put a finished stage's network (and its last sample grid) into the bundle folder."""
+    _latest_sample(run_dir, run.out, stage)
+    _place(path, run.out / f"{stage}.pt")
+
+
 def _segmenter_grid(model, images, path: Path) -> None:
     """Sample sheet of the segmenter: images over the sketches drawn from its label maps."""
     import numpy as np
@@ -162,11 +175,10 @@ def _pairs(run: StageRun):
 
 def _encoder_stage(run: StageRun) -> None:
     from s2m_retrieval.networks.encoders import LatentDiscriminatorConfig, encoder_config_for
-    from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.training.encoder import DISCRIMINATOR_FILE, EncoderTrainConfig, train_encoder
 
     o = run.options
-    G = load_generator(run.out / "generator.pt", run.device).requires_grad_(False)
+    G = _frozen_generator(run)
     enc_cfg = encoder_config_for(G.config, in_channels=1, **o.part("encoder"))
     d_cfg = dataclasses.replace(LatentDiscriminatorConfig(w_dim=G.config.w_dim), **o.part("discriminator"))
     tc = EncoderTrainConfig(steps=o.steps("encoder"), batch=o.batch("encoder"), seed=o.seed, perceptual=o.perceptual,
@@ -174,19 +186,17 @@ def _encoder_stage(run: StageRun) -> None:
     run_dir = run.run_dir("encoder")
     path = train_encoder(_pairs(run), G, run_dir, enc_cfg, d_cfg, tc, stage_metric(run), run.device, resume=True,
                          progress=run.report("encoder"))
-    _latest_sample(run_dir, run.out, "encoder")
     _place(run_dir / DISCRIMINATOR_FILE, run.out / "latent_discriminator.pt")
-    _place(path, run.out / "encoder.pt")
+    _publish(run, run_dir, path, "encoder")
 
 
 def _refiner_stage(run: StageRun) -> None:
     from s2m_retrieval.networks.refiner import refiner_config_for
-    from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.training.refiner import RefinerTrainConfig, train_refiner
     from s2m_retrieval.training.sketch2medi import load_encoder
 
     o = run.options
-    G = load_generator(run.out / "generator.pt", run.device).requires_grad_(False)
+    G = _frozen_generator(run)
     E = load_encoder(run.out / "encoder.pt", run.device)
     cfg = refiner_config_for(G, **o.part("refiner"))
     tc = RefinerTrainConfig(steps=o.steps("refiner"), batch=o.batch("refiner"), seed=o.seed, perceptual=o.perceptual,
@@ -194,19 +204,17 @@ def _refiner_stage(run: StageRun) -> None:
     run_dir = run.run_dir("refiner")
     path = train_refiner(_pairs(run), G, E, run_dir, cfg, tc, stage_metric(run), run.device, resume=True,
                          progress=run.report("refiner"))
-    _latest_sample(run_dir, run.out, "refiner")
-    _place(path, run.out / "refiner.pt")
+    _publish(run, run_dir, path, "refiner")
 
 
 def _inverter_stage(run: StageRun) -> None:
     from s2m_retrieval.networks.encoders import LatentDiscriminatorConfig, encoder_config_for
-    from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.training.encoder import EncoderTrainConfig
     from s2m_retrieval.training.inverter import train_inverter
     from s2m_retrieval.training.pair_source import source_images
 
     o = run.options
-    G = load_generator(run.out / "generator.pt", run.device).requires_grad_(False)
+    G = _frozen_generator(run)
     channels = G.config.img_channels
     enc_cfg = encoder_config_for(G.config, in_channels=channels, extra_channels=channels, **o.part("inverter"))
     d_cfg = dataclasses.replace(LatentDiscriminatorConfig(w_dim=G.config.w_dim), **o.part("discriminator"))
@@ -217,8 +225,7 @@ def _inverter_stage(run: StageRun) -> None:
     run_dir = run.run_dir("inverter")
     path = train_inverter(images, G, run_dir, enc_cfg, d_cfg, tc, stage_metric(run), run.device, resume=True,
                           progress=run.report("inverter"))
-    _latest_sample(run_dir, run.out, "inverter")
-    _place(path, run.out / "inverter.pt")
+    _publish(run, run_dir, path, "inverter")
 
 
 STAGE_RUNNERS = {"segmenter": _segmenter_stage, "generator": _generator_stage, "encoder": _encoder_stage,
