@@ -23,8 +23,8 @@ def bench_build(n: int, dim: int, batch: int) -> None:
     from s2m_retrieval.data.archive import ReadStats, iter_batches, scan_archive
     from s2m_retrieval.data.phantom_archive import write_phantom_archive
     from s2m_retrieval.testing.fake_encoder import FakeEncoder, FakeEncoderConfig
-    from s2m_retrieval.build.reader import file_sha256
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.reader import file_sha256
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
 
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "archive"
@@ -72,7 +72,7 @@ def bench_inverter_build(n: int, batch: int) -> None:
     from bench_retrieval import make_models
 
     from s2m_retrieval.data.phantom_archive import write_phantom_archive
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
     from s2m_retrieval.model.inverter_encoder import InverterEncoder
     from s2m_retrieval.model.pipeline import image_batch
     from s2m_retrieval.training.encoder import encode_iterations

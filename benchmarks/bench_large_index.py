@@ -110,7 +110,7 @@ def build(home: Path, n: int, factory: str | None) -> dict:
     """Build the n-vector index under `home`; returns timings and this process's peak RSS."""
     from index.store import VectorStore
     from s2m_retrieval.data.archive import ArchiveEntry
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
 
     trained = {}
     original_train = VectorStore.train

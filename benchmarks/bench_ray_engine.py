@@ -22,7 +22,7 @@ from pathlib import Path
 def run(archive: Path, spec: str, engine, home: Path, batch: int) -> tuple[float, float]:
     """(images/s of one full build into a fresh home, seconds of the no-op rebuild that follows it)."""
     from s2m_retrieval.model.archive_encoder import load_encoder
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
 
     encoder = load_encoder(spec)
     t0 = time.perf_counter()
@@ -41,7 +41,7 @@ def main() -> None:
     from s2m_retrieval.data.phantom_archive import write_phantom_archive
     from s2m_retrieval.model.archive_encoder import load_encoder
     from s2m_retrieval.testing.random_models import write_random_models
-    from s2m_retrieval.build.ray_engine import RayEngine, RayOptions
+    from s2m_retrieval.ingest.ray_engine import RayEngine, RayOptions
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=400)

@@ -49,7 +49,7 @@ def synth_index(home: Path, encoder, n: int, factory: str | None, batch: int = 6
     from index.factory import auto_factory
     from index.stamp import IndexStamp, write_stamp
     from index.store import VectorStore
-    from s2m_retrieval.build.sync import open_for_write, save_index
+    from s2m_retrieval.ingest.sync import open_for_write, save_index
     from s2m_retrieval.storage import catalog
     from s2m_retrieval.storage.catalog import ImageRecord
 

@@ -44,7 +44,7 @@ def make_setup(folder: Path, n: int, shipped: bool = False) -> tuple[Path, Path]
     from s2m_retrieval.model.bundle import shipped_folder
     from s2m_retrieval.data.phantom_archive import write_phantom_archive
     from s2m_retrieval.model.archive_encoder import load_encoder
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
     from s2m_retrieval.testing.random_models import write_random_models
 
     models, home, archive = folder / "models", folder / "home", folder / "archive"

@@ -90,11 +90,11 @@ def build(
     from s2m_retrieval.data.dicom import check_frame_choice
     from s2m_retrieval.model.archive_encoder import load_encoder
     from s2m_retrieval.errors import BadInputError
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
 
     ray = None
     if engine == "ray":
-        from s2m_retrieval.build.ray_engine import RayOptions, ray_engine
+        from s2m_retrieval.ingest.ray_engine import RayOptions, ray_engine
 
         ray = ray_engine(encoder, model, fit, home, RayOptions(address, num_actors, gpus_per_actor))
     elif engine != "local":
@@ -124,7 +124,7 @@ def add(
     """Add individual image files to an index."""
     from s2m_retrieval.data.dicom import check_frame_choice
     from s2m_retrieval.model.archive_encoder import load_encoder
-    from s2m_retrieval.build.runner import BuildOptions, add_files
+    from s2m_retrieval.ingest.runner import BuildOptions, add_files
 
     if frames is not None:
         check_frame_choice(frames)  # before any model is loaded
@@ -155,7 +155,7 @@ def remove(
 ) -> None:
     """Remove images from an index by image id, path, file stem or labels id; prints the paths removed.
     Builds and rebuilds of the index leave them out afterwards, until `s2m index add` names them again."""
-    from s2m_retrieval.build.sync import remove_entries
+    from s2m_retrieval.ingest.sync import remove_entries
 
     report = remove_entries(items, name=name, home=home, db_url=db)
     typer.echo(f"removed {len(report.removed)} from index {name!r}; {report.total} vectors left (later builds leave "
@@ -169,7 +169,7 @@ def remove(
 @app.command("info")
 def info(name: str = NAME, home: Path = HOME, db: str = DB, as_json: bool = JSON_OUT) -> None:
     """Show an index's model stamp, counts, disk use and recent builds."""
-    from s2m_retrieval.build.report import index_info
+    from s2m_retrieval.ingest.report import index_info
 
     data = index_info(name=name, home=home, db_url=db)
     if as_json:
@@ -200,7 +200,7 @@ def verify(
     as_json: bool = JSON_OUT,
 ) -> None:
     """Check that FAISS ids match SQL rows, stamps agree, and shard and image files are present."""
-    from s2m_retrieval.build.report import verify_index
+    from s2m_retrieval.ingest.report import verify_index
 
     report = verify_index(name=name, home=home, db_url=db, check_hashes=hashes)
     if as_json:

@@ -96,7 +96,7 @@ def _retrieve(out: Path, archive: Path, queries: Path, held_out, models, percept
     from tqdm import tqdm
 
     from s2m_retrieval.model.archive_encoder import load_encoder
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
     from s2m_retrieval.query.engine import RetrievalEngine, read_sketch
     from s2m_retrieval.query.result_view import result_table, write_result_sheet
 

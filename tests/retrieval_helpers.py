@@ -33,7 +33,7 @@ class Setup:
 def make_setup(base: Path, archive: Path) -> Setup:
     """Build the setup under `base` once per session (a finished one is reused: both test modules call this)."""
     from s2m_retrieval.model.archive_encoder import load_encoder
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
     from s2m_retrieval.testing.random_models import write_random_models
 
     setup = Setup(models=base / "models_a", other_models=base / "models_b", archive=archive, home=base / "home")

@@ -246,7 +246,7 @@ def test_index_killed_before_faiss_is_incomplete_not_empty(cli, setup, tmp_path)
 
 
 def test_killed_build_is_shown_interrupted(setup, tmp_path):
-    from s2m_retrieval.build.report import index_info
+    from s2m_retrieval.ingest.report import index_info
     from s2m_retrieval.storage import catalog
     from s2m_retrieval.storage import open_database
 
@@ -367,7 +367,7 @@ def test_make_queries_skips_bad_images(tmp_path, phantom_archive):
 
 def test_verify_gives_its_hint_once(setup, tmp_path):
     from index.layout import index_paths
-    from s2m_retrieval.build.report import verify_index
+    from s2m_retrieval.ingest.report import verify_index
 
     home = setup.private_home(tmp_path / "home")
     shard = sorted(index_paths(home, "default").shards.glob("*.vectors.npy"))[0]

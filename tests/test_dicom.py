@@ -183,7 +183,7 @@ def test_pydicoms_own_test_files_are_indexed_or_counted_with_a_reason(tmp_path):
     import pydicom
 
     from s2m_retrieval.testing.fake_encoder import FakeEncoder
-    from s2m_retrieval.build.runner import build_index
+    from s2m_retrieval.ingest.runner import build_index
 
     src = Path(pydicom.__path__[0]) / "data" / "test_files"
     files = sorted(src.rglob("*.dcm"))

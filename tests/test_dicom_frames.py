@@ -16,9 +16,9 @@ from s2m_retrieval.data.archive import read_image, split_frame_key
 from s2m_retrieval.data.dicom import pick_frames
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.testing.fake_encoder import FakeEncoder, FakeEncoderConfig
-from s2m_retrieval.build.report import verify_index
-from s2m_retrieval.build.sync import remove_entries
-from s2m_retrieval.build.runner import BuildOptions, add_files, build_index
+from s2m_retrieval.ingest.report import verify_index
+from s2m_retrieval.ingest.sync import remove_entries
+from s2m_retrieval.ingest.runner import BuildOptions, add_files, build_index
 
 ENC = FakeEncoder(FakeEncoderConfig(resolution=16, grid=4, thumb=4, dim=8))
 COLOURS = [(200, 20, 20), (20, 200, 20), (20, 20, 200)]  # frame k of the colour cine is COLOURS[k]

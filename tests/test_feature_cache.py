@@ -32,7 +32,7 @@ def write_segmenter(folder):
 def pooled(setup, tmp_path_factory):
     """The tiny random models plus a segmenter, and an index built over the phantoms for seg-pool8."""
     from s2m_retrieval.model.archive_encoder import load_encoder
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
 
     base = tmp_path_factory.mktemp("pooled")
     models = shutil.copytree(setup.models, base / "models")

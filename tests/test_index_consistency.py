@@ -30,9 +30,9 @@ from index.shards import ShardStore
 from index.stamp import read_stamp
 from index.store import VectorStore
 from s2m_retrieval.testing.fake_encoder import FakeEncoder, FakeEncoderConfig
-from s2m_retrieval.build.report import index_info, verify_index
-from s2m_retrieval.build.sync import remove_entries
-from s2m_retrieval.build.runner import BuildOptions, add_files, build_index
+from s2m_retrieval.ingest.report import index_info, verify_index
+from s2m_retrieval.ingest.sync import remove_entries
+from s2m_retrieval.ingest.runner import BuildOptions, add_files, build_index
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 16

@@ -13,9 +13,9 @@ from index.stamp import read_stamp
 from index.layout import index_paths
 from s2m_retrieval.testing.fake_encoder import FakeEncoder, FakeEncoderConfig
 from s2m_retrieval.query.index_reader import open_index
-from s2m_retrieval.build.report import verify_index
-from s2m_retrieval.build.sync import remove_entries
-from s2m_retrieval.build.runner import BuildOptions, add_files, build_index
+from s2m_retrieval.ingest.report import verify_index
+from s2m_retrieval.ingest.sync import remove_entries
+from s2m_retrieval.ingest.runner import BuildOptions, add_files, build_index
 
 ENC = FakeEncoder(FakeEncoderConfig(resolution=16, grid=4, thumb=4, dim=32))
 FACTORY = "OPQ8_32,IVF4,PQ8x4"  # OPQ trains on 8-bit codes: 256 vectors at least

@@ -21,9 +21,9 @@ from s2m_retrieval.errors import (ArchiveError, DatabaseLockedError, IndexBusyEr
                                   VersionMismatchError)
 from s2m_retrieval.testing.fake_encoder import FakeEncoder, FakeEncoderConfig
 from s2m_retrieval.query.index_reader import open_index
-from s2m_retrieval.build.report import verify_index
-from s2m_retrieval.build.sync import remove_entries
-from s2m_retrieval.build.runner import BuildOptions, add_files, build_index
+from s2m_retrieval.ingest.report import verify_index
+from s2m_retrieval.ingest.sync import remove_entries
+from s2m_retrieval.ingest.runner import BuildOptions, add_files, build_index
 
 REPO = Path(__file__).resolve().parents[1]
 ENC = FakeEncoder()

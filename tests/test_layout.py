@@ -43,7 +43,7 @@ def _graph() -> dict[str, set[str]]:
 def test_the_package_root_holds_only_the_entry_files_and_the_stage_folders():
     files = {p.name for p in PACKAGE.iterdir() if p.is_file() and p.suffix == ".py"}
     assert files == ROOT_FILES
-    for folder in ("data", "networks", "model", "build", "query", "storage", "evaluation", "generation", "service",
+    for folder in ("data", "networks", "model", "ingest", "query", "storage", "evaluation", "generation", "service",
                    "training", "testing"):
         assert (PACKAGE / folder / "__init__.py").is_file(), folder
 

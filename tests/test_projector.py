@@ -108,7 +108,7 @@ def test_loss_prefers_matching_pairs():
 def projected(tmp_path_factory, phantom_archive):
     """Random models with a projector, and an index of the test archive built with and one without it."""
     from s2m_retrieval.model.archive_encoder import load_encoder
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
     from s2m_retrieval.testing.random_models import write_random_models
 
     base = tmp_path_factory.mktemp("projected")
@@ -149,7 +149,7 @@ def test_an_index_built_without_the_projector_is_searched_in_weighted_w_plus(pro
     base, models = projected
     with RetrievalEngine.open("w", home=base / "home", models=models, perceptual=PERCEPTUAL) as eng:
         assert eng.encoder.projector is None and "projector" not in eng.encoder.config
-        from s2m_retrieval.build.report import index_info
+        from s2m_retrieval.ingest.report import index_info
 
         assert index_info(name="w", home=base / "home")["projector"] is None
         assert index_info(name="p", home=base / "home")["projector"] == eng.pipeline.versions["projector"]

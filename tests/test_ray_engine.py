@@ -18,8 +18,8 @@ from index.shards import ShardStore
 from index.store import VectorStore
 from s2m_retrieval.errors import BadInputError, VersionMismatchError
 from s2m_retrieval.testing.fake_encoder import FakeEncoder, FakeEncoderConfig
-from s2m_retrieval.build.report import verify_index
-from s2m_retrieval.build.runner import BuildOptions, build_index
+from s2m_retrieval.ingest.report import verify_index
+from s2m_retrieval.ingest.runner import BuildOptions, build_index
 
 ENC = FakeEncoder()
 # Ray Data copies its context, touching its own deprecated fields; not this project's warnings.
@@ -53,7 +53,7 @@ def archive(phantom_archive, tmp_path):
 
 
 def _engine(num_actors=2, make=FakeEncoder):
-    from s2m_retrieval.build.ray_engine import RayEngine, RayOptions
+    from s2m_retrieval.ingest.ray_engine import RayEngine, RayOptions
 
     return RayEngine(make, RayOptions(num_actors=num_actors))
 
@@ -108,7 +108,7 @@ def test_ray_inverter_actors_match_local(ray_cluster, phantom_archive, tmp_path)
     # The real encoder path (load_encoder in each actor, torch there) with tiny random models.
     from s2m_retrieval.model.archive_encoder import load_encoder
     from s2m_retrieval.testing.random_models import write_random_models
-    from s2m_retrieval.build.ray_engine import RayOptions, ray_engine
+    from s2m_retrieval.ingest.ray_engine import RayOptions, ray_engine
 
     spec = f"inverter:models={write_random_models(tmp_path / 'models', seed=0)},perceptual=random"
     encoder = load_encoder(spec)
@@ -123,7 +123,7 @@ def test_ray_inverter_actors_match_local(ray_cluster, phantom_archive, tmp_path)
 
 
 def test_interrupted_ray_build_resumes(ray_cluster, archive, tmp_path):
-    from s2m_retrieval.build.ray_engine import RayEngine, RayOptions
+    from s2m_retrieval.ingest.ray_engine import RayEngine, RayOptions
 
     class Interrupted(RayEngine):
         """Stops the driver after two batches, as Ctrl-C would."""

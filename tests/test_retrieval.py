@@ -263,7 +263,7 @@ def test_version_mismatch_and_damaged_files(setup, tmp_path):
 
 def test_fake_encoder_index_is_a_mismatch(setup, tmp_path):
     from s2m_retrieval.testing.fake_encoder import FakeEncoder
-    from s2m_retrieval.build.runner import build_index
+    from s2m_retrieval.ingest.runner import build_index
 
     build_index(setup.archive, FakeEncoder(), home=tmp_path)
     with pytest.raises(VersionMismatchError, match="'fake' encoder"):
@@ -332,7 +332,7 @@ def test_row_reader_matches_gather_and_reports_damage(tmp_path):
 
 def test_engine_on_postgres(postgres_url, setup, tmp_path):
     from s2m_retrieval.model.archive_encoder import load_encoder
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
 
     build_index(setup.archive, load_encoder(setup.encoder_spec), home=tmp_path, db_url=postgres_url,
                 options=BuildOptions(batch_size=10))

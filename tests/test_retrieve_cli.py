@@ -14,7 +14,7 @@ from PIL import Image
 from retrieval_helpers import cli_error, labels_csv, phantom_sketch
 
 from cli.main import app
-from s2m_retrieval.build.report import verify_index
+from s2m_retrieval.ingest.report import verify_index
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -337,8 +337,8 @@ def test_concurrent_queries_and_a_full_queue(engine, monkeypatch):
 def test_served_index_follows_adds_and_removes_without_restart(setup, tmp_path):
     from s2m_retrieval.data.phantom import make_phantom
     from s2m_retrieval.model.archive_encoder import load_encoder
-    from s2m_retrieval.build.sync import remove_entries
-    from s2m_retrieval.build.runner import BuildOptions, add_files, build_index
+    from s2m_retrieval.ingest.sync import remove_entries
+    from s2m_retrieval.ingest.runner import BuildOptions, add_files, build_index
     from s2m_retrieval.query.engine import RetrievalEngine
 
     home = setup.private_home(tmp_path / "home")

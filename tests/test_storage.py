@@ -76,8 +76,8 @@ def test_catalog_upsert_and_replace(db_url):
 
 def test_build_round_trip_on_postgres(postgres_url, phantom_archive, tmp_path):
     from s2m_retrieval.testing.fake_encoder import FakeEncoder
-    from s2m_retrieval.build.report import verify_index
-    from s2m_retrieval.build.runner import BuildOptions, build_index
+    from s2m_retrieval.ingest.report import verify_index
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index
 
     enc = FakeEncoder()
     first = build_index(phantom_archive, enc, home=tmp_path, db_url=postgres_url, options=BuildOptions(batch_size=8))

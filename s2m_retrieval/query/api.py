@@ -144,7 +144,7 @@ def build_index(archive: PathLike, name: str = "default", *, home: PathLike | No
     what is left. `home`: the index home (default $S2M_HOME or ~/.s2m); `factory`: a FAISS factory string (default:
     by size); `fit`: crop or pad non-square images (default: as the bundle was trained); `perceptual`: the
     re-rank metric stored with the index (default seg-pool8); `db_url`: PostgreSQL instead of SQLite."""
-    from s2m_retrieval.build.runner import BuildOptions, build_index as run
+    from s2m_retrieval.ingest.runner import BuildOptions, build_index as run
 
     return _build(run, archive, name, home, models, progress, fit, perceptual, db_url,
                   BuildOptions(name=name, factory=factory, rebuild=rebuild))
@@ -155,7 +155,7 @@ def add_images(files: Sequence[PathLike], name: str = "default", *, home: PathLi
                perceptual: str | None = None, db_url: str | None = None) -> BuildReport:
     """Add image files (without labels) to an index, as `build_index` does for a folder (an open `Index` sees
     them after `refresh()`)."""
-    from s2m_retrieval.build.runner import BuildOptions, add_files
+    from s2m_retrieval.ingest.runner import BuildOptions, add_files
 
     return _build(add_files, list(files), name, home, models, progress, fit, perceptual, db_url,
                   BuildOptions(name=name))
@@ -165,7 +165,7 @@ def remove_images(keys: Sequence[int | str], name: str = "default", *, home: Pat
                   db_url: str | None = None) -> int:
     """Remove images from an index by id, path, file stem or labels.csv id; returns how many were removed (a key
     naming no image is skipped, one naming several is an error)."""
-    from s2m_retrieval.build.sync import remove_entries
+    from s2m_retrieval.ingest.sync import remove_entries
 
     return len(remove_entries([str(k) for k in keys], name=name, home=home, db_url=db_url).removed)
 

@@ -14,7 +14,7 @@ from index.shards import ShardStore
 from index.stamp import IndexStamp, read_stamp
 from index.store import VectorStore
 from s2m_retrieval.errors import IndexCorruptError, IndexIncompleteError, IndexMissingError
-from s2m_retrieval.build.sync import check_owner
+from s2m_retrieval.ingest.sync import check_owner
 from s2m_retrieval.storage import open_database
 from s2m_retrieval.storage.db import Database, resolve_home
 

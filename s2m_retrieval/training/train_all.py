@@ -23,7 +23,7 @@ def archive_fingerprint(entries) -> str:
     """sha256 over every image's relative path and content hash, with its mask's and labels.csv's."""
     import hashlib
 
-    from s2m_retrieval.build.reader import file_sha256
+    from s2m_retrieval.ingest.reader import file_sha256
 
     h = hashlib.sha256()
     for entry in entries:

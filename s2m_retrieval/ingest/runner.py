@@ -24,12 +24,12 @@ from index.factory import auto_factory
 from index.layout import IndexPaths, index_paths
 from index.stamp import IndexStamp, read_stamp, write_stamp
 from index.store import VectorStore
-from s2m_retrieval.build.reader import PlanItem, plan, prefetch, read_batches
+from s2m_retrieval.ingest.reader import PlanItem, plan, prefetch, read_batches
 from s2m_retrieval.data.archive import ArchiveEntry, ReadStats, scan_archive, split_frame_key
 from s2m_retrieval.data.dicom import DESCRIPTIVE_TAGS, FRAME_LABEL, IDENTIFYING_TAGS, check_frame_choice, is_dicom_path
 from s2m_retrieval.model.archive_encoder import ArchiveEncoder, check_outputs
 from s2m_retrieval.errors import ArchiveError, BadInputError, VersionMismatchError
-from s2m_retrieval.build.sync import (WriteHandle, check_owner, claim, collect_garbage, load_store_for_write,
+from s2m_retrieval.ingest.sync import (WriteHandle, check_owner, claim, collect_garbage, load_store_for_write,
                                       open_for_write, rebuild_list, resync, save_index, sync_store, write_rebuild_list)
 from s2m_retrieval.storage import catalog
 from s2m_retrieval.storage.catalog import ImageRecord

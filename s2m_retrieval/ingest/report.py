@@ -13,7 +13,7 @@ from index.stamp import read_stamp
 from index.store import VectorStore
 from s2m_retrieval.data.archive import split_frame_key
 from s2m_retrieval.errors import IndexCorruptError
-from s2m_retrieval.build.sync import check_owner, rebuild_list
+from s2m_retrieval.ingest.sync import check_owner, rebuild_list
 from s2m_retrieval.storage import catalog
 from s2m_retrieval.storage import open_database
 from s2m_retrieval.storage.db import display_url, resolve_home
@@ -92,7 +92,7 @@ def _sample(items, n: int = 3) -> str:
 def verify_index(*, name: str = "default", home=None, db_url: str | None = None,
                  check_hashes: bool = False) -> VerifyReport:
     """Check FAISS ids == SQL rows, the version stamps, shard files and rows, and the image files."""
-    from s2m_retrieval.build.reader import file_sha256
+    from s2m_retrieval.ingest.reader import file_sha256
 
     paths = index_paths(resolve_home(home), name).require()
     report = VerifyReport(name=name)

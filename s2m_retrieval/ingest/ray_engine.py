@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from s2m_retrieval.build.reader import PlanItem, file_sha256, read_batches
+from s2m_retrieval.ingest.reader import PlanItem, file_sha256, read_batches
 from s2m_retrieval.data.archive import ArchiveEntry, ReadStats
 from s2m_retrieval.model.archive_encoder import ArchiveEncoder, check_outputs, load_encoder
 from s2m_retrieval.errors import BadInputError, S2MError, VersionMismatchError
