@@ -64,16 +64,12 @@ def test_query_sketches_gives_what_query_sketch_gives_one_by_one(engine, options
 
 
 def test_query_sketches_checks_every_sketch_first(engine):
-    from s2m_retrieval.query.engine import _same_size_batches
-
     blank = np.full((64, 64), 255, np.uint8)
     with pytest.raises(BadInputError, match="sketch 1: sketch is empty"):
         engine.query_sketches([phantom_sketch(), blank])
     with pytest.raises(BadInputError, match="batch size"):
         engine.query_sketches([phantom_sketch()], batch_size=0)
     assert engine.query_sketches([]) == []
-    shapes = [np.zeros(s, np.uint8) for s in ((8, 8), (9, 9), (8, 8), (8, 3), (8, 3), (8, 8))]
-    assert _same_size_batches(shapes, 2) == [[0, 2], [5], [1], [3], [4]]  # 3 px wide: never stacked
 
 
 def test_query_sketches_of_a_width_that_reads_as_colour(engine):

@@ -27,7 +27,7 @@ FIT_POLICIES = ("crop", "pad")  # how a non-square image becomes square: centre 
 # Folders of an archive that hold derived files rather than archive images.
 RESERVED_DIRS = ("masks", "sketches")
 FRAME_MARK = "#frame="  # the key of one frame of a multi-frame file: its path, FRAME_MARK, the 0-based frame
-_FRAME_KEY = re.compile(r"(.*)#frame=(\d+)", re.DOTALL)
+_FRAME_KEY = re.compile(rf"(.*){re.escape(FRAME_MARK)}(\d+)", re.DOTALL)
 
 
 def frame_key(path: str | os.PathLike, frame: int | None) -> str:

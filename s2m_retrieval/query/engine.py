@@ -288,7 +288,7 @@ class RetrievalEngine:
                        code: str = DEFAULT_QUERY_CODE, batch_size: int = QUERY_BATCH,
                        x_hat: bool = True) -> list[Result]:
         """`query_sketch` for many sketches, results in their order and as it gives them one by one: E, H, G and
-        the query code run on batches of up to `batch_size` sketches of one size, FAISS, the re-rank and the fused
+        the query code run on batches of up to `batch_size` sketches (of any sizes), FAISS, the re-rank and the fused
         score per query. Every sketch is checked first (a blank one is a BadInputError naming its position); each
         result's generate and code timings are its share of its batch's."""
         check_options(k, n_candidates, alpha, max_distance, normalisation)
@@ -303,7 +303,8 @@ class RetrievalEngine:
                 raise BadInputError(f"sketch {i}: {exc}") from None
         steps, note = self.sketch_steps(steps)
         results: list[Result | None] = [None] * len(greys)
-        for batch in _same_size_batches(greys, batch_size):
+        # A batch may mix sizes: E's input is canonicalised page by page (`pipeline.sketch_batch`).
+        for batch in (range(s, min(s + batch_size, len(greys))) for s in range(0, len(greys), batch_size)):
             for i, coded in zip(batch, self.encode_sketches([greys[i] for i in batch], steps, code,
                                                             x_hat=x_hat or alpha < 1)):
                 results[i] = self.rank_sketch(coded, k, n_candidates, alpha, where, max_distance, normalisation,
@@ -521,15 +522,6 @@ def _feature_shapes(metric, resolution: int, stamp) -> list[tuple[int, int, int]
                                 f"features of shape {want} (it has {stamp.arrays.get('features')}); rebuild it: "
                                 f"{stamp.rebuild_hint()}")
     return shapes
-
-
-def _same_size_batches(sketches: list[np.ndarray], size: int) -> list[list[int]]:
-    """Positions of the sketches in batches of up to `size` that stack: one shape per batch. A sketch 3 or 4 px
-    wide goes alone, since a stack of those reads as one RGB(A) page."""
-    groups: dict[tuple, list[int]] = {}
-    for i, sketch in enumerate(sketches):
-        groups.setdefault(("alone", i) if sketch.shape[-1] in (3, 4) else sketch.shape, []).append(i)
-    return [group[s:s + size] for group in groups.values() for s in range(0, len(group), size)]
 
 
 def _mtime(path: Path) -> int | None:
