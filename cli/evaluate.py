@@ -66,7 +66,8 @@ def retrieval(
     relevance: str = typer.Option("", "--relevance", help="Label columns for category relevance, e.g. "
                                                           "tonsil_grade,mallampati (all must match)."),
     method: str = typer.Option("sketch2medi", "--method",
-                               help="Methods, comma-separated: sketch2medi, edge, pix2pix, embedding."),
+                               help="Methods, comma-separated: sketch2medi, edge, pix2pix, embedding, cyclegan, "
+                                    "unit, ugatit."),
     steps: str = typer.Option("", "--steps", help="Sketch2MedI refinement steps T to ablate, e.g. 0,1,2,3,4,5 "
                                                   "(the default T always runs)."),
     candidates: str = typer.Option("100", "--candidates", help="Re-ranked candidate counts to ablate, e.g. "
@@ -76,6 +77,9 @@ def retrieval(
     limit: int = typer.Option(None, "--limit", help="Only the first N queries."),
     pix2pix: Path = typer.Option(None, "--pix2pix", help="pix2pix checkpoint (default: the shipped one)."),
     embedding: Path = typer.Option(None, "--embedding", help="Embedding baseline checkpoint (default: shipped)."),
+    cyclegan: Path = typer.Option(None, "--cyclegan", help="CycleGAN checkpoint (`s2m train cyclegan`; none shipped)."),
+    unit: Path = typer.Option(None, "--unit", help="UNIT checkpoint (`s2m train unit`; none shipped)."),
+    ugatit: Path = typer.Option(None, "--ugatit", help="U-GAT-IT checkpoint (`s2m train ugatit`; none shipped)."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter of the edge baseline (default: shipped)."),
     home: Path = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (default ~/.s2m)."),
     db: str = typer.Option(None, "--db", envvar="S2M_DB_URL", help="Database URL (default: SQLite HOME/s2m.db)."),
@@ -107,7 +111,8 @@ def retrieval(
                               device=dev) as engine:
         with tqdm(total=len(queries), unit="query", desc="eval", disable=None, leave=False) as bar:
             report, paths = evaluate(manifest, engine, options, out, pix2pix=pix2pix, embedding=embedding,
-                                     segmenter=segmenter, device=dev, queries=queries, progress=bar.update)
+                                     segmenter=segmenter, device=dev, queries=queries, progress=bar.update,
+                                     unpaired={"cyclegan": cyclegan, "unit": unit, "ugatit": ugatit})
     typer.echo(markdown_table(report), nl=False)
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -164,6 +169,9 @@ def sketch2medi(
     encoder_alone: Path = typer.Option(None, "--encoder-alone", help="E trained with --no-adv (row E alone)."),
     refiner: Path = typer.Option(None, "--refiner", help="H, trained on one of the two encoders (rows E + H, T)."),
     pix2pix: Path = typer.Option(None, "--pix2pix", help="The pix2pix baseline (row pix2pix)."),
+    cyclegan: Path = typer.Option(None, "--cyclegan", help="The CycleGAN baseline (row CycleGAN; none shipped)."),
+    unit: Path = typer.Option(None, "--unit", help="The UNIT baseline (row UNIT; none shipped)."),
+    ugatit: Path = typer.Option(None, "--ugatit", help="The U-GAT-IT baseline (row U-GAT-IT; none shipped)."),
     inverter: Path = typer.Option(None, "--inverter", help="The archive inverter (inversion table)."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter S for DICE, domain FD and the seg metric "
                                                            "(default: the shipped one)."),
@@ -183,8 +191,8 @@ def sketch2medi(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     out: Path = typer.Option(None, "--out", help="Folder for sketch_quality.md, .json and samples.png."),
 ) -> None:
-    """Sketch -> image quality (perceptual distance, DICE via S, domain FD) of E, E + D, E + H (T) and pix2pix
-    on held-out phantom sketches, and the archive inverter's quality and images/s."""
+    """Sketch -> image quality (perceptual distance, DICE via S, domain FD) of E, E + D, E + H (T), pix2pix and
+    the unpaired baselines on held-out phantom sketches, and the archive inverter's quality and images/s."""
     from tqdm import tqdm
 
     from s2m_retrieval.model.files import weights_or_shipped
@@ -200,7 +208,7 @@ def sketch2medi(
     if steps < 0 or optimise_steps < 0 or batch < 1:
         raise BadInputError("--steps and --optimise-steps must be >= 0, --batch >= 1")
     models = load_models(weights_or_shipped(generator, "generator"), encoder, encoder_alone, refiner, pix2pix,
-                         inverter, device)
+                         inverter, device, cyclegan=cyclegan, unit=unit, ugatit=ugatit)
     seg_path = segmenter_path(segmenter)
     loaded = {}
     for name in [m.strip() for m in metrics.split(",") if m.strip()]:

@@ -50,8 +50,10 @@ def parse_ints(text: str, flag: str) -> tuple[int, ...]:
 
 
 def build_methods(engine, view, options: EvalOptions, *, pix2pix: str | os.PathLike | None,
-                  embedding: str | os.PathLike | None, segmenter: str | os.PathLike | None, device: str = "cpu"):
-    """The requested methods over the index's images; baselines load their checkpoints (default: shipped)."""
+                  embedding: str | os.PathLike | None, segmenter: str | os.PathLike | None, device: str = "cpu",
+                  unpaired: dict[str, str | os.PathLike | None] | None = None):
+    """The requested methods over the index's images; baselines load their checkpoints (default: shipped; the
+    unpaired ones, cyclegan, unit and ugatit, ship none: `unpaired` maps each requested one to its file)."""
     from s2m_retrieval.evaluation import methods as mt
     from s2m_retrieval.model.files import weights_or_shipped
 
@@ -67,6 +69,9 @@ def build_methods(engine, view, options: EvalOptions, *, pix2pix: str | os.PathL
 
             built.append(mt.Pix2PixMethod(view, load_pix2pix(weights_or_shipped(pix2pix, "pix2pix"), device),
                                           engine.metric, n))
+        elif name in mt.UNPAIRED_METHODS:
+            built.append(mt.Pix2PixMethod(view, load_unpaired(name, (unpaired or {}).get(name), device),
+                                          engine.metric, n, name=name, timed=name))
         else:
             from s2m_retrieval.networks.embedding import load_embedding
 
@@ -75,9 +80,26 @@ def build_methods(engine, view, options: EvalOptions, *, pix2pix: str | os.PathL
     return built
 
 
+def load_unpaired(name: str, path: str | os.PathLike | None, device: str = "cpu"):
+    """The sketch -> image translator of unpaired baseline `name` (cyclegan, unit, ugatit) from its checkpoint;
+    none is shipped, so a missing path is a one-line CheckpointError saying how to train one."""
+    from s2m_retrieval.errors import CheckpointError
+    from s2m_retrieval.model.files import weights_or_shipped
+    from s2m_retrieval.networks.cyclegan import load_cyclegan
+    from s2m_retrieval.networks.ugatit import load_ugatit
+    from s2m_retrieval.networks.unit import load_unit
+
+    if path is None:
+        raise CheckpointError(f"no {name} weights are shipped; train them with `s2m train {name} ARCHIVE --out DIR` "
+                              f"and pass DIR/{name}.pt with --{name}")
+    load = {"cyclegan": load_cyclegan, "unit": load_unit, "ugatit": load_ugatit}[name]
+    return load(weights_or_shipped(path, name), device)
+
+
 def evaluate(manifest: str | os.PathLike, engine, options: EvalOptions, out: str | os.PathLike, *,
              pix2pix=None, embedding=None, segmenter=None, device: str = "cpu", queries=None,
-             progress: Callable[[int], None] | None = None) -> tuple[dict, dict[str, Path]]:
+             progress: Callable[[int], None] | None = None,
+             unpaired: dict | None = None) -> tuple[dict, dict[str, Path]]:
     """Run the evaluation (on `queries` when the manifest was already read); return the report and the files."""
     from s2m_retrieval.evaluation import report as rp
     from s2m_retrieval.evaluation.archive_view import read_archive_view
@@ -92,7 +114,7 @@ def evaluate(manifest: str | os.PathLike, engine, options: EvalOptions, out: str
         raise BadInputError(f"index {name!r} is empty; build it first")
     check_targets(queries, view, name)
     methods = build_methods(engine, view, options, pix2pix=pix2pix, embedding=embedding, segmenter=segmenter,
-                            device=device)
+                            device=device, unpaired=unpaired)
     answers = run_methods(queries, methods, progress)
     timed = {m.timed for m in methods}
     relevance = Relevance.of(queries, view, options.relevance) if options.relevance else None

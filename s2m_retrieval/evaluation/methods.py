@@ -18,7 +18,8 @@ from s2m_retrieval.model.pipeline import image_batch, sketch_batch, to_uint8
 from s2m_retrieval.query.ranking import DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS, fuse
 from s2m_retrieval.query.engine import DEFAULT_QUERY_CODE, QUERY_CODES
 
-METHODS = ("sketch2medi", "edge", "pix2pix", "embedding")
+METHODS = ("sketch2medi", "edge", "pix2pix", "embedding", "cyclegan", "unit", "ugatit")
+UNPAIRED_METHODS = ("cyclegan", "unit", "ugatit")   # ranked as pix2pix, by their sketch -> image generator
 FEATURE_BATCH = 64
 
 
@@ -186,8 +187,9 @@ class EdgeMethod:
 
 @dataclass
 class Pix2PixMethod:
-    """pix2pix translates the sketch into an image, then every archive thumb is ranked by perceptual distance
-    to it (the archive's features are computed once)."""
+    """pix2pix (or an unpaired baseline's sketch -> image generator: `name` cyclegan, unit, ugatit) translates the
+    sketch into an image, then every archive thumb is ranked by perceptual distance to it (the archive's features
+    are computed once)."""
 
     view: ArchiveView
     net: torch.nn.Module

@@ -1,4 +1,5 @@
-"""Sketch -> image quality of E, E + D, E + H (T steps) and pix2pix on held-out phantom sketches; inverter quality."""
+"""Sketch -> image quality of E, E + D, E + H (T steps), pix2pix and the unpaired baselines (CycleGAN, UNIT,
+U-GAT-IT) on held-out phantom sketches; inverter quality."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ HELD_OUT_START = 1_000_000   # phantom indices far past any training archive: sa
 EVAL_SKETCH_STREAM = 7919    # third SeedSequence word: eval sketches never share a stream with training variants
 NA_MISSING = "n/a (weights missing)"
 REFERENCE = "real images (reference)"
+UNPAIRED_ROWS = {"cyclegan": "CycleGAN", "unit": "UNIT", "ugatit": "U-GAT-IT"}   # checkpoint kind -> row
 SAMPLE_ROWS = 8
 
 
@@ -100,20 +102,25 @@ class Models:
     pix2pix: torch.nn.Module | None = None
     inverter: torch.nn.Module | None = None
     data: dict = field(default_factory=dict)        # training data info per component (overlap check)
+    unpaired: dict = field(default_factory=dict)    # row (CycleGAN, UNIT, U-GAT-IT) -> its sketch -> image network
 
 
 def load_models(generator: str | os.PathLike, encoder=None, encoder_alone=None, refiner=None, pix2pix=None,
-                inverter=None, device: str | torch.device = "cpu") -> Models:
+                inverter=None, device: str | torch.device = "cpu", *, cyclegan=None, unit=None,
+                ugatit=None) -> Models:
     """Load the given checkpoints; each must have been trained on this G (and H on one of the given E's)."""
+    from s2m_retrieval.networks.cyclegan import load_cyclegan
     from s2m_retrieval.networks.stylegan2 import load_generator
     from s2m_retrieval.networks.pix2pix import load_pix2pix
+    from s2m_retrieval.networks.ugatit import load_ugatit
+    from s2m_retrieval.networks.unit import load_unit
     from s2m_retrieval.networks.encoders import load_encoder, load_inverter
     from s2m_retrieval.networks.refiner import load_refiner
 
     g_payload = load_checkpoint(generator, kind="generator")
     g_version = version_hash(g_payload)
     paths = {"encoder": encoder, "encoder_alone": encoder_alone, "refiner": refiner, "pix2pix": pix2pix,
-             "inverter": inverter}
+             "inverter": inverter, "cyclegan": cyclegan, "unit": unit, "ugatit": ugatit}
     kinds = {"encoder_alone": "encoder"}
     payloads = {k: load_checkpoint(p, kind=kinds.get(k, k)) for k, p in paths.items() if p is not None}
     for name, payload in payloads.items():
@@ -145,6 +152,9 @@ def load_models(generator: str | os.PathLike, encoder=None, encoder_alone=None, 
         models.pix2pix = load_pix2pix(payloads["pix2pix"], device)
     if "inverter" in payloads:
         models.inverter = load_inverter(payloads["inverter"], device)
+    for kind, load in (("cyclegan", load_cyclegan), ("unit", load_unit), ("ugatit", load_ugatit)):
+        if kind in payloads:
+            models.unpaired[UNPAIRED_ROWS[kind]] = load(payloads[kind], device)
     return models
 
 
@@ -159,8 +169,9 @@ def generate_all(models: Models, sketches: np.ndarray, max_steps: int, batch: in
     res = G.config.img_resolution
     if sketches.shape[1:] != (res, res):
         raise BadInputError(f"sketches are {list(sketches.shape[1:])} px, the generator makes {res} px")
-    if models.pix2pix is not None and models.pix2pix.config.img_resolution != res:
-        raise BadInputError(f"pix2pix works at {models.pix2pix.config.img_resolution} px, G at {res} px")
+    for name, net in {"pix2pix": models.pix2pix, **models.unpaired}.items():
+        if net is not None and net.config.img_resolution != res:
+            raise BadInputError(f"{name} works at {net.config.img_resolution} px, G at {res} px")
     out: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(sketches), batch):
         x = torch.from_numpy(sketches[i:i + batch]).float().div(127.5).sub(1.0)[:, None].to(device)  # [B, 1, R, R]
@@ -175,6 +186,8 @@ def generate_all(models: Models, sketches: np.ndarray, max_steps: int, batch: in
                 out.setdefault(f"{models.refiner_base} + H, T={t}", []).append(to_uint8(images[t]))
         if models.pix2pix is not None:
             out.setdefault("pix2pix", []).append(to_uint8(models.pix2pix(x)))
+        for name, net in models.unpaired.items():
+            out.setdefault(name, []).append(to_uint8(net(x)))
         if progress is not None:
             progress(min(i + batch, len(sketches)), len(sketches))
     return {name: np.concatenate(parts) for name, parts in out.items()}
@@ -216,6 +229,12 @@ def sketch_quality(held: HeldOut, models: Models, segmenter, metrics: dict[str, 
                                  ("pix2pix", models.pix2pix, "--pix2pix"), ("inverter", models.inverter, "--inverter")):
         if present is None:
             notes.append(f"{label}: omitted, no checkpoint given ({flag})")
+    for kind, label in UNPAIRED_ROWS.items():
+        split = models.data.get(kind, {}).get("unpaired")
+        if label in models.unpaired and split:
+            (s0, s1), (i0, i1) = split["sketches_of"], split["images_of"]
+            notes.append(f"{label}: trained unpaired, on the sketches of images {s0}..{s1 - 1} and the images "
+                         f"{i0}..{i1 - 1}")
     outputs = generate_all(models, held.sketches, max_steps, batch, step("generate"))
     real_feats = domain_features(held.images, segmenter)
     rows = []
