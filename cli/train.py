@@ -582,3 +582,9 @@ def embedding(
         hard = read_code_bank(bank).hard
     path = train_embedding(pairs, out, cfg, tc, dev, resume=not fresh, progress=report, hard=hard)
     _done("embedding", path, out, last)
+
+
+# The unpaired image-to-image baselines (CycleGAN, UNIT, U-GAT-IT): s2m train cyclegan|unit|ugatit.
+from cli.train_unpaired import register as _register_unpaired  # noqa: E402
+
+_register_unpaired(app)

@@ -266,3 +266,15 @@ def test_sketch_quality_rows_of_the_translators(runner, tmp_path):
     with pytest.raises(BadInputError, match="overlap the cyclegan"):
         sketch_quality(held_out_phantoms(4, 32, seed=0, start=2), models, Segmenter(seg_cfg).eval(),
                        {"random": load_perceptual("random")}, max_steps=1)
+
+
+def test_s2m_train_lists_the_unpaired_baselines():
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0, result.output
+    assert all(name in result.stdout for name in ("cyclegan", "unit", "ugatit"))
+    bad = CliRunner().invoke(app, ["train", "cyclegan", "phantom:4", "--out", "x", "--steps", "0"])
+    assert bad.exit_code != 0

@@ -49,35 +49,60 @@ def parse_ints(text: str, flag: str) -> tuple[int, ...]:
         raise BadInputError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
+def _sketch2medi(engine, view, options: EvalOptions, paths: dict, device: str, n: int):
+    from s2m_retrieval.evaluation.methods import Sketch2MediMethod
+
+    return Sketch2MediMethod(engine, view, options.steps, options.candidates, options.alpha)
+
+
+def _edge(engine, view, options: EvalOptions, paths: dict, device: str, n: int):
+    from s2m_retrieval.evaluation.methods import EdgeMethod
+
+    return EdgeMethod(view, n, paths.get("segmenter"))
+
+
+def _pix2pix(engine, view, options: EvalOptions, paths: dict, device: str, n: int):
+    from s2m_retrieval.evaluation.methods import Pix2PixMethod
+    from s2m_retrieval.model.files import weights_or_shipped
+    from s2m_retrieval.networks.pix2pix import load_pix2pix
+
+    return Pix2PixMethod(view, load_pix2pix(weights_or_shipped(paths.get("pix2pix"), "pix2pix"), device),
+                         engine.metric, n)
+
+
+def _embedding(engine, view, options: EvalOptions, paths: dict, device: str, n: int):
+    from s2m_retrieval.evaluation.methods import EmbeddingMethod
+    from s2m_retrieval.model.files import weights_or_shipped
+    from s2m_retrieval.networks.embedding import load_embedding
+
+    return EmbeddingMethod(view, load_embedding(weights_or_shipped(paths.get("embedding"), "embedding"), device), n)
+
+
+def _unpaired(name: str):
+    def build(engine, view, options: EvalOptions, paths: dict, device: str, n: int):
+        from s2m_retrieval.evaluation.methods import Pix2PixMethod
+
+        return Pix2PixMethod(view, load_unpaired(name, paths.get(name), device), engine.metric, n, name=name,
+                             timed=name)
+    return build
+
+
+# method name -> builder(engine, view, options, checkpoint paths by name, device, candidate count)
+BUILDERS = {"sketch2medi": _sketch2medi, "edge": _edge, "pix2pix": _pix2pix, "embedding": _embedding,
+            "cyclegan": _unpaired("cyclegan"), "unit": _unpaired("unit"), "ugatit": _unpaired("ugatit")}
+
+
 def build_methods(engine, view, options: EvalOptions, *, pix2pix: str | os.PathLike | None,
                   embedding: str | os.PathLike | None, segmenter: str | os.PathLike | None, device: str = "cpu",
                   unpaired: dict[str, str | os.PathLike | None] | None = None):
     """The requested methods over the index's images; baselines load their checkpoints (default: shipped; the
     unpaired ones, cyclegan, unit and ugatit, ship none: `unpaired` maps each requested one to its file)."""
-    from s2m_retrieval.evaluation import methods as mt
-    from s2m_retrieval.model.files import weights_or_shipped
+    from s2m_retrieval.errors import lookup
 
+    paths = {"pix2pix": pix2pix, "embedding": embedding, "segmenter": segmenter, **(unpaired or {})}
     n = max(options.candidates)
-    built = []
-    for name in options.methods:
-        if name == "sketch2medi":
-            built.append(mt.Sketch2MediMethod(engine, view, options.steps, options.candidates, options.alpha))
-        elif name == "edge":
-            built.append(mt.EdgeMethod(view, n, segmenter))
-        elif name == "pix2pix":
-            from s2m_retrieval.networks.pix2pix import load_pix2pix
-
-            built.append(mt.Pix2PixMethod(view, load_pix2pix(weights_or_shipped(pix2pix, "pix2pix"), device),
-                                          engine.metric, n))
-        elif name in mt.UNPAIRED_METHODS:
-            built.append(mt.Pix2PixMethod(view, load_unpaired(name, (unpaired or {}).get(name), device),
-                                          engine.metric, n, name=name, timed=name))
-        else:
-            from s2m_retrieval.networks.embedding import load_embedding
-
-            built.append(mt.EmbeddingMethod(view, load_embedding(weights_or_shipped(embedding, "embedding"), device),
-                                            n))
-    return built
+    return [lookup(BUILDERS, name, "evaluation method")(engine, view, options, paths, device, n)
+            for name in options.methods]
 
 
 def load_unpaired(name: str, path: str | os.PathLike | None, device: str = "cpu"):
