@@ -181,7 +181,11 @@ def sketch2medi(
     n: int = typer.Option(200, "--n", help="Held-out sketches."),
     seed: int = typer.Option(0, "--seed", help="Phantom seed of the held-out set."),
     start: int = typer.Option(1_000_000, "--start", help="First held-out phantom index (training uses 0..N-1)."),
-    freehand: float = typer.Option(1.0, "--freehand", help="Free-hand strength of the held-out sketches "
+    sets: str = typer.Option("synthesized,unseen", "--sets",
+                             help="Sketch sets of the same held-out phantoms, comma-separated: synthesized (S's "
+                                  "free-hand, the training style), unseen and traced (make-queries' held-out "
+                                  "styles); each set minus synthesized is the generalization gap."),
+    freehand: float = typer.Option(1.0, "--freehand", help="Free-hand strength of the synthesized set "
                                                            "(x the default; training draws x2; 0: clean)."),
     steps: int = typer.Option(5, "--steps", help="Largest refinement T: rows T = 1..steps."),
     optimise_steps: int = typer.Option(20, "--optimise-steps", help="Per-image optimisation steps after the "
@@ -191,22 +195,24 @@ def sketch2medi(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     out: Path = typer.Option(None, "--out", help="Folder for sketch_quality.md, .json and samples.png."),
 ) -> None:
-    """Sketch -> image quality (perceptual distance, DICE via S, domain FD) of E, E + D, E + H (T), pix2pix and
-    the unpaired baselines on held-out phantom sketches, and the archive inverter's quality and images/s."""
+    """Sketch -> image quality (perceptual distance, DICE via S, domain FD, a real-vs-x̂ classifier as realism proxy)
+    of E, E + D, E + H (T), pix2pix and the unpaired baselines on held-out phantoms, per sketch set with the gap
+    to the synthesized set, and the archive inverter's quality and images/s."""
     from tqdm import tqdm
 
     from s2m_retrieval.model.files import weights_or_shipped
     from s2m_retrieval.errors import BadInputError, PerceptualWeightsMissing
     from s2m_retrieval.model.perceptual import load_perceptual
     from s2m_retrieval.model.segmentation import cached_segmenter, segmenter_path
-    from s2m_retrieval.generation.sketch_quality import (NA_MISSING, held_out_phantoms, load_models, quality_markdown,
-                                                         sample_sheet, sketch_quality)
+    from s2m_retrieval.generation.sketch_quality import (NA_MISSING, held_out_phantoms, load_models, parse_sets,
+                                                         quality_markdown, redraw, sample_sheet, sketch_sets_quality)
 
     from cli.runtime import setup_torch
 
     device = setup_torch(threads, device)
     if steps < 0 or optimise_steps < 0 or batch < 1:
         raise BadInputError("--steps and --optimise-steps must be >= 0, --batch >= 1")
+    names = parse_sets(sets)
     models = load_models(weights_or_shipped(generator, "generator"), encoder, encoder_alone, refiner, pix2pix,
                          inverter, device, cyclegan=cyclegan, unit=unit, ugatit=ugatit)
     seg_path = segmenter_path(segmenter)
@@ -227,14 +233,19 @@ def sketch2medi(
             bar.refresh()
 
         held = held_out_phantoms(n, models.G.config.img_resolution, seed, start, freehand,
-                                 lambda d, t: progress("held-out sketches", d, t))
-        report, outputs = sketch_quality(held, models, cached_segmenter(seg_path), loaded, max_steps=steps,
-                                         optimise_steps=optimise_steps, batch=batch, progress=progress)
+                                 lambda d, t: progress(f"held-out phantoms, {names[0]} sketches", d, t), names[0])
+        held = {names[0]: held} | {name: redraw(held, name, lambda d, t, name=name: progress(f"{name} sketches", d, t))
+                                   for name in names[1:]}
+        report, outputs = sketch_sets_quality(held, models, cached_segmenter(seg_path), loaded, max_steps=steps,
+                                              optimise_steps=optimise_steps, batch=batch, progress=progress)
     table = quality_markdown(report)
     typer.echo(table, nl=False)
     if out:
         out.mkdir(parents=True, exist_ok=True)
         (out / "sketch_quality.md").write_text(table)
         (out / "sketch_quality.json").write_text(json.dumps(report, indent=2) + "\n")
-        sample_sheet(held, outputs).save(out / "samples.png")
-        typer.echo(f"wrote {out / 'sketch_quality.md'}, {out / 'sketch_quality.json'}, {out / 'samples.png'}")
+        sheets = {name: out / ("samples.png" if k == 0 else f"samples_{name}.png") for k, name in enumerate(names)}
+        for name, path in sheets.items():
+            sample_sheet(held[name], outputs[name]).save(path)
+        typer.echo(f"wrote {out / 'sketch_quality.md'}, {out / 'sketch_quality.json'}, "
+                   + ", ".join(f"{path} ({name} sketches)" for name, path in sheets.items()))

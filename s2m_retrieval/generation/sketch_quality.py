@@ -1,8 +1,9 @@
 """Sketch -> image quality of E, E + D, E + H (T steps), pix2pix and the unpaired baselines (CycleGAN, UNIT,
-U-GAT-IT) on held-out phantom sketches; inverter quality."""
+U-GAT-IT) on held-out phantom sketches, per sketch set with the generalization gap; inverter quality."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -12,12 +13,13 @@ import numpy as np
 import torch
 
 from s2m_retrieval.networks.checkpoint import load_checkpoint, version_hash
+from s2m_retrieval.data.canonical import canonical_sketch
 from s2m_retrieval.data.sketch import FreehandConfig, sketch_from_mask
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.generation.dice import dice_per_class, mean_dice
 from s2m_retrieval.model.perceptual import PerceptualDistance
 from s2m_retrieval.model.pipeline import to_uint8
-from s2m_retrieval.generation.quality import domain_features, frechet_distance
+from s2m_retrieval.generation.quality import domain_features, frechet_distance, realism_accuracy
 
 HELD_OUT_START = 1_000_000   # phantom indices far past any training archive: same distribution, unseen anatomy
 EVAL_SKETCH_STREAM = 7919    # third SeedSequence word: eval sketches never share a stream with training variants
@@ -25,47 +27,97 @@ NA_MISSING = "n/a (weights missing)"
 REFERENCE = "real images (reference)"
 UNPAIRED_ROWS = {"cyclegan": "CycleGAN", "unit": "UNIT", "ugatit": "U-GAT-IT"}   # checkpoint kind -> row
 SAMPLE_ROWS = 8
+REALISM = "realism proxy: real-vs-x̂ classifier acc. (0.5 best)"
+GAP_REALISM = "Δ real-vs-x̂ classifier acc."
+# The sketch sets of one held-out run, all drawn from the same phantoms: "synthesized" is S's free-hand style the
+# networks were trained on; the others are make-queries' held-out styles (evaluation.manifest.QUERY_STYLES, drawn by
+# its draw_query). Every set is canonicalised as training pairs and queries are.
+SKETCH_SETS = {
+    "synthesized": "S's free-hand outlines of the masks, the style the networks were trained on",
+    "unseen": "make-queries' unseen style, never trained on: rounder outlines, a 256 px canvas, a thicker pen",
+    "traced": "make-queries' traced style, never trained on: the image's own edges traced, no mask",
+}
+DEFAULT_SETS = ("synthesized", "unseen")
+GAP_BASE = "synthesized"      # the gap of every other set is measured against it
 
 
 @dataclass(frozen=True, eq=False)
 class HeldOut:
-    """Held-out sketches [N, R, R], their source masks [N, R, R], target images and N more real images (uint8)."""
+    """Held-out sketches [N, R, R] of one set, their source masks [N, R, R], target images and N more real images
+    (uint8)."""
 
     sketches: np.ndarray
     masks: np.ndarray
     images: np.ndarray           # [N, R, R, 3] the targets the sketches were drawn from
     reference: np.ndarray        # [N, R, R, 3] other real images: the Fréchet distance floor
     info: dict = field(default_factory=dict)
+    sketch_set: str = "synthesized"
 
     def __len__(self) -> int:
         return len(self.sketches)
 
 
+def parse_sets(text: str) -> tuple[str, ...]:
+    """Comma-separated sketch set names (SKETCH_SETS), in the order given, each once; unknown or none is an error."""
+    names = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    for name in names or ("",):
+        _check_set(name)
+    return names
+
+
+def _check_set(name: str) -> None:
+    if name not in SKETCH_SETS:
+        raise BadInputError(f"unknown sketch set {name!r}; choose from {', '.join(SKETCH_SETS)} (comma-separated)")
+
+
+def draw_sketches(sketch_set: str, masks: np.ndarray, images: np.ndarray, info: dict,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Canonical sketches uint8 [N, R, R] of held-out masks (images, for traced) in a set's style, seeded by
+    (phantom seed, phantom index, set): the same set of the same phantoms is the same in every run."""
+    from s2m_retrieval.evaluation.manifest import QUERY_STYLES, draw_query
+
+    _check_set(sketch_set)
+    stream = [EVAL_SKETCH_STREAM] + ([list(SKETCH_SETS).index(sketch_set)] if sketch_set != "synthesized" else [])
+    style = FreehandConfig().scaled(info["freehand"]) if info["freehand"] > 0 else None
+    size, out = masks.shape[1], []
+    for k, (mask, image) in enumerate(zip(masks, images)):
+        seed = int(np.random.SeedSequence([info["phantom_seed"], info["start"] + k, *stream]).generate_state(1)[0])
+        if sketch_set == "synthesized":
+            drawn = sketch_from_mask(mask, size, freehand=style, seed=seed)
+        else:
+            drawn = draw_query(mask, QUERY_STYLES[sketch_set], seed=seed, image=image)
+        out.append(canonical_sketch(drawn, size))
+        if progress is not None:
+            progress(k + 1, len(masks))
+    return np.stack(out)
+
+
+def redraw(held: HeldOut, sketch_set: str, progress: Callable[[int, int], None] | None = None) -> HeldOut:
+    """The same held-out phantoms (masks, targets, reference) sketched in another set's style."""
+    return dataclasses.replace(held, sketches=draw_sketches(sketch_set, held.masks, held.images, held.info, progress),
+                               sketch_set=sketch_set)
+
+
 def held_out_phantoms(n: int, size: int, seed: int = 0, start: int = HELD_OUT_START, freehand: float = 1.0,
-                      progress: Callable[[int, int], None] | None = None) -> HeldOut:
-    """Phantoms start..start+n-1 of `seed` sketched free-hand at `freehand` x the default strength (0: clean)."""
+                      progress: Callable[[int, int], None] | None = None,
+                      sketch_set: str = "synthesized") -> HeldOut:
+    """Phantoms start..start+n-1 of `seed` sketched in `sketch_set` (SKETCH_SETS; the synthesized set free-hand at
+    `freehand` x the default strength, 0: clean), and phantoms start+n..start+2n-1 as the real reference."""
     from s2m_retrieval.data.phantom import SUPPORTED_SIZES, make_phantom
 
     if n < 2 or size not in SUPPORTED_SIZES or freehand < 0:
         raise BadInputError(f"held-out phantoms need n >= 2, a size in {SUPPORTED_SIZES} and freehand >= 0")
-    style = FreehandConfig().scaled(freehand) if freehand > 0 else None
-    sketches, masks, images = [], [], []
-    for k, index in enumerate(range(start, start + n)):
-        image, mask, _ = make_phantom(seed, index, size)
-        sketch_seed = int(np.random.SeedSequence([seed, index, EVAL_SKETCH_STREAM]).generate_state(1)[0])
-        sketches.append(sketch_from_mask(mask, size, freehand=style, seed=sketch_seed))
-        masks.append(mask)
-        images.append(image)
+    phantoms = []
+    for k, index in enumerate(range(start, start + 2 * n)):
+        phantoms.append(make_phantom(seed, index, size))
         if progress is not None:
-            progress(k + 1, 2 * n)
-    reference = []
-    for k, index in enumerate(range(start + n, start + 2 * n)):
-        reference.append(make_phantom(seed, index, size)[0])
-        if progress is not None:
-            progress(n + k + 1, 2 * n)
+            progress(k + 1, 3 * n)
     info = {"source": "phantom", "phantom_seed": seed, "start": start, "n": n, "size": size, "freehand": freehand,
             "reference": [start + n, start + 2 * n - 1]}
-    return HeldOut(np.stack(sketches), np.stack(masks), np.stack(images), np.stack(reference), info)
+    masks, images = np.stack([p[1] for p in phantoms[:n]]), np.stack([p[0] for p in phantoms[:n]])
+    sketches = draw_sketches(sketch_set, masks, images, info,
+                             None if progress is None else lambda done, total: progress(2 * n + done, 3 * n))
+    return HeldOut(sketches, masks, images, np.stack([p[0] for p in phantoms[n:]]), info, sketch_set)
 
 
 def overlaps_training(held: dict, data: dict) -> bool:
@@ -210,9 +262,12 @@ def _perceptual(metrics: dict, fake: np.ndarray, target: np.ndarray) -> dict:
 
 
 def sketch_quality(held: HeldOut, models: Models, segmenter, metrics: dict[str, PerceptualDistance | str], *,
-                   max_steps: int = 5, optimise_steps: int = 20, batch: int = 32,
+                   max_steps: int = 5, optimise_steps: int = 20, batch: int = 32, realism: bool = False,
+                   inversion: bool = True,
                    progress: Callable[[str, int, int], None] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-    """The quality report (JSON-ready) and the generated images per method; a str metric is an n/a reason."""
+    """The quality report of one sketch set (JSON-ready) and the generated images per method; a str metric is an
+    n/a reason. `realism` adds the realism proxy (quality.realism_accuracy of x̂ vs the targets); `inversion`
+    the inverter's table."""
     from s2m_retrieval.networks.segmenter import segment
 
     def step(stage: str) -> Callable[[int, int], None]:
@@ -238,19 +293,83 @@ def sketch_quality(held: HeldOut, models: Models, segmenter, metrics: dict[str, 
     outputs = generate_all(models, held.sketches, max_steps, batch, step("generate"))
     real_feats = domain_features(held.images, segmenter)
     rows = []
-    for k, (name, fake) in enumerate(outputs.items()):
-        rows.append({"method": name, "perceptual": _perceptual(metrics, fake, held.images),
-                     "dice": sketch_dice(segment(segmenter, fake), held.masks),
-                     "fd": frechet_distance(domain_features(fake, segmenter), real_feats)})
-        step("score")(k + 1, len(outputs))
-    rows.append({"method": REFERENCE, "perceptual": {name: None for name in metrics},
-                 "dice": sketch_dice(segment(segmenter, held.images), held.masks),
-                 "fd": frechet_distance(domain_features(held.reference, segmenter), real_feats)})
-    inversion = invert_quality(models, held.images, metrics, optimise_steps, batch, step("invert"))
-    report = {"held_out": held.info, "metrics": {k: v if isinstance(v, str) else v.version for k, v in metrics.items()},
-              "max_steps": max_steps, "sketch_to_image": rows, "inversion": inversion, "notes": notes,
-              "refiner_base": models.refiner_base}
+    for k, (name, fake) in enumerate([*outputs.items(), (REFERENCE, held.reference)]):
+        feats = domain_features(fake, segmenter)
+        row = {"method": name, "perceptual": {m: None for m in metrics} if name == REFERENCE
+               else _perceptual(metrics, fake, held.images),
+               "dice": sketch_dice(segment(segmenter, held.images if name == REFERENCE else fake), held.masks),
+               "fd": frechet_distance(feats, real_feats)}
+        if realism:
+            row["realism"] = realism_accuracy(real_feats, feats)
+        rows.append(row)
+        if name != REFERENCE:
+            step("score")(k + 1, len(outputs))
+    report = {"held_out": held.info, "sketch_set": _set_info(held),
+              "metrics": {k: v if isinstance(v, str) else v.version for k, v in metrics.items()},
+              "max_steps": max_steps, "sketch_to_image": rows,
+              "inversion": invert_quality(models, held.images, metrics, optimise_steps, batch, step("invert"))
+              if inversion else [], "notes": notes, "refiner_base": models.refiner_base}
     return report, outputs
+
+
+def _set_info(held: HeldOut) -> dict:
+    from s2m_retrieval.evaluation.manifest import QUERY_STYLES
+
+    about = SKETCH_SETS[held.sketch_set]
+    if held.sketch_set == "synthesized":
+        about += f", free-hand x{held.info['freehand']}"
+    style = dataclasses.asdict(QUERY_STYLES[held.sketch_set]) if held.sketch_set in QUERY_STYLES else {
+        "freehand": held.info["freehand"]}
+    return {"name": held.sketch_set, "about": about, "style": style}
+
+
+def sketch_sets_quality(sets: dict[str, HeldOut], models: Models, segmenter, metrics: dict, *, max_steps: int = 5,
+                        optimise_steps: int = 20, batch: int = 32,
+                        progress: Callable[[str, int, int], None] | None = None) -> tuple[dict, dict[str, dict]]:
+    """The report over sketch sets of the same held-out phantoms (`redraw`) and the x̂ per set and method.
+
+    Each set gets its table with the realism proxy (`sketch_sets[name]`), the first set's table is also the
+    report's `sketch_to_image`, the inverter runs once, and `gap[name]` holds, per method, each metric of set
+    `name` minus that of the synthesized set (GAP_BASE; no gap without it).
+    """
+    if not sets:
+        raise BadInputError("no sketch set to measure")
+    first = next(iter(sets.values()))
+    if any(held.info != first.info or held.images is not first.images for held in sets.values()):
+        raise ValueError("sketch sets must be drawn from the same held-out phantoms (redraw one HeldOut)")
+    reports, outputs = {}, {}
+    for k, (name, held) in enumerate(sets.items()):
+        reports[name], outputs[name] = sketch_quality(
+            held, models, segmenter, metrics, max_steps=max_steps, optimise_steps=optimise_steps, batch=batch,
+            realism=True, inversion=k == 0,
+            progress=None if progress is None else lambda stage, done, total, name=name: progress(
+                f"{name}: {stage}", done, total))
+    report = {key: value for key, value in reports[next(iter(sets))].items() if key != "sketch_set"}
+    report["sketch_sets"] = {name: {**r["sketch_set"], "sketch_to_image": r["sketch_to_image"]}
+                             for name, r in reports.items()}
+    report["gap"] = {name: sketch_gap(reports[GAP_BASE]["sketch_to_image"], r["sketch_to_image"])
+                     for name, r in reports.items() if name != GAP_BASE and GAP_BASE in reports}
+    if GAP_BASE not in reports:
+        report["notes"] = report["notes"] + [f"no generalization gap: the sets do not include {GAP_BASE}"]
+    return report, outputs
+
+
+def sketch_gap(base_rows: list[dict], rows: list[dict]) -> list[dict]:
+    """Per method in both tables (not the reference): each metric of `rows` minus that of `base_rows`; None where
+    either side is n/a."""
+    def minus(b, a):
+        return None if isinstance(a, (str, type(None))) or isinstance(b, (str, type(None))) else b - a
+
+    base = {row["method"]: row for row in base_rows}
+    out = []
+    for row in rows:
+        a = base.get(row["method"])
+        if a is None or row["method"] == REFERENCE:
+            continue
+        out.append({"method": row["method"],
+                    "perceptual": {m: minus(v, a["perceptual"].get(m)) for m, v in row["perceptual"].items()},
+                    **{key: minus(row[key], a[key]) for key in ("dice", "fd", "realism") if key in row and key in a}})
+    return out
 
 
 def invert_quality(models: Models, images: np.ndarray, metrics: dict, optimise_steps: int, batch: int,
@@ -295,19 +414,40 @@ def _cell(value, fmt: str) -> str:
     return "nan" if value != value else format(value, fmt)
 
 
+def _table(rows: list[dict], metrics: list[str], first: str, signed: bool = False) -> list[str]:
+    """Markdown rows of sketch -> image rows (or their gaps: `signed`); the realism column where rows have it."""
+    realism = any("realism" in row for row in rows)
+    prefix = "Δ " if signed else ""
+    head = ([f"{prefix}{m} ↓" for m in metrics] + [f"{prefix}DICE S(x̂) vs mask ↑", f"{prefix}domain FD ↓"]
+            + ([GAP_REALISM if signed else REALISM] if realism else []))
+    lines = [f"| {first} | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    sign = "+" if signed else ""
+    for row in rows:
+        cells = ([_cell(row["perceptual"][m], sign + ".4f") for m in metrics]
+                 + [_cell(row["dice"], sign + ".3f"), _cell(row["fd"], sign + ".4f")]
+                 + ([_cell(row.get("realism"), sign + ".3f")] if realism else []))
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def quality_markdown(report: dict) -> str:
-    """The report as Markdown: the sketch -> image table, the inversion table, the notes."""
+    """The report as Markdown: a sketch -> image table per sketch set, the gap table, the inversion table, notes."""
     held = report["held_out"]
     metrics = list(report["metrics"])
-    lines = [f"Sketch -> image on {held['n']} held-out phantom sketches (seed {held['phantom_seed']}, phantoms "
-             f"{held['start']}..{held['start'] + held['n'] - 1}, free-hand x{held['freehand']}, {held['size']} px)",
-             "", "| method | " + " | ".join(f"{m} ↓" for m in metrics)
-             + " | DICE S(x̂) vs mask ↑ | domain FD ↓ |",
-             "|---" * (len(metrics) + 3) + "|"]
-    for row in report["sketch_to_image"]:
-        cells = [_cell(row["perceptual"][m], ".4f") for m in metrics] + [_cell(row["dice"], ".3f"),
-                                                                        _cell(row["fd"], ".4f")]
-        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    sets = report.get("sketch_sets") or {report["sketch_set"]["name"]: {**report["sketch_set"],
+                                                                        "sketch_to_image": report["sketch_to_image"]}}
+    lines = [f"Sketch -> image on {held['n']} held-out phantoms (seed {held['phantom_seed']}, phantoms "
+             f"{held['start']}..{held['start'] + held['n'] - 1}, {held['size']} px), sketched in "
+             + ", ".join(sets) + " style"]
+    for name, block in sets.items():
+        lines += ["", f"Sketch set {name}: {block['about']}", "", *_table(block["sketch_to_image"], metrics, "method")]
+    gaps = report.get("gap") or {}
+    if gaps:
+        lines += ["", f"Generalization gap: each held-out set minus {GAP_BASE}, per method, on the same images "
+                      "(+ on a ↓ column, − on a ↑ one: worse on the held-out sketches)", ""]
+        rows = [{**row, "method": f"{row['method']} ({name} − {GAP_BASE})"} for name, gap in gaps.items()
+                for row in gap]
+        lines += _table(rows, metrics, "method (set − base)", signed=True)
     if report["inversion"]:
         lines += ["", f"Archive inverter on the {held['n']} real target images (G(inv(image)) vs image)", "",
                   "| inversion | " + " | ".join(f"{m} ↓" for m in metrics) + " | PSNR dB ↑ | images/s |",
@@ -316,15 +456,21 @@ def quality_markdown(report: dict) -> str:
             cells = [_cell(row["perceptual"][m], ".4f") for m in metrics] + [_cell(row["psnr"], ".2f"),
                                                                             _cell(row["images_per_s"], ".1f")]
             lines.append(f"| {row['inversion']} | " + " | ".join(cells) + " |")
-    legend = ["seg: LPIPS-style distance over the segmenter's features"]
+    legend = ["seg: LPIPS-style distance over the segmenter's features",
+              "every sketch set is canonicalised (binarised, thinned, redrawn) as training pairs and queries are"]
+    realism = any("realism" in row for block in sets.values() for row in block["sketch_to_image"])
+    if realism:
+        legend.append(f"{REALISM}: held-out accuracy of a logistic real-vs-generated classifier on the segmenter's "
+                      "domain features, fitted on the even targets and x̂, scored on the odd ones; 0.5: it cannot "
+                      "tell x̂ from real, 1: it always can. A machine proxy, not a human opinion score")
     if report["refiner_base"]:
         legend.append(f"H was trained on the {report['refiner_base']} encoder; T=0 is that encoder's row")
     opt = next((row for row in report["inversion"] if row["optimise_steps"]), None)
     if opt is not None:
         legend.append(f"opt. steps: Adam on W+ against L2 + {opt['optimise_metric'] or 'no perceptual'} distance, "
                       "images/s includes them")
-    legend.append(f"{REFERENCE}: DICE of S on the targets (the segmenter's ceiling), FD of {held['n']} other "
-                  "real phantoms (the floor)")
+    legend.append(f"{REFERENCE}: DICE of S on the targets (the segmenter's ceiling), FD{' and realism' * realism} "
+                  f"of {held['n']} other real phantoms (the floor)")
     lines += ["", "Notes:"] + [f"- {note}" for note in legend + report["notes"]]
     return "\n".join(lines) + "\n"
 
