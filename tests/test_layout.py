@@ -99,3 +99,18 @@ def test_sql_statements_live_in_storage():
                 if {"select", "insert", "update", "delete", "text"} & {a.name for a in node.names}:
                     offenders.append(name)
     assert offenders == []
+
+
+def test_the_lower_folders_import_only_what_their_docstrings_allow():
+    allowed = {"s2m_retrieval.data": {"s2m_retrieval.errors", "s2m_retrieval.data"},
+               "s2m_retrieval.networks": {"s2m_retrieval.errors", "s2m_retrieval.data", "s2m_retrieval.networks"},
+               "s2m_retrieval.generation": {"s2m_retrieval.errors", "s2m_retrieval.data", "s2m_retrieval.networks",
+                                            "s2m_retrieval.model", "s2m_retrieval.viz", "s2m_retrieval.generation"},
+               "index": {"s2m_retrieval.errors", "index"}}
+    bad = []
+    for name, imports in _graph().items():
+        for folder, ok in allowed.items():
+            if name == folder or name.startswith(folder + "."):
+                bad += [(name, i) for i in imports
+                        if not any(i == a or i.startswith(a + ".") for a in ok) and i != "s2m_retrieval"]
+    assert bad == []

@@ -11,7 +11,7 @@ import torch
 
 from s2m_retrieval.data.phantom import make_phantom
 from s2m_retrieval.errors import BadInputError
-from s2m_retrieval.evaluation import manifest
+from s2m_retrieval.data import query_styles
 from s2m_retrieval.generation.quality import domain_features, realism_accuracy
 from s2m_retrieval.generation.sketch_quality import (DEFAULT_SETS, GAP_REALISM, REALISM, REFERENCE, held_out_phantoms,
                                                      load_models, parse_sets, quality_markdown, redraw,
@@ -41,12 +41,12 @@ def files(tmp_path_factory, segmenter):
 
 def test_sets_are_drawn_deterministically_from_the_seed(monkeypatch):
     styles = []
-    draw = manifest.draw_query
-    monkeypatch.setattr(manifest, "draw_query",
+    draw = query_styles.draw_query
+    monkeypatch.setattr(query_styles, "draw_query",
                         lambda mask, style, **kw: styles.append(style) or draw(mask, style, **kw))
     held = held_out_phantoms(4, 32, seed=3, start=100)
     unseen = redraw(held, "unseen")
-    assert styles == [manifest.QUERY_STYLES["unseen"]] * 4                 # make-queries' own drawing, reused
+    assert styles == [query_styles.QUERY_STYLES["unseen"]] * 4                 # make-queries' own drawing, reused
     again = held_out_phantoms(4, 32, seed=3, start=100, sketch_set="unseen")
     assert np.array_equal(unseen.sketches, again.sketches) and unseen.sketch_set == again.sketch_set == "unseen"
     assert unseen.images is held.images and unseen.reference is held.reference and unseen.masks is held.masks
@@ -134,7 +134,7 @@ def test_the_command_measures_every_set_end_to_end(files, tmp_path, capsys):
     report = json.loads((tmp_path / "all" / "sketch_quality.json").read_text())
     assert list(report["sketch_sets"]) == ["synthesized", "unseen", "traced"] and list(report["gap"]) == ["unseen",
                                                                                                         "traced"]
-    assert report["sketch_sets"]["unseen"]["style"] == {**manifest.QUERY_STYLES["unseen"].__dict__}
+    assert report["sketch_sets"]["unseen"]["style"] == {**query_styles.QUERY_STYLES["unseen"].__dict__}
     table = (tmp_path / "all" / "sketch_quality.md").read_text()
     assert table in result.stdout and "Sketch set traced:" in table and "(traced − synthesized)" in table
     for name in ("samples.png", "samples_unseen.png", "samples_traced.png"):

@@ -30,7 +30,7 @@ SAMPLE_ROWS = 8
 REALISM = "realism proxy: real-vs-x̂ classifier acc. (0.5 best)"
 GAP_REALISM = "Δ real-vs-x̂ classifier acc."
 # The sketch sets of one held-out run, all drawn from the same phantoms: "synthesized" is S's free-hand style the
-# networks were trained on; the others are make-queries' held-out styles (evaluation.manifest.QUERY_STYLES, drawn by
+# networks were trained on; the others are make-queries' held-out styles (data.query_styles.QUERY_STYLES, drawn by
 # its draw_query). Every set is canonicalised as training pairs and queries are.
 SKETCH_SETS = {
     "synthesized": "S's free-hand outlines of the masks, the style the networks were trained on",
@@ -74,7 +74,7 @@ def draw_sketches(sketch_set: str, masks: np.ndarray, images: np.ndarray, info: 
                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Canonical sketches uint8 [N, R, R] of held-out masks (images, for traced) in a set's style, seeded by
     (phantom seed, phantom index, set): the same set of the same phantoms is the same in every run."""
-    from s2m_retrieval.evaluation.manifest import QUERY_STYLES, draw_query
+    from s2m_retrieval.data.query_styles import QUERY_STYLES, draw_query
 
     _check_set(sketch_set)
     stream = [EVAL_SKETCH_STREAM] + ([list(SKETCH_SETS).index(sketch_set)] if sketch_set != "synthesized" else [])
@@ -313,7 +313,7 @@ def sketch_quality(held: HeldOut, models: Models, segmenter, metrics: dict[str, 
 
 
 def _set_info(held: HeldOut) -> dict:
-    from s2m_retrieval.evaluation.manifest import QUERY_STYLES
+    from s2m_retrieval.data.query_styles import QUERY_STYLES
 
     about = SKETCH_SETS[held.sketch_set]
     if held.sketch_set == "synthesized":
