@@ -10,6 +10,18 @@ import typer
 from typer.core import TyperGroup
 
 from cli.retrieve import DEFAULT_ALPHA
+from cli.runtime import shared_options
+
+# Options both evaluations take alike (see cli.runtime.shared_options): the unpaired baselines' checkpoints (none is
+# shipped; a method or row of one runs only when its file is given), threads and device.
+_shared = shared_options({
+    "cyclegan": (Path, typer.Option(None, "--cyclegan",
+                                    help="CycleGAN checkpoint (`s2m train cyclegan`; none shipped).")),
+    "unit": (Path, typer.Option(None, "--unit", help="UNIT checkpoint (`s2m train unit`; none shipped).")),
+    "ugatit": (Path, typer.Option(None, "--ugatit", help="U-GAT-IT checkpoint (`s2m train ugatit`; none shipped).")),
+    "threads": (int, typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default).")),
+    "device": (str, typer.Option("cpu", "--device", help="cpu or cuda.")),
+})
 
 
 class _ManifestDefault(TyperGroup):
@@ -58,6 +70,7 @@ def make_queries(
 
 
 @app.command("retrieval")
+@_shared
 def retrieval(
     manifest: Path = typer.Argument(..., help="Query manifest CSV (sketch,target_id[,label columns]) or its folder."),
     index: str = typer.Option("default", "--index", "--name", help="Index name (a folder under HOME/indexes/)."),
@@ -77,17 +90,13 @@ def retrieval(
     limit: int = typer.Option(None, "--limit", help="Only the first N queries."),
     pix2pix: Path = typer.Option(None, "--pix2pix", help="pix2pix checkpoint (default: the shipped one)."),
     embedding: Path = typer.Option(None, "--embedding", help="Embedding baseline checkpoint (default: shipped)."),
-    cyclegan: Path = typer.Option(None, "--cyclegan", help="CycleGAN checkpoint (`s2m train cyclegan`; none shipped)."),
-    unit: Path = typer.Option(None, "--unit", help="UNIT checkpoint (`s2m train unit`; none shipped)."),
-    ugatit: Path = typer.Option(None, "--ugatit", help="U-GAT-IT checkpoint (`s2m train ugatit`; none shipped)."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter of the edge baseline (default: shipped)."),
     home: Path = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (default ~/.s2m)."),
     db: str = typer.Option(None, "--db", envvar="S2M_DB_URL", help="Database URL (default: SQLite HOME/s2m.db)."),
-    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     model: str = typer.Option(None, "--model", help="Model bundle (name or folder) the index was built with "
                                                     "(default: the shipped phantom bundle)."),
     perceptual: str = typer.Option(None, "--perceptual", help="Perceptual metric (default: the one of the index)."),
+    *, cyclegan, unit, ugatit, threads, device,
 ) -> None:
     """Retrieval precision of every query of MANIFEST against index NAME, for each method, in one run."""
     from tqdm import tqdm
@@ -163,15 +172,13 @@ def generation(
 
 
 @app.command("sketch2medi")
+@_shared
 def sketch2medi(
     generator: Path = typer.Option(None, "--generator", help="Generator G (default: the shipped one)."),
     encoder: Path = typer.Option(None, "--encoder", help="E trained with the latent discriminator (row E + D)."),
     encoder_alone: Path = typer.Option(None, "--encoder-alone", help="E trained with --no-adv (row E alone)."),
     refiner: Path = typer.Option(None, "--refiner", help="H, trained on one of the two encoders (rows E + H, T)."),
     pix2pix: Path = typer.Option(None, "--pix2pix", help="The pix2pix baseline (row pix2pix)."),
-    cyclegan: Path = typer.Option(None, "--cyclegan", help="The CycleGAN baseline (row CycleGAN; none shipped)."),
-    unit: Path = typer.Option(None, "--unit", help="The UNIT baseline (row UNIT; none shipped)."),
-    ugatit: Path = typer.Option(None, "--ugatit", help="The U-GAT-IT baseline (row U-GAT-IT; none shipped)."),
     inverter: Path = typer.Option(None, "--inverter", help="The archive inverter (inversion table)."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter S for DICE, domain FD and the seg metric "
                                                            "(default: the shipped one)."),
@@ -191,9 +198,8 @@ def sketch2medi(
     optimise_steps: int = typer.Option(20, "--optimise-steps", help="Per-image optimisation steps after the "
                                                                    "inverter's iterations (0: no such row)."),
     batch: int = typer.Option(32, "--batch", help="Batch size."),
-    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     out: Path = typer.Option(None, "--out", help="Folder for sketch_quality.md, .json and samples.png."),
+    *, cyclegan, unit, ugatit, threads, device,
 ) -> None:
     """Sketch -> image quality (perceptual distance, DICE via S, domain FD, a real-vs-x̂ classifier as realism proxy)
     of E, E + D, E + H (T), pix2pix and the unpaired baselines on held-out phantoms, per sketch set with the gap
