@@ -29,15 +29,17 @@ from timing import rss_mib
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_models(folder: Path, projector_dim: int = 0) -> Path:
+def make_models(folder: Path, projector_dim: int = 0, projector_hidden: int = 0) -> Path:
     """Default-config 64 px models with random weights, plus a random default segmenter for the seg metric, and
-    a random projector into `projector_dim` dims when it is > 0 (the shipped bundle's retrieval space: 256)."""
+    a random projector into `projector_dim` dims when it is > 0 (the shipped bundle's retrieval space: 256, heads
+    with one hidden layer of 512 units)."""
     from s2m_retrieval.networks.checkpoint import save_checkpoint
     from s2m_retrieval.networks.segmenter import Segmenter, SegmenterConfig
     from s2m_retrieval.networks.stylegan2 import GeneratorConfig
     from s2m_retrieval.testing.random_models import write_random_models
 
-    write_random_models(folder, g_config=GeneratorConfig(), seed=0, projector_dim=projector_dim)
+    write_random_models(folder, g_config=GeneratorConfig(), seed=0, projector_dim=projector_dim,
+                        projector_hidden=projector_hidden)
     torch.manual_seed(0)
     save_checkpoint(folder / "segmenter.pt", kind="segmenter", config=SegmenterConfig(),
                     state_dict=Segmenter(SegmenterConfig()).state_dict(), meta={"random": True})
@@ -290,6 +292,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--projector-dim", type=int, default=256,
                         help="Random projector into this many dims, as the shipped bundle's (0: weighted W+ vectors).")
+    parser.add_argument("--projector-hidden", type=int, default=512,
+                        help="Hidden units of the random projector's heads, as the shipped bundle's (0: linear).")
     parser.add_argument("--threads", type=int, default=1, help="Torch threads (FAISS uses 1 per single query).")
     parser.add_argument("--factory", default=None, help="FAISS factory (default: chosen by size, as a build does).")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the models and indexes here.")
@@ -315,7 +319,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        models = make_models(work / "models", args.projector_dim)
+        models = make_models(work / "models", args.projector_dim, args.projector_hidden)
         encoders = {m: InverterEncoder.load(models, perceptual=m) for m in args.metrics}
         encoder = encoders[args.metrics[0]]
         print(f"default 64 px model configs with RANDOM weights (timings only); torch {torch.__version__}, "

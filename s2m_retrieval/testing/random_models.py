@@ -31,9 +31,11 @@ def _perturb_heads(module: torch.nn.Module, gen: torch.Generator, std: float) ->
 
 def write_random_models(out_dir: str | os.PathLike, g_config: GeneratorConfig = TINY_GENERATOR, seed: int = 0,
                         encoder_kw: dict | None = None, refiner_kw: dict | None = None,
-                        head_std: float = 0.05, projector_dim: int = 0) -> Path:
+                        head_std: float = 0.05, projector_dim: int = 0,
+                        projector_hidden: int = 0) -> Path:
     """Write generator.pt, encoder.pt, refiner.pt and inverter.pt with seeded random weights into `out_dir`, and
-    projector.pt (a random retrieval space of `projector_dim` dims over the default weighting) when it is > 0.
+    projector.pt (a random retrieval space of `projector_dim` dims over the default weighting, heads with one
+    hidden layer of `projector_hidden` units when that is > 0) when it is > 0.
 
     The inverter is ReStyle-shaped (image + current reconstruction); E, H and the inverter record the
     generator they belong to, as trained ones do. `encoder_kw` / `refiner_kw` default to tiny widths for
@@ -74,7 +76,8 @@ def write_random_models(out_dir: str | os.PathLike, g_config: GeneratorConfig = 
         from s2m_retrieval.networks.projector import KIND, LatentProjector, ProjectorConfig
 
         config = ProjectorConfig(in_dim=DEFAULT_WEIGHTING.dim(G.num_ws, g_config.w_dim),
-                                 weighting=DEFAULT_WEIGHTING.spec(), dim=projector_dim)
+                                 weighting=DEFAULT_WEIGHTING.spec(), dim=projector_dim,
+                                 hidden=projector_hidden)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             P = LatentProjector(config)
