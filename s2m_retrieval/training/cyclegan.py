@@ -18,7 +18,7 @@ from s2m_retrieval.networks.cyclegan import CycleGAN, CycleGANConfig, PatchGAN, 
 from s2m_retrieval.training.latent import TrainProgress
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.unpaired import (FakePool, UnpairedMethod, UnpairedNets, UnpairedTrainConfig, adam,
-                                             check_resolution, lsgan_d, lsgan_g, train_unpaired)
+                                             resolve_configs, lsgan_d, lsgan_g, train_unpaired)
 
 CYCLEGAN_FILE = "cyclegan.pt"
 KIND = "cyclegan"
@@ -61,11 +61,7 @@ def train_cyclegan(pairs: PairSet, out_dir: str | os.PathLike, config: CycleGANC
     unpaired halves of `pairs`; return cyclegan.pt's path (latest.pt resumes)."""
     tc = train_config
     device = torch.device(device)
-    cfg = config or cyclegan_config_for(pairs.resolution)
-    d_cfg = d_config or patchgan_config_for(pairs.resolution)
-    check_resolution(pairs, KIND, cfg, d_cfg)
-    if (cfg.sketch_channels, cfg.image_channels, d_cfg.in_channels) != (1, 3, 3):
-        raise BadInputError("CycleGAN maps 1-channel sketches to RGB; its image PatchGAN reads 3 channels")
+    cfg, d_cfg = resolve_configs(pairs, KIND, "CycleGAN", config, d_config, cyclegan_config_for, patchgan_config_for)
     res = cfg.img_resolution
     torch.manual_seed(tc.seed)
     model = CycleGAN(cfg).to(device)

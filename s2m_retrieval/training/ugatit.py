@@ -22,7 +22,7 @@ from s2m_retrieval.networks.ugatit import (UGATIT, UGATITConfig, UGATITDiscrimin
 from s2m_retrieval.training.latent import TrainProgress
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.unpaired import (UnpairedMethod, UnpairedNets, UnpairedTrainConfig, adam,
-                                             check_resolution, lsgan_d, lsgan_g, train_unpaired)
+                                             resolve_configs, lsgan_d, lsgan_g, train_unpaired)
 
 UGATIT_FILE = "ugatit.pt"
 KIND = "ugatit"
@@ -80,11 +80,7 @@ def train_ugatit(pairs: PairSet, out_dir: str | os.PathLike, config: UGATITConfi
     channel) on unpaired halves of `pairs`; return ugatit.pt's path (latest.pt resumes)."""
     tc = train_config
     device = torch.device(device)
-    cfg = config or ugatit_config_for(pairs.resolution)
-    d_cfg = d_config or ugatit_d_config_for(pairs.resolution)
-    check_resolution(pairs, KIND, cfg, d_cfg)
-    if (cfg.sketch_channels, cfg.image_channels, d_cfg.in_channels) != (1, 3, 3):
-        raise BadInputError("U-GAT-IT maps 1-channel sketches to RGB; its image critics read 3 channels")
+    cfg, d_cfg = resolve_configs(pairs, KIND, "U-GAT-IT", config, d_config, ugatit_config_for, ugatit_d_config_for)
     torch.manual_seed(tc.seed)
     model = UGATIT(cfg).to(device)
     D_image = UGATITDiscriminator(d_cfg).to(device)

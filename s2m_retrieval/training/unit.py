@@ -19,7 +19,7 @@ from s2m_retrieval.networks.unit import UNIT, UNITConfig
 from s2m_retrieval.training.latent import TrainProgress
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.unpaired import (UnpairedMethod, UnpairedNets, UnpairedTrainConfig, adam,
-                                             check_resolution, lsgan_d, lsgan_g, train_unpaired)
+                                             resolve_configs, lsgan_d, lsgan_g, train_unpaired)
 
 UNIT_FILE = "unit.pt"
 KIND = "unit"
@@ -72,11 +72,7 @@ def train_unit(pairs: PairSet, out_dir: str | os.PathLike, config: UNITConfig | 
     unpaired halves of `pairs`; return unit.pt's path (latest.pt resumes)."""
     tc = train_config
     device = torch.device(device)
-    cfg = config or unit_config_for(pairs.resolution)
-    d_cfg = d_config or unit_d_config_for(pairs.resolution)
-    check_resolution(pairs, KIND, cfg, d_cfg)
-    if (cfg.sketch_channels, cfg.image_channels, d_cfg.in_channels) != (1, 3, 3):
-        raise BadInputError("UNIT maps 1-channel sketches to RGB; its image discriminator reads 3 channels")
+    cfg, d_cfg = resolve_configs(pairs, KIND, "UNIT", config, d_config, unit_config_for, unit_d_config_for)
     torch.manual_seed(tc.seed)
     model = UNIT(cfg).to(device)
     D_image = PatchGAN(d_cfg).to(device)

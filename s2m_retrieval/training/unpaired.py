@@ -120,6 +120,17 @@ class FakePool(nn.Module):
         return torch.stack(out)
 
 
+def resolve_configs(pairs: PairSet, kind: str, name: str, config, d_config, config_for, d_config_for):
+    """(translator config, image critic config): the given ones, else the defaults at the pairs' resolution;
+    both must work at that resolution and map 1-channel sketches to RGB (`name` is the method's in messages)."""
+    cfg = config or config_for(pairs.resolution)
+    d_cfg = d_config or d_config_for(pairs.resolution)
+    check_resolution(pairs, kind, cfg, d_cfg)
+    if (cfg.sketch_channels, cfg.image_channels, d_cfg.in_channels) != (1, 3, 3):
+        raise BadInputError(f"{name} maps 1-channel sketches to RGB; its image critic reads 3 channels")
+    return cfg, d_cfg
+
+
 def check_resolution(pairs: PairSet, kind: str, *configs) -> None:
     """Every network config works at the pairs' resolution."""
     if any(c.img_resolution != pairs.resolution for c in configs):
