@@ -12,7 +12,7 @@ def sketch(
     out: Path = typer.Option(..., "--out", help="PNG file to write."),
     mask: Path = typer.Option(None, "--mask", help="Label map of the image; without it the segmenter finds one."),
     freehand: bool = typer.Option(False, "--freehand", help="Imitate a free-hand drawing (wobble, gaps, ...)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the free-hand augmentation."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the free-hand augmentation."),
     size: int = typer.Option(64, "--size", help="Sketch size in pixels (the model resolution)."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter checkpoint (default: the model bundle's)."),
     model: str = typer.Option(None, "--model", help="Model bundle (name or folder) whose segmenter to use "
@@ -73,7 +73,7 @@ def sketch(
 def demo(
     out: Path = typer.Option(Path("s2m-demo"), "--out", help="Folder for everything the demo makes."),
     n: int = typer.Option(2000, "--n", help="Archive size."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the archive and the sketches."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the archive and the sketches."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
     model: str = typer.Option(None, "--model", help="Model bundle (name or folder; default: the shipped phantom "
                                                     "bundle)."),

@@ -14,7 +14,7 @@ def phantom(
     out: Path = typer.Option(..., "--out", help="Folder to write the archive into (must be empty)."),
     n: int = typer.Option(1000, "--n", help="Number of phantom images."),
     size: int = typer.Option(64, "--size", help="Image size in pixels: 32, 64, 128 or 256."),
-    seed: int = typer.Option(0, "--seed", help="Archive seed; same seed, byte-identical files."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Archive seed; same seed, byte-identical files."),
     start: int = typer.Option(0, "--start", help="Index of the first phantom (to extend an archive)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a phantom archive in --out."),
     extend: bool = typer.Option(False, "--extend", help="Add to the phantom archive in --out (same seed, size)."),

@@ -44,7 +44,7 @@ def make_queries(
                                              "segmenter's label maps)."),
     out: Path = typer.Option(..., "--out", help="Folder for manifest.csv and sketches/."),
     n: int = typer.Option(200, "--n", help="Number of queries."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the pick and of the free-hand strokes."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the pick and of the free-hand strokes."),
     style: str = typer.Option("unseen", "--style", help="Sketch style: unseen (never seen in training: rounder "
                                                         "outlines, big canvas, thick pen), traced (a second held-out "
                                                         "style: the image's own edges traced, no mask), or train."),
@@ -130,7 +130,7 @@ def retrieval(
 def generation(
     archive: Path = typer.Argument(..., help="Archive of real images (at least 2 x N)."),
     generator: Path = typer.Option(None, "--generator", help="Generator checkpoint (default: the shipped one)."),
-    n: int = typer.Option(2000, "--n", help="Images per set."),
+    n: int = typer.Option(2000, "--n", min=2, help="Images per set."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter for the domain features (default: shipped)."),
     inception: bool = typer.Option(False, "--inception", help="Also standard FID (needs Inception-v3 weights)."),
@@ -186,8 +186,8 @@ def sketch2medi(
                                 help="Perceptual distances, comma-separated (seg, lpips-alex, lpips-vgg); one "
                                      "whose weights are missing shows as n/a."),
     n: int = typer.Option(200, "--n", help="Held-out sketches."),
-    seed: int = typer.Option(0, "--seed", help="Phantom seed of the held-out set."),
-    start: int = typer.Option(1_000_000, "--start", help="First held-out phantom index (training uses 0..N-1)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Phantom seed of the held-out set."),
+    start: int = typer.Option(1_000_000, "--start", min=0, help="First held-out phantom index (training uses 0..N-1)."),
     sets: str = typer.Option("synthesized,unseen", "--sets",
                              help="Sketch sets of the same held-out phantoms, comma-separated: synthesized (S's "
                                   "free-hand, the training style), unseen and traced (make-queries' held-out "

@@ -390,3 +390,18 @@ def test_demo_reruns_in_its_folder_but_never_over_a_users(cli, setup, tmp_path):
     (users / "archive" / "keep.png").write_bytes(b"x")
     _one_line_error(cli("demo", "--out", users, "--n", "30"), "was not made by s2m demo", code=1)
     assert (users / "archive" / "keep.png").read_bytes() == b"x"
+
+
+def test_negative_seeds_and_too_small_sets_are_one_line(cli, phantom_archive, tmp_path):
+    # numpy's generators refuse negative seeds with a bare ValueError; the options say it first, before any write.
+    image = phantom_archive / "images" / "ph000000.png"
+    cases = [(("data", "phantom", "--n", 2, "--seed", -1, "--out", tmp_path / "ph"), "--seed"),
+             (("eval", "make-queries", phantom_archive, "--n", 2, "--seed", -1, "--out", tmp_path / "q"), "--seed"),
+             (("eval", "sketch2medi", "--n", 2, "--seed", -1), "--seed"),
+             (("eval", "sketch2medi", "--n", 2, "--start", -1), "--start"),
+             (("eval", "generation", phantom_archive, "--n", 1), "--n"),
+             (("sketch", image, "--freehand", "--seed", -1, "--out", tmp_path / "s.png"), "--seed"),
+             (("demo", "--seed", -1, "--out", tmp_path / "demo"), "--seed")]
+    for args, needle in cases:
+        _one_line_error(cli(*args), needle, code=2)
+    assert not any(tmp_path.iterdir())
