@@ -88,8 +88,9 @@ def retrieval(
     alpha: float = typer.Option(DEFAULT_ALPHA, "--alpha", help="Fused score weight of the latent distance (the "
                                                              "query default; 1: latent distance alone)."),
     limit: int = typer.Option(None, "--limit", help="Only the first N queries."),
-    pix2pix: Path = typer.Option(None, "--pix2pix", help="pix2pix checkpoint (default: the shipped one)."),
-    embedding: Path = typer.Option(None, "--embedding", help="Embedding baseline checkpoint (default: shipped)."),
+    pix2pix: Path = typer.Option(None, "--pix2pix", help="pix2pix checkpoint (`s2m train pix2pix`; none shipped)."),
+    embedding: Path = typer.Option(None, "--embedding", help="Embedding baseline checkpoint (`s2m train embedding`; "
+                                                             "none shipped)."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter of the edge baseline (default: shipped)."),
     home: Path = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (default ~/.s2m)."),
     db: str = typer.Option(None, "--db", envvar="S2M_DB_URL", help="Database URL (default: SQLite HOME/s2m.db)."),

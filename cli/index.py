@@ -17,9 +17,9 @@ HOME = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (defaul
 DB = typer.Option(None, "--db", envvar="S2M_DB_URL",
                   help="Database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite HOME/s2m.db).")
 JSON_OUT = typer.Option(False, "--json", help="Print machine-readable JSON.")
-# Hidden: the real inverter becomes the default once it ships; `fake` exists for tests and development.
-ENCODER = typer.Option("inverter", "--encoder", hidden=True,
-                       help="Archive encoder: inverter, or fake[:dim=..,delay=..] (tests only).")
+ENCODER = typer.Option("inverter", "--encoder",
+                       help="Archive encoder and its options, e.g. inverter:iterations=2, inverter:perceptual=seg, "
+                            "inverter:device=cuda, inverter:projector=0 (`fake`: tests only).")
 MODEL = typer.Option(None, "--model", help=MODEL_HELP)
 FIT = typer.Option(None, "--fit", help="How non-square images become square: crop or pad (default: as the "
                                        "bundle's training did).")
@@ -76,7 +76,7 @@ def build(
     rebuild: bool = typer.Option(False, "--rebuild", help="Forget the index's vectors and encode everything again."),
     prune: bool = typer.Option(False, "--prune", help="Remove entries whose files are gone from the archive."),
     engine: str = typer.Option("local", "--engine", help="Where images are decoded and encoded: local (this "
-                                                         "process) or ray (a Ray cluster; needs the [ray] extra)."),
+                                                         "process) or ray (a Ray cluster; needs the ray extra)."),
     address: str = typer.Option(None, "--address", help="Ray cluster: auto (the one this node belongs to) or "
                                                         "ray://HOST:10001 (default: start Ray on this machine)."),
     num_actors: int = typer.Option(None, "--num-actors", help="Ray encoder actors, each loading the models once "

@@ -150,3 +150,11 @@ def test_retrieve_checks_options_before_opening_the_index(tmp_path):
     proc = _s2m("retrieve", "--like", "x", "--where", "tonsil_grade>>3", "--home", str(tmp_path / "nohome"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "no index" not in proc.stderr
     assert not (tmp_path / "nohome").exists()
+
+
+def test_index_build_help_shows_documented_options(runner):
+    # Help texts go through rich markup: "[ray]" was swallowed as a tag; --encoder (README) was hidden.
+    result = runner.invoke(app, ["index", "build", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "needs the ray extra" in result.stdout
+    assert "--encoder" in result.stdout and "inverter:perceptual=seg" in result.stdout
