@@ -405,3 +405,16 @@ def test_negative_seeds_and_too_small_sets_are_one_line(cli, phantom_archive, tm
     for args, needle in cases:
         _one_line_error(cli(*args), needle, code=2)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_api_refuses_negative_seeds_before_writing(tmp_path, phantom_archive):
+    import s2m_retrieval as s2m
+    from s2m_retrieval.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="seed"):
+        s2m.make_phantoms(tmp_path / "ph", 2, seed=-1)
+    assert not (tmp_path / "ph").exists()
+    image = phantom_archive / "images" / "ph000000.png"
+    mask = phantom_archive / "masks" / "ph000000.png"
+    with pytest.raises(BadInputError, match="seed"):
+        s2m.draw_sketch(image, mask=mask, freehand=True, seed=-1)

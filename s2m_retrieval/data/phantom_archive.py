@@ -107,8 +107,8 @@ def write_phantom_archive(out: str | os.PathLike, n: int, size: int = 64, seed: 
     """
     if n < 1:
         raise BadInputError(f"--n must be at least 1, got {n}")
-    if start < 0:
-        raise BadInputError(f"--start must be >= 0, got {start}")
+    if start < 0 or seed < 0:
+        raise BadInputError(f"start and seed must be >= 0, got start={start}, seed={seed}")
     if size not in SUPPORTED_SIZES:
         raise BadInputError(f"--size must be one of {', '.join(map(str, SUPPORTED_SIZES))}, got {size}")
     out = Path(out)

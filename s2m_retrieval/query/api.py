@@ -113,6 +113,8 @@ def draw_sketch(image: np.ndarray | Image.Image | PathLike, *, mask: np.ndarray 
 
     if size < 8 or size > 2048 or size % 8:
         raise BadInputError(f"size must be a multiple of 8 between 8 and 2048, got {size}")
+    if seed < 0:
+        raise BadInputError(f"seed must be >= 0, got {seed}")
     name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "the image"
     pixels = read_image(image) if isinstance(image, (str, os.PathLike)) else _rgb(image)
     if mask is not None:
