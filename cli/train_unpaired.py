@@ -47,8 +47,8 @@ def _train(kind: str, archive: str, out: Path, res: int, steps: int, batch: int,
 
 
 def _command(kind: str, common):
-    """The typer command training `kind`: pix2pix's options (`common` is cli.train), the method's learning rate,
-    `--cycle` for its main weight."""
+    """The typer command training `kind`: pix2pix's options (`common` is cli.train, its shared options through
+    `_shared_options`), the method's learning rate, `--cycle` for its main weight."""
     _, default_lr, what = UNPAIRED[kind]
 
     def command(
@@ -60,22 +60,15 @@ def _command(kind: str, common):
         lr: float = typer.Option(default_lr, "--lr", help="Adam learning rate (beta1 0.5), generators and critics."),
         cycle: float = typer.Option(10.0, "--cycle", help="Weight of the cycle-consistency L1."),
         seed: int = typer.Option(0, "--seed", help="Training seed."),
-        pairs_per_image: int = common.PAIRS_PER_IMAGE,
-        pairs_cache: Path = common.PAIRS_CACHE,
-        limit: int = common.LIMIT,
         segmenter: Path = common.PAIR_SEGMENTER,
-        snapshot_every: int = common.SNAPSHOT_EVERY,
-        threads: int = common.THREADS,
-        device: str = common.DEVICE,
-        fresh: bool = common.FRESH,
-        config_json: str = common.CONFIG_JSON,
+        *, pairs_per_image, pairs_cache, limit, snapshot_every, threads, device, fresh, config_json,
     ) -> None:
         _train(kind, archive, out, res, steps, batch, lr, cycle, seed, pairs_per_image, pairs_cache, limit,
                segmenter, snapshot_every, threads, device, fresh, config_json)
 
     command.__doc__ = (f"Train the {what} baseline on the pairs of pix2pix and E, unpaired: the sketches of the "
                        "first half of the images, the images of the second; rerun to resume.")
-    return command
+    return common._shared_options(command)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,6 @@ same PairSet. The paired images of the first half are never trained on; the samp
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,11 +20,9 @@ from torch import nn
 
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
-from s2m_retrieval.training.curves import TrainCurves
 from s2m_retrieval.training.gan import save_image_grid
-from s2m_retrieval.training.latent import (SAMPLE_ROWS, STATE_FILE, TrainProgress, as_float, check_steps,
-                                           default_progress, finish_step, out_path, restore_state, save_state,
-                                           sketch_rgb)
+from s2m_retrieval.training.latent import (SAMPLE_ROWS, TrainProgress, as_float, check_finite, check_steps,
+                                           finish_step, out_path, save_state, sketch_rgb, start_run)
 from s2m_retrieval.training.pairs import PairSet
 
 DrawUnpaired = Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -161,12 +158,8 @@ def train_unpaired(nets: UnpairedNets, pairs: PairSet, out_dir: str | os.PathLik
     out_dir = out_path(out_dir)
     kind, model = nets.kind, nets.model
     data_gen = torch.Generator().manual_seed(tc.seed)
-    state_path = out_dir / STATE_FILE
-    step = 0
-    if resume and state_path.exists():
-        step = restore_state(state_path, kind, nets.networks, nets.optimizers, nets.configs, data_gen, device)
-    curves = TrainCurves(out_dir, step, nets.optimizers)
-    report = curves.wrap(progress or default_progress(f"train {kind}", tc.steps, step))
+    state_path, step, curves, report = start_run(out_dir, kind, nets.networks, nets.optimizers, nets.configs,
+                                                 data_gen, device, resume, progress, f"train {kind}", tc.steps)
     draw = unpaired_batches(pairs, tc.batch, tc.xflip)
     h = split_point(pairs)
     n = min(SAMPLE_ROWS, h)
@@ -202,8 +195,7 @@ def train_unpaired(nets: UnpairedNets, pairs: PairSet, out_dir: str | os.PathLik
         sketch, image = (t.to(device) for t in draw(data_gen))
         fitted, terms = nets.step(sketch, image)
         step += 1
-        if not math.isfinite(fitted):
-            raise BadInputError(f"{kind} training diverged at step {step} (cycle L1 {fitted}); lower the learning rate")
+        check_finite(kind, step, fitted, "cycle L1")
         report(TrainProgress(step, tc.steps, fitted, terms, time.perf_counter() - t0))
         finish_step(step, tc.steps, tc.sample_every, tc.snapshot_every, write_samples, snapshot, curves)
     return snapshot(final=True)
@@ -213,7 +205,6 @@ def adam(modules: list[nn.Module], tc: UnpairedTrainConfig, weight_decay: float 
     """One Adam over the parameters of `modules` (G's pair, or D's), beta2 0.999 as in the papers."""
     params = [p for m in modules for p in m.parameters()]
     return torch.optim.Adam(params, lr=tc.lr, betas=(tc.beta1, 0.999), weight_decay=weight_decay)
-
 
 
 @dataclass(frozen=True)
