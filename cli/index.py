@@ -121,11 +121,14 @@ def add(
     files: list[Path] = typer.Argument(..., help="Image files to add (or re-encode when changed)."),
     *, name, home, db, as_json, encoder, model, fit, keep_tags, frames,
 ) -> None:
-    """Add individual image files to an index."""
+    """Add individual image files to an existing index (`s2m index build` creates one)."""
+    from index.layout import index_paths
     from s2m_retrieval.data.dicom import check_frame_choice
     from s2m_retrieval.model.archive_encoder import load_encoder
     from s2m_retrieval.ingest.runner import BuildOptions, add_files
+    from s2m_retrieval.storage.db import resolve_home
 
+    index_paths(resolve_home(home), name).require()  # a mistyped --name must not start a new index
     if frames is not None:
         check_frame_choice(frames)  # before any model is loaded
     enc = load_encoder(encoder, model, fit, home)

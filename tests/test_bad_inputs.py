@@ -347,6 +347,16 @@ def test_index_add_rejections(cli, setup, tmp_path):
     assert cli("index", "verify", "--home", home).code == 0
 
 
+def test_index_add_refuses_an_unknown_index_name(cli, setup, tmp_path):
+    home = setup.private_home(tmp_path / "home")
+    image = sorted((setup.archive / "images").glob("*.png"))[0]
+    add = ["index", "add", image, "--encoder", setup.encoder_spec, "--name", "defualt"]
+    line = _one_line_error(cli(*add, "--home", home), "no index named 'defualt'")
+    assert "existing: default" in line and "`s2m index build ARCHIVE --name defualt`" in line
+    _one_line_error(cli(*add, "--home", tmp_path / "fresh"), "none exist yet")
+    assert not (home / "indexes" / "defualt").exists() and not (tmp_path / "fresh" / "indexes").exists()
+
+
 def test_make_queries_skips_bad_images(tmp_path, phantom_archive):
     from s2m_retrieval.errors import ArchiveError
     from s2m_retrieval.evaluation.manifest import make_queries, read_manifest
