@@ -103,7 +103,7 @@ def test_options_filters_like_and_generate(index, setup):
 def test_bad_inputs_are_s2m_errors(index, setup, tmp_path):
     with pytest.raises(s2m.S2MError, match="empty"):
         index.query(np.full((64, 64), 255, np.uint8))
-    with pytest.raises(s2m.S2MError, match="--k"):
+    with pytest.raises(s2m.S2MError, match="^k and candidates must be >= 1"):
         index.query(phantom_sketch(), k=0)
     with pytest.raises(s2m.S2MError, match="no image"):
         index.like("not-in-the-index")
@@ -111,6 +111,19 @@ def test_bad_inputs_are_s2m_errors(index, setup, tmp_path):
         s2m.open_index("missing", home=setup.home, models=setup.models)
     with pytest.raises(s2m.S2MError):
         index.query(tmp_path / "absent.png")
+
+
+def test_messages_name_the_parameters_as_the_caller_wrote_them(index):
+    sketch = phantom_sketch()
+    for call, message in ((lambda: index.query(sketch, k=1, candidates=0), "k and candidates must be >= 1"),
+                          (lambda: index.query(sketch, alpha=2.0), "alpha must be between 0 and 1"),
+                          (lambda: index.like(0, max_distance=-1.0), "max_distance must be >= 0"),
+                          (lambda: index.query(sketch, steps=99), "steps must be between 0 and 10"),
+                          (lambda: index.generate(sketch, steps=-1), "steps must be between 0 and 10"),
+                          (lambda: index.like("not-in-the-index"), "image 'not-in-the-index': no image with that")):
+        with pytest.raises(s2m.S2MError) as raised:
+            call()
+        assert str(raised.value).startswith(message) and "--" not in str(raised.value), str(raised.value)
 
 
 def test_build_add_and_remove(tmp_path, setup):

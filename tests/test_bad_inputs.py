@@ -209,6 +209,11 @@ def test_bundle_without_refiner_is_said_not_silent(cli, setup, tmp_path):
                                                    "is missing", code=2)
     asked = cli(*query, "--steps", "0")
     assert asked.code == 0 and asked.stderr == ""
+    import s2m_retrieval as s2m
+
+    with s2m.open_index(home=home, models=bundle) as index:  # the Python API names its parameter, not the flag
+        with pytest.raises(BadInputError, match=r"^steps 2 needs the refiner H, .* query with steps=0 \(E alone\)$"):
+            index.query(SKETCH, steps=2)
 
 
 def test_query_limits_are_one_set_for_cli_and_http(cli, tmp_path):

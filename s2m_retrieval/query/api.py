@@ -195,7 +195,7 @@ def generate(sketch: SketchLike, *, models: PathLike | Bundle | None = None, ste
     grey = _sketch(sketch)
     files = model_files(_models_folder(models, home), ("generator", "encoder"), "generating from a sketch")
     steps = (DEFAULT_REFINE_STEPS if files["refiner"] is not None else 0) if steps is None else steps
-    check_steps(steps)
+    check_steps(steps, cli=False)
     model = Sketch2MedI.from_checkpoints(files["generator"], files["encoder"], files["refiner"] if steps else None,
                                          None, perceptual=None, device=device)
     return _x_hat(model, grey, steps)
@@ -231,7 +231,8 @@ class Index:
         alpha * latent + (1 - alpha) * perceptual (default 1: latent distance only). `where` filters on labels ("tonsil_grade>=3, mallampati=2"), `max_distance`
         drops candidates farther in W+."""
         result = self._engine.query_sketch(_sketch(sketch), k=k, n_candidates=candidates, steps=steps, alpha=alpha,
-                                           where=where, max_distance=max_distance, x_hat=False)  # hits only
+                                           where=where, max_distance=max_distance, x_hat=False,  # hits only
+                                           cli=False)
         return _hits(result)
 
     def like(self, image: int | PathLike, k: int = 10, *, candidates: int = 100, alpha: float = DEFAULT_ALPHA,
@@ -240,14 +241,14 @@ class Index:
         or like an image file outside the index (inverted as archive images are); E and H are not used."""
         key = image if isinstance(image, int) else os.fspath(image)
         return _hits(self._engine.query_like(key, k=k, n_candidates=candidates, alpha=alpha, where=where,
-                                             max_distance=max_distance))
+                                             max_distance=max_distance, cli=False))
 
     def generate(self, sketch: SketchLike, steps: int | None = None) -> np.ndarray:
         """x̂ of a sketch with this index's models, uint8 RGB `[R, R, 3]` (see `generate`)."""
         from s2m_retrieval.query.engine import check_steps
 
         steps = self._engine.default_steps if steps is None else steps
-        check_steps(steps)
+        check_steps(steps, cli=False)
         return _x_hat(self._engine.pipeline, _sketch(sketch), steps)
 
     def refresh(self) -> bool:

@@ -90,25 +90,34 @@ def read_sketch(path: str | os.PathLike) -> np.ndarray:
     return as_grey_sketch(decode_pixels(input_file(path, "sketch", BadImageError)))
 
 
-def check_options(k: int, n_candidates: int, alpha: float, max_distance: float | None, how: str) -> None:
-    """Reject out-of-range query options with one line, before any model or index is opened."""
+def option_name(param: str, cli: bool) -> str:
+    """How a message names a query option: the CLI's flag (`--max-distance`) or the Python parameter
+    (`max_distance`), as the caller wrote it."""
+    return "--" + param.replace("_", "-") if cli else param
+
+
+def check_options(k: int, n_candidates: int, alpha: float, max_distance: float | None, how: str, *,
+                  cli: bool = True) -> None:
+    """Reject out-of-range query options with one line, before any model or index is opened (`cli`: the message
+    names the CLI's flags, else the Python API's parameters)."""
+    both = f"{option_name('k', cli)} and {option_name('candidates', cli)}"
     if k < 1 or n_candidates < 1:
-        raise BadInputError(f"--k and --candidates must be >= 1, got {k} and {n_candidates}")
+        raise BadInputError(f"{both} must be >= 1, got {k} and {n_candidates}")
     if k > MAX_K or n_candidates > MAX_CANDIDATES:
-        raise BadInputError(f"--k and --candidates may be at most {MAX_K} and {MAX_CANDIDATES}, got {k} and "
-                            f"{n_candidates}")
+        raise BadInputError(f"{both} may be at most {MAX_K} and {MAX_CANDIDATES}, got {k} and {n_candidates}")
     if not 0.0 <= alpha <= 1.0:
-        raise BadInputError(f"--alpha must be between 0 and 1, got {alpha}")
+        raise BadInputError(f"{option_name('alpha', cli)} must be between 0 and 1, got {alpha}")
     if max_distance is not None and not max_distance >= 0:
-        raise BadInputError(f"--max-distance must be >= 0, got {max_distance}")
+        raise BadInputError(f"{option_name('max_distance', cli)} must be >= 0, got {max_distance}")
     if how not in NORMALISATIONS:
         raise BadInputError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {how!r}")
 
 
-def check_steps(steps: int | None) -> None:
-    """Refinement steps T of a sketch query (None: H's trained T) must lie in 0..MAX_STEPS."""
+def check_steps(steps: int | None, *, cli: bool = True) -> None:
+    """Refinement steps T of a sketch query (None: H's trained T) must lie in 0..MAX_STEPS (`cli`: see
+    `check_options`)."""
     if steps is not None and not 0 <= steps <= MAX_STEPS:
-        raise BadInputError(f"--steps must be between 0 and {MAX_STEPS}, got {steps}")
+        raise BadInputError(f"{option_name('steps', cli)} must be between 0 and {MAX_STEPS}, got {steps}")
 
 
 # How a sketch query becomes an index vector (see RetrievalEngine.sketch_vector): E's own code ("sketch"), x̂
@@ -214,15 +223,17 @@ class RetrievalEngine:
             mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
         return mean
 
-    def sketch_steps(self, steps: int | None) -> tuple[int, str | None]:
+    def sketch_steps(self, steps: int | None, *, cli: bool = True) -> tuple[int, str | None]:
         """(T, note) of a sketch query: `steps`, or H's trained T with `refiner_note` when None; a T outside
-        0..MAX_STEPS, or above 0 without H, is a BadInputError."""
+        0..MAX_STEPS, or above 0 without H, is a BadInputError (`cli`: see `check_options`)."""
         note = self.refiner_note if steps is None else None
         steps = self.default_steps if steps is None else int(steps)
-        check_steps(steps)
+        check_steps(steps, cli=cli)
         if steps > 0 and self.pipeline.refiner is None:
-            raise BadInputError(f"--steps {steps} needs the refiner H, but {self._refiner_absence()}; add it to the "
-                                "bundle, or query with --steps 0 (E alone)")
+            flag = option_name("steps", cli)
+            zero = "--steps 0" if cli else "steps=0"
+            raise BadInputError(f"{flag} {steps} needs the refiner H, but {self._refiner_absence()}; add it to the "
+                                f"bundle, or query with {zero} (E alone)")
         return steps, note
 
     def encode_sketches(self, greys: list[np.ndarray], steps: int, code: str = DEFAULT_QUERY_CODE,
@@ -272,13 +283,14 @@ class RetrievalEngine:
     def query_sketch(self, sketch, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
                      steps: int | None = None, alpha: float = DEFAULT_ALPHA, where: str | None = None,
                      max_distance: float | None = None, normalisation: str = DEFAULT_NORMALISATION,
-                     code: str = DEFAULT_QUERY_CODE, x_hat: bool = True) -> Result:
+                     code: str = DEFAULT_QUERY_CODE, x_hat: bool = True, cli: bool = True) -> Result:
         """Top-k archive images for a uint8 sketch (dark strokes on white; grey, RGB or RGBA). `x_hat=False`
-        where the caller shows no x_hat: at alpha 1 with E's code only E runs (the same hits, without H and G)."""
-        check_options(k, n_candidates, alpha, max_distance, normalisation)
+        where the caller shows no x_hat: at alpha 1 with E's code only E runs (the same hits, without H and G).
+        `cli`: messages name the CLI's flags (`--k`), else the Python API's parameters (`k`)."""
+        check_options(k, n_candidates, alpha, max_distance, normalisation, cli=cli)
         _check_code(code)
         grey = check_sketch(sketch)
-        steps, note = self.sketch_steps(steps)
+        steps, note = self.sketch_steps(steps, cli=cli)
         coded, = self.encode_sketches([grey], steps, code, x_hat=x_hat or alpha < 1)
         return self.rank_sketch(coded, k, n_candidates, alpha, where, max_distance, normalisation, note)
 
@@ -313,15 +325,15 @@ class RetrievalEngine:
 
     def query_like(self, key: int | str | os.PathLike, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
                    alpha: float = DEFAULT_ALPHA, where: str | None = None, max_distance: float | None = None,
-                   normalisation: str = DEFAULT_NORMALISATION) -> Result:
+                   normalisation: str = DEFAULT_NORMALISATION, cli: bool = True) -> Result:
         """"More like this": an indexed image (id or path) uses its stored vector and thumb, skipping E and H;
-        an image file outside the index is inverted like archive images are."""
+        an image file outside the index is inverted like archive images are (`cli`: see `query_sketch`)."""
         from s2m_retrieval.query.ranking import to_model_input
 
-        check_options(k, n_candidates, alpha, max_distance, normalisation)
+        check_options(k, n_candidates, alpha, max_distance, normalisation, cli=cli)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        image_id, path = self._find(key)
+        image_id, path = self._find(key, "--like" if cli else "image")
         if image_id is not None:
             vector = self.reader.arrays("vectors", [image_id])
             thumb = self.reader.arrays("thumbs", [image_id])[0]
@@ -367,11 +379,11 @@ class RetrievalEngine:
             return cached_perceptual_distances(self.metric, query_image, stored, self.feature_shapes)
         return perceptual_distances(self.metric, query_image, thumbs)
 
-    def _find(self, key) -> tuple[int | None, str | None]:
+    def _find(self, key, what: str) -> tuple[int | None, str | None]:
         """(image id in the index, None) or (None, path of an image file outside the index).
 
         A key names an indexed image by id, path, file stem or labels `id` (as `s2m index remove` reads keys);
-        else an existing image file is a query from outside the index.
+        else an existing image file is a query from outside the index. `what`: how messages name the key.
         """
         from s2m_retrieval.data.archive import frame_prefix
         from s2m_retrieval.storage import catalog
@@ -392,13 +404,13 @@ class RetrievalEngine:
                 if not matches and not Path(text).is_file():  # a file name as the tables show it
                     matches = catalog.match_images(s, name, Path(text).stem, paths, frames)
         if len(matches) > 1:
-            raise BadInputError(f"--like {text!r} names {len(matches)} images of index {name!r}; give the id (or the "
+            raise BadInputError(f"{what} {text!r} names {len(matches)} images of index {name!r}; give the id (or the "
                                 "full path of a file that is one image)")
         if matches:
             return next(iter(matches)), None
         if not isinstance(key, int) and Path(text).is_file():
             return None, text
-        raise BadInputError(f"--like {text!r}: no image with that id, path, file name or labels id in index "
+        raise BadInputError(f"{what} {text!r}: no image with that id, path, file name or labels id in index "
                             f"{name!r}, and no such file")
 
     def _locations(self, ids: list[int]) -> dict[int, tuple[str, str, dict, int]]:
