@@ -18,7 +18,7 @@ def phantom(
     start: int = typer.Option(0, "--start", help="Index of the first phantom (to extend an archive)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a phantom archive in --out."),
     extend: bool = typer.Option(False, "--extend", help="Add to the phantom archive in --out (same seed, size)."),
-    workers: int = typer.Option(0, "--workers", help="Processes (0: one per CPU core)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes (0: one per CPU core)."),
 ) -> None:
     """Write a procedural pharyngeal archive: images/, masks/, labels.csv, classes.json."""
     import time

@@ -407,6 +407,12 @@ def test_demo_reruns_in_its_folder_but_never_over_a_users(cli, setup, tmp_path):
     assert (users / "archive" / "keep.png").read_bytes() == b"x"
 
 
+def test_negative_workers_are_a_usage_error(cli, tmp_path):
+    _one_line_error(cli("data", "phantom", "--n", 2, "--workers", -1, "--out", tmp_path / "ph"),
+                    "Invalid value for '--workers'", code=2)
+    assert not any(tmp_path.iterdir())
+
+
 def test_negative_seeds_and_too_small_sets_are_one_line(cli, phantom_archive, tmp_path):
     # numpy's generators refuse negative seeds with a bare ValueError; the options say it first, before any write.
     image = phantom_archive / "images" / "ph000000.png"
