@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from cli.retrieve import DEFAULT_ALPHA
-from cli.runtime import shared_options
+from cli.runtime import DEVICE_HELP, shared_options
 
 # Options both evaluations take alike (see cli.runtime.shared_options): the unpaired baselines' checkpoints (none is
 # shipped; a method or row of one runs only when its file is given), threads and device.
@@ -20,7 +20,7 @@ _shared = shared_options({
     "unit": (Path, typer.Option(None, "--unit", help="UNIT checkpoint (`s2m train unit`; none shipped).")),
     "ugatit": (Path, typer.Option(None, "--ugatit", help="U-GAT-IT checkpoint (`s2m train ugatit`; none shipped).")),
     "threads": (int, typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default).")),
-    "device": (str, typer.Option("cpu", "--device", help="cpu or cuda.")),
+    "device": (str, typer.Option("cpu", "--device", help=DEVICE_HELP)),
 })
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from cli.models import MODEL_HELP
+from cli.runtime import DEVICE_HELP
 
 # Same values as s2m_retrieval.query.engine / .ranking (a test keeps them equal); importing those here would load
 # numpy into `s2m --help`.
@@ -55,7 +56,7 @@ def retrieve(
     home: Path = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (default ~/.s2m)."),
     db: str = typer.Option(None, "--db", envvar="S2M_DB_URL",
                            help="Database URL (default: SQLite HOME/s2m.db)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
     model: str = typer.Option(None, "--model", help=MODEL_HELP),
     server: str = typer.Option(None, "--server", help="Ask a running `s2m serve` at this URL (e.g. "

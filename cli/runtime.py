@@ -3,6 +3,9 @@ declared once for several commands."""
 
 from __future__ import annotations
 
+# What `setup_torch` accepts for --device, said once for every command's help.
+DEVICE_HELP = "auto (cuda when a GPU is there, else cpu), cpu, cuda or cuda:N (GPU N)."
+
 
 def setup_torch(threads: int = 0, device: str = "auto") -> str:
     """Set torch's CPU threads (0: keep torch's default) and resolve `device` (auto, cpu, cuda[:N])."""

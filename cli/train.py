@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.runtime import shared_options
+from cli.runtime import DEVICE_HELP, shared_options
 from cli.train_all import train_all
 
 app = typer.Typer(help="Train the networks (segmenter, generator, ...) on an archive.", no_args_is_help=True)
@@ -32,7 +32,7 @@ def generator(
     channel_max: int = typer.Option(128, "--channel-max", help="... capped at this."),
     limit: int = typer.Option(None, "--limit", help="Use only the first N archive images."),
     snapshot_every: int = typer.Option(250, "--snapshot-every", help="Steps between resumable snapshots."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing latest.pt and start over."),
 ) -> None:
     """Train the StyleGAN2 generator G; rerun the same command to resume from the last snapshot."""
@@ -67,7 +67,7 @@ def segmenter(
     seed: int = typer.Option(0, "--seed", help="Training seed (also picks the held-out split)."),
     limit: int = typer.Option(None, "--limit", help="Use only the first N archive images."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint at --out."),
 ) -> None:
     """Train the segmenter of the sketch synthesizer S; prints held-out DICE per class."""
@@ -121,7 +121,7 @@ SEGMENTER = typer.Option(None, "--segmenter",
                          help="Segmenter for the seg loss and for archives without masks (default: the shipped one).")
 SNAPSHOT_EVERY = typer.Option(500, "--snapshot-every", help="Steps between resume snapshots and sample grids.")
 THREADS = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default).")
-DEVICE = typer.Option("auto", "--device", help="cpu, cuda or auto.")
+DEVICE = typer.Option("auto", "--device", help=DEVICE_HELP)
 FRESH = typer.Option(False, "--fresh", help="Ignore an existing latest.pt and start over.")
 # The baselines (pix2pix, embedding) train on E's pairs at E's resolution.
 PAIR_RES = typer.Option(64, "--res", help="Resolution: the generator's, to compare with E on the same pairs.")

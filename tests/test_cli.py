@@ -158,3 +158,14 @@ def test_index_build_help_shows_documented_options(runner):
     assert result.exit_code == 0, result.output
     assert "needs the ray extra" in result.stdout
     assert "--encoder" in result.stdout and "inverter:perceptual=seg" in result.stdout
+
+
+def test_device_help_says_what_the_check_accepts(runner):
+    from cli.runtime import DEVICE_HELP
+
+    assert all(word in DEVICE_HELP for word in ("auto", "cpu", "cuda", "cuda:N"))
+    for command in (["retrieve"], ["eval", "retrieval"], ["eval", "sketch2medi"], ["train", "generator"],
+                    ["train", "segmenter"], ["train", "encoder"], ["train", "cyclegan"]):
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert "cuda:N" in result.stdout and "cpu or cuda." not in result.stdout, command
