@@ -439,3 +439,15 @@ def test_the_api_refuses_negative_seeds_before_writing(tmp_path, phantom_archive
     mask = phantom_archive / "masks" / "ph000000.png"
     with pytest.raises(BadInputError, match="seed"):
         s2m.draw_sketch(image, mask=mask, freehand=True, seed=-1)
+
+
+def test_a_checkpoint_of_another_kind_names_it_with_its_article(tmp_path):
+    from s2m_retrieval.errors import CheckpointError
+    from s2m_retrieval.networks.checkpoint import load_checkpoint, read_payload, save_checkpoint
+
+    path = save_checkpoint(tmp_path / "inv.pt", kind="inverter", config={}, state_dict={})
+    with pytest.raises(CheckpointError, match=r"holds an 'inverter', expected a 'generator'$"):
+        load_checkpoint(path, kind="generator")
+    for kind, said in (("encoder", "an 'encoder'"), ("unit", "a 'unit'"), ("segmenter", "a 'segmenter'")):
+        with pytest.raises(CheckpointError, match=f"^checkpoint holds {said}, expected a 'refiner'$"):
+            read_payload({"kind": kind}, "refiner")
