@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import faiss
@@ -39,6 +39,8 @@ MAX_TRAIN = 200_000
 DEFAULT_EF_SEARCH = 64
 OPQ_DIM = 256  # dims kept by the OPQ rotation of large indexes (the weighted W+ puts most variance in few)
 DEFAULT_REFINE = 10  # candidates per wanted result re-ranked exactly on PQ indexes
+TRANSFORM_TRAIN = 65_536  # vectors an OPQ / PCA transform trains on (OPQ subsamples to this itself)
+TRAIN_CHUNK = 8_192  # sample vectors read (and transformed) at a time by train_chunked
 
 
 def _pow2_near(x: float) -> int:
@@ -70,12 +72,17 @@ def make_index(dim: int, factory: str, metric: str = "L2") -> faiss.Index:
     if faiss_metric is None:
         raise BadInputError(f"unknown FAISS metric {metric!r} (L2 or IP)")
     try:
-        plain = faiss.index_factory(dim, factory, faiss_metric)
-        if isinstance(core_index(plain), faiss.IndexIVF):
-            return plain
-        return faiss.index_factory(dim, "IDMap2," + factory, faiss_metric)
+        index = faiss.index_factory(dim, factory, faiss_metric)
+        if not isinstance(core_index(index), faiss.IndexIVF):
+            index = faiss.index_factory(dim, "IDMap2," + factory, faiss_metric)
     except RuntimeError as exc:
         raise BadInputError(f"FAISS cannot build factory {factory!r} for dim {dim}: {faiss_message(exc)}") from None
+    core = core_index(index)
+    if isinstance(core, (faiss.IndexIVFPQ, faiss.IndexPQ)):
+        # Polysemous training only renumbers the PQ centroids so that code Hamming distances mean something,
+        # for a filter searches here never use; it took ~70% of an IVF-PQ training, distances are identical.
+        core.do_polysemous_training = False
+    return index
 
 
 def has_own_ids(index: faiss.Index) -> bool:
@@ -206,11 +213,62 @@ def _stderr_to_log() -> Iterator[None]:
                 log.info("faiss: %s", line.strip())
 
 
+def _training_failed(n: int, exc: RuntimeError) -> BadInputError:
+    return BadInputError(f"training the FAISS index failed on {n} vectors: {faiss_message(exc)}; "
+                         "choose a smaller --factory (fewer IVF lists) or the flat index")
+
+
 def train(index: faiss.Index, sample: np.ndarray) -> None:
     """Train an untrained index on `sample` [N, D]; too few vectors is a one-line BadInputError."""
     try:
         with _stderr_to_log():
             index.train(np.ascontiguousarray(sample, dtype=np.float32))
     except RuntimeError as exc:
-        raise BadInputError(f"training the FAISS index failed on {len(sample)} vectors: {faiss_message(exc)}; "
-                            "choose a smaller --factory (fewer IVF lists) or the flat index") from None
+        raise _training_failed(len(sample), exc) from None
+
+
+def _unwrapped(index: faiss.Index) -> tuple[list[faiss.Index], faiss.Index]:
+    """(the IDMap wrappers from the top down, the index under them)."""
+    wrappers, top = [], faiss.downcast_index(index)
+    while isinstance(top, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        wrappers.append(top)
+        top = faiss.downcast_index(top.index)
+    return wrappers, top
+
+
+def train_chunked(index: faiss.Index, n: int, read: Callable[[np.ndarray], np.ndarray], *, seed: int = 0,
+                  chunk: int = TRAIN_CHUNK, transform_n: int = TRANSFORM_TRAIN) -> None:
+    """Train on the `n` sample vectors `read(positions)` returns, never holding all of them at full size.
+
+    An index behind a transform (OPQ, PCA) trains the transforms on a seeded subset of TRANSFORM_TRAIN
+    vectors (OPQ's own cap), then reads the sample `chunk` vectors at a time, keeps them transformed
+    (256 dims instead of 2,560 for the large-index default) and trains the core index on those. That is
+    what `index.train(sample)` does, in a tenth of the memory. Other indexes read the sample whole.
+    """
+    wrappers, top = _unwrapped(index)
+    if not isinstance(top, faiss.IndexPreTransform) or n <= chunk:
+        train(index, read(np.arange(n)))
+        return
+    transforms = [faiss.downcast_VectorTransform(top.chain.at(i)) for i in range(top.chain.size())]
+    core = faiss.downcast_index(top.index)
+    try:
+        with _stderr_to_log():
+            subset = np.sort(np.random.default_rng(seed).choice(n, size=min(n, transform_n), replace=False))
+            x = np.ascontiguousarray(read(subset), dtype=np.float32)
+            for vt in transforms:
+                if not vt.is_trained:
+                    vt.train(x)
+                x = vt.apply(x)
+            del x
+            parts = []
+            for start in range(0, n, chunk):
+                x = np.ascontiguousarray(read(np.arange(start, min(n, start + chunk))), dtype=np.float32)
+                for vt in transforms:
+                    x = vt.apply(x)
+                parts.append(x)
+            core.train(np.concatenate(parts))
+    except RuntimeError as exc:
+        raise _training_failed(n, exc) from None
+    top.is_trained = core.is_trained
+    for wrapper in wrappers:
+        wrapper.is_trained = core.is_trained

@@ -117,6 +117,13 @@ class VectorStore:
             fac.train(self.index, sample)
             self.search_defaults = fac.default_search(self.index) | self.search_defaults
 
+    def train_chunked(self, n: int, read) -> None:
+        """Train on `n` sample vectors fetched in chunks by `read(positions)` (see `factory.train_chunked`)."""
+        self._writable()
+        if not self.is_trained:
+            fac.train_chunked(self.index, n, read)
+            self.search_defaults = fac.default_search(self.index) | self.search_defaults
+
     def training_size(self, available: int) -> tuple[int, int]:
         """(minimum, wanted) training vectors for this index, given `available`."""
         return fac.training_size(self.index, available)

@@ -81,3 +81,39 @@ def test_rerank_exact_orders_and_pads():
     lookup = lambda ids: np.array([vectors[int(i)] for i in ids], np.float32)  # noqa: E731
     d, i = rerank_exact(np.array([[2.9, 0.0], [0.0, 0.0]]), np.array([[5, 9, 6], [-1, -1, -1]]), lookup, 2)
     assert i.tolist() == [[9, 6], [-1, -1]] and np.allclose(d[0], [0.01, 3.61])
+
+
+@pytest.mark.parametrize("factory", ["OPQ8_32,IVF16,PQ8", "PCA16,Flat"])
+def test_chunked_training_reads_in_chunks_and_finds_what_whole_training_finds(factory):
+    """A transform index trains on chunks (never the whole sample at full size) and searches as well."""
+    from index import factory as fac
+
+    rng = np.random.default_rng(0)
+    scale = np.linspace(3, 0.1, 64, dtype=np.float32)
+    x = rng.standard_normal((3000, 64)).astype(np.float32) * scale
+    q = x[:100] + 0.1 * rng.standard_normal((100, 64)).astype(np.float32)
+    exact = np.argsort(((q[:, None] - x[None]) ** 2).sum(-1), axis=1)[:, :10]
+    reads = []
+
+    def read(positions):
+        reads.append(len(positions))
+        return x[positions]
+
+    whole, chunked = fac.make_index(64, factory), fac.make_index(64, factory)
+    fac.train(whole, x)
+    fac.train_chunked(chunked, len(x), read, chunk=400, transform_n=1000)
+    assert chunked.is_trained and max(reads) <= 1000 and sum(reads) == 1000 + len(x)
+    recalls = []
+    for index in (whole, chunked):
+        index.add_with_ids(x, np.arange(len(x)))
+        _, got = index.search(q, 10, params=fac.search_parameters(index, 10, nprobe=16))
+        recalls.append(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact)]))
+    assert recalls[1] >= recalls[0] - 0.05 and recalls[1] > 0.3, recalls
+
+
+def test_ivf_pq_skips_the_polysemous_training():
+    """Searches never filter by code Hamming distance: the costly polysemous step is off for PQ indexes."""
+    from index import factory as fac
+
+    assert not fac.core_index(fac.make_index(64, "OPQ8_32,IVF16,PQ8")).do_polysemous_training
+    assert not fac.core_index(fac.make_index(64, "PQ8")).do_polysemous_training

@@ -48,7 +48,7 @@ def split_frame_key(key: str) -> tuple[str, int | None]:
     return match.group(1), int(match.group(2))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per image of an archive: no per-object dict
 class ArchiveEntry:
     """One image of an archive: a file (or one frame of a multi-frame DICOM file), its mask and metadata row."""
 

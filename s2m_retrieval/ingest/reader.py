@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from s2m_retrieval.storage.catalog import StoredVector
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per image of an archive: no per-object dict
 class PlanItem:
     """An image to encode: new, or changed since it was indexed (`replaces`).
 
@@ -82,7 +82,7 @@ def plan(entries: Iterable[ArchiveEntry], known: dict[str, StoredVector], stats:
             continue
         for frame in numbers:
             key = frame_key(path, frame)
-            item = replace(entry, frame=frame)
+            item = entry if frame == entry.frame else replace(entry, frame=frame)
             out.seen[key] = item
             old = known.get(key)
             if old is not None and old.sha256 == sha:

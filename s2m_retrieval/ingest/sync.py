@@ -126,7 +126,8 @@ def train_store(store: VectorStore, shards: ShardStore, rows: Sequence[StoredVec
     if len(rows) < need or not rows:
         return False
     pick = np.sort(np.random.default_rng(0).choice(len(rows), size=want, replace=False))
-    store.train(shards.gather("vectors", [(rows[i].shard, rows[i].row) for i in pick]))
+    store.train_chunked(want, lambda positions: shards.gather(
+        "vectors", [(rows[i].shard, rows[i].row) for i in pick[positions]]))
     return True
 
 

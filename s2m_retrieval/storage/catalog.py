@@ -32,7 +32,7 @@ class ImageRecord:
     labels: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per image of an archive: no per-object dict
 class StoredVector:
     """One vector row of an index, joined with its image path."""
 
