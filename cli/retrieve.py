@@ -68,6 +68,7 @@ def retrieve(
     """Find the archive images most like a sketch, or each of several (or, with --like, like an archive image)."""
     from s2m_retrieval.errors import BadInputError
     from s2m_retrieval.query.filters import parse_where
+    from s2m_retrieval.query.options import check_options, check_steps  # light: no torch on the --server path
 
     sketches = list(query or []) + (batch_sketches(batch) if batch is not None else [])
     many = batch is not None or len(sketches) > 1
@@ -75,15 +76,12 @@ def retrieve(
         raise BadInputError("give a sketch image (s2m retrieve SKETCH.png) or --like ID_OR_PATH")
     if sketches and like is not None:
         raise BadInputError("give either a sketch image or --like ID_OR_PATH, not both")
-    # Everything the user typed is checked before the index and the models are opened.
+    # Everything the user typed is checked before the index and the models are opened or the server is asked.
     if like is not None and steps is not None:
         raise BadInputError("--steps applies to sketch queries; --like skips E and H")
     _check_server_options(ctx, server, token)
-    if server is None:
-        from s2m_retrieval.query.engine import check_options, check_steps
-
-        check_options(k, candidates, alpha, max_distance, normalisation)
-        check_steps(steps)
+    check_options(k, candidates, alpha, max_distance, normalisation)
+    check_steps(steps)
     if sheet is not None:
         _check_sheet(sheet, many)
     parse_where(where)

@@ -217,7 +217,7 @@ def test_bundle_without_refiner_is_said_not_silent(cli, setup, tmp_path):
 
 
 def test_query_limits_are_one_set_for_cli_and_http(cli, tmp_path):
-    from s2m_retrieval.query.engine import MAX_CANDIDATES, MAX_K, MAX_STEPS
+    from s2m_retrieval.query.options import MAX_CANDIDATES, MAX_K, MAX_STEPS
     from s2m_retrieval.service.app import ServiceLimits
 
     limits = ServiceLimits()

@@ -51,6 +51,16 @@ def guarded(engine):
 
 
 @pytest.fixture(scope="module")
+def strict(engine):
+    """The same API with a service limit below the CLI's own (--k at most 5): a refusal only the server makes."""
+    from s2m_retrieval.service import ServiceLimits, create_app
+    from s2m_retrieval.service.server import background_server
+
+    with background_server(create_app(engine, limits=ServiceLimits(max_k=5))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def sketch_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("client_sketches")
     files = {"a": folder / "a.png", "b": folder / "b.png", "blank": folder / "blank.png"}
@@ -136,7 +146,7 @@ def test_token(runner, guarded, sketch_files, capsys, monkeypatch):
     assert _invoke(runner, args).exit_code == 0
 
 
-def test_errors_are_one_line(server, sketch_files, capsys, tmp_path):
+def test_errors_are_one_line(server, strict, sketch_files, capsys, tmp_path):
     closed = socket.create_server(("127.0.0.1", 0))
     nobody = f"http://127.0.0.1:{closed.getsockname()[1]}"
     closed.close()
@@ -145,7 +155,7 @@ def test_errors_are_one_line(server, sketch_files, capsys, tmp_path):
         (1, f"cannot reach the server at {nobody}: Connection refused; is `s2m serve` running there?"):
             ["retrieve", a, "--server", nobody],
         (1, "has no /v1/retrieve (HTTP 404)"): ["retrieve", a, "--server", server + "/elsewhere"],
-        (1, "answered HTTP 422: k: at most 100 here, got 500"): ["retrieve", a, "--k", "500", "--server", server],
+        (1, "answered HTTP 422: k: at most 5 here, got 8"): ["retrieve", a, "--k", "8", "--server", strict],
         (2, "--server must be the URL of a running s2m serve"): ["retrieve", a, "--server", "localhost:8000"],
         (2, f"sketch {sketch_files['blank']} is empty"): ["retrieve", sketch_files["blank"], "--server", server],
         (2, "sketch file not found"): ["retrieve", tmp_path / "nope.png", "--server", server],
@@ -159,6 +169,17 @@ def test_errors_are_one_line(server, sketch_files, capsys, tmp_path):
     for (want, needle), args in cases.items():
         code, err = _error(capsys, args)
         assert code == want and needle in err, (needle, err)
+
+
+def test_options_are_checked_before_the_server_is_asked(sketch_files, capsys):
+    # Port 9 (discard): nothing listens, so any request would end in "cannot reach the server".
+    nobody = "http://127.0.0.1:9"
+    for option, needle in ((["--k", "0"], "--k and --candidates must be >= 1, got 0 and 100"),
+                           (["--k", "500"], "--k and --candidates may be at most 100 and 1000, got 500 and 100"),
+                           (["--alpha", "2"], "--alpha must be between 0 and 1, got 2.0"),
+                           (["--steps", "11"], "--steps must be between 0 and 10, got 11")):
+        code, err = _error(capsys, ["retrieve", sketch_files["a"], *option, "--server", nobody])
+        assert code == 2 and needle in err and "server" not in err, (option, err)
 
 
 def test_the_client_path_imports_no_torch(server, sketch_files):

@@ -190,7 +190,7 @@ def generate(sketch: SketchLike, *, models: PathLike | Bundle | None = None, ste
     call; `Index.generate` reuses an open index's."""
     from s2m_retrieval.model.files import model_files
     from s2m_retrieval.model.pipeline import DEFAULT_REFINE_STEPS, Sketch2MedI
-    from s2m_retrieval.query.engine import check_steps
+    from s2m_retrieval.query.options import check_steps
 
     grey = _sketch(sketch)
     files = model_files(_models_folder(models, home), ("generator", "encoder"), "generating from a sketch")
@@ -245,7 +245,7 @@ class Index:
 
     def generate(self, sketch: SketchLike, steps: int | None = None) -> np.ndarray:
         """x̂ of a sketch with this index's models, uint8 RGB `[R, R, 3]` (see `generate`)."""
-        from s2m_retrieval.query.engine import check_steps
+        from s2m_retrieval.query.options import check_steps
 
         steps = self._engine.default_steps if steps is None else steps
         check_steps(steps, cli=False)

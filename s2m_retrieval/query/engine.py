@@ -4,7 +4,7 @@ An engine loads the models and opens the index once (`RetrievalEngine.open`), th
 It is a snapshot: the FAISS file is memory-mapped as it was at open time; reopen it after a build.
 Vectors and the latent distance: `latent_space` (weighted W+) and, for indexes of a bundle with a projector, its
 retrieval space (`networks.projector`: chord distance between unit vectors, 0..2); normalisation and fused score:
-`ranking`;
+`ranking`; the options' checks and limits: `options`;
 `--where` filters: `metadata_filter`; model/index compatibility checks: `engine_setup`.
 """
 
@@ -23,9 +23,10 @@ import numpy as np
 from s2m_retrieval.data.canonical import as_grey_sketch
 from s2m_retrieval.data.sketch import is_blank_sketch
 from s2m_retrieval.errors import BadImageError, BadInputError, IndexCorruptError, VersionMismatchError
+from s2m_retrieval.query.options import check_options, check_steps, option_name
 from s2m_retrieval.query.result_view import Hit
-from s2m_retrieval.query.ranking import (DEFAULT_ALPHA, DEFAULT_NORMALISATION, NORMALISATIONS,
-                                         cached_perceptual_distances, fuse, perceptual_distances)
+from s2m_retrieval.query.ranking import (DEFAULT_ALPHA, DEFAULT_NORMALISATION, cached_perceptual_distances, fuse,
+                                         perceptual_distances)
 
 if TYPE_CHECKING:
     import torch
@@ -33,10 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 DEFAULT_K = 10
 DEFAULT_CANDIDATES = 100
-# Upper bounds of one query, for the CLI and the HTTP API alike (a service's limits may only lower them).
-MAX_K = 100
-MAX_CANDIDATES = 1000
-MAX_STEPS = 10
 # Sketches per forward of a batch query: with the shipped E + H + G on one CPU thread, 256 px sketches take ~1.5x
 # fewer ms each at 16 a batch than one at a time.
 QUERY_BATCH = 16
@@ -88,36 +85,6 @@ def read_sketch(path: str | os.PathLike) -> np.ndarray:
     from s2m_retrieval.data.image_io import decode_pixels, input_file
 
     return as_grey_sketch(decode_pixels(input_file(path, "sketch", BadImageError)))
-
-
-def option_name(param: str, cli: bool) -> str:
-    """How a message names a query option: the CLI's flag (`--max-distance`) or the Python parameter
-    (`max_distance`), as the caller wrote it."""
-    return "--" + param.replace("_", "-") if cli else param
-
-
-def check_options(k: int, n_candidates: int, alpha: float, max_distance: float | None, how: str, *,
-                  cli: bool = True) -> None:
-    """Reject out-of-range query options with one line, before any model or index is opened (`cli`: the message
-    names the CLI's flags, else the Python API's parameters)."""
-    both = f"{option_name('k', cli)} and {option_name('candidates', cli)}"
-    if k < 1 or n_candidates < 1:
-        raise BadInputError(f"{both} must be >= 1, got {k} and {n_candidates}")
-    if k > MAX_K or n_candidates > MAX_CANDIDATES:
-        raise BadInputError(f"{both} may be at most {MAX_K} and {MAX_CANDIDATES}, got {k} and {n_candidates}")
-    if not 0.0 <= alpha <= 1.0:
-        raise BadInputError(f"{option_name('alpha', cli)} must be between 0 and 1, got {alpha}")
-    if max_distance is not None and not max_distance >= 0:
-        raise BadInputError(f"{option_name('max_distance', cli)} must be >= 0, got {max_distance}")
-    if how not in NORMALISATIONS:
-        raise BadInputError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {how!r}")
-
-
-def check_steps(steps: int | None, *, cli: bool = True) -> None:
-    """Refinement steps T of a sketch query (None: H's trained T) must lie in 0..MAX_STEPS (`cli`: see
-    `check_options`)."""
-    if steps is not None and not 0 <= steps <= MAX_STEPS:
-        raise BadInputError(f"{option_name('steps', cli)} must be between 0 and {MAX_STEPS}, got {steps}")
 
 
 # How a sketch query becomes an index vector (see RetrievalEngine.sketch_vector): E's own code ("sketch"), x̂

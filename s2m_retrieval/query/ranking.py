@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NORMALISATIONS = ("minmax", "rank", "zscore", "rrf")
+from s2m_retrieval.query.options import NORMALISATIONS
+
 RRF_K = 60
 DEFAULT_NORMALISATION = "minmax"
 DEFAULT_ALPHA = 1.0

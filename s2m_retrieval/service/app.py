@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from s2m_retrieval.errors import (BadInputError, DatabaseLockedError, ImageTooLargeError, IndexBusyError,
                                   IndexIncompleteError, S2MError, UnsupportedImageError, VersionMismatchError)
-from s2m_retrieval.query.engine import MAX_CANDIDATES, MAX_K, MAX_STEPS
+from s2m_retrieval.query.options import MAX_CANDIDATES, MAX_K, MAX_STEPS
 from s2m_retrieval.service import views
 from s2m_retrieval.service.views import ImageNotFound
 from s2m_retrieval.service.batching import MAX_BATCH, MAX_BATCH_WAIT_MS, SketchBatcher, SketchQuery, Stopping
