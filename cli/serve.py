@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from cli.models import MODEL_HELP
+from cli.runtime import DEVICE_HELP
 
 DEFAULT_PORT = 8000
 
@@ -31,7 +32,7 @@ def serve(
     perceptual: str = typer.Option(None, "--perceptual", help="Perceptual metric (default: the one of the index)."),
     home: Path = typer.Option(None, "--home", envvar="S2M_HOME", help="Home folder (default ~/.s2m)."),
     db: str = typer.Option(None, "--db", envvar="S2M_DB_URL", help="Database URL (default: SQLite HOME/s2m.db)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level: debug, info, warning, error."),
     model: str = typer.Option(None, "--model", help=MODEL_HELP),
 ) -> None:

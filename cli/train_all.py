@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from cli.runtime import DEVICE_HELP
+
 
 class StageView:
     """A bar per stage ('[2/5] generator') with step, loss and ETA; plain lines every 10 % when not a terminal."""
@@ -73,7 +75,7 @@ def train_all(
     res: int = typer.Option(64, "--res", help="Model resolution: 64, 128 or 256 (128 and 256 are for a GPU)."),
     budget: str = typer.Option("small", "--budget", help="small, medium or large: optimizer steps per stage "
                                                          "(see the README's budget table)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     fit: str = typer.Option("crop", "--fit", help="How non-square images become square: crop (centre) or pad "
                                                   "(black bars). Index builds with this bundle use the same."),
     segmenter: Path = typer.Option(None, "--segmenter",

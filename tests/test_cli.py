@@ -165,7 +165,8 @@ def test_device_help_says_what_the_check_accepts(runner):
 
     assert all(word in DEVICE_HELP for word in ("auto", "cpu", "cuda", "cuda:N"))
     for command in (["retrieve"], ["eval", "retrieval"], ["eval", "sketch2medi"], ["train", "generator"],
-                    ["train", "segmenter"], ["train", "encoder"], ["train", "cyclegan"]):
+                    ["train", "segmenter"], ["train", "encoder"], ["train", "cyclegan"], ["serve"],
+                    ["train", "all"]):
         result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, result.output
         assert "cuda:N" in result.stdout and "cpu or cuda." not in result.stdout, command
