@@ -112,7 +112,7 @@ def test_encoder_checkpoint_round_trip(tmp_path):
     assert loaded.config == E.config and not loaded.training
     x, recon = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded(x, recon), E(x, recon))
-    with pytest.raises(CheckpointError, match="expected a 'encoder'"):
+    with pytest.raises(CheckpointError, match="holds an 'inverter', expected an 'encoder'$"):
         load_encoder(path)
     D = LatentDiscriminator(LatentDiscriminatorConfig(w_dim=16))
     d_path = save_checkpoint(tmp_path / "d.pt", kind="latent_discriminator", config=D.config,

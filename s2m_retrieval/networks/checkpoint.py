@@ -77,7 +77,8 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not in format {FORMAT}")
     if kind is not None and payload.get("kind") != kind:
-        raise CheckpointError(f"checkpoint {path} holds {_with_article(payload.get('kind'))}, expected a {kind!r}")
+        raise CheckpointError(f"checkpoint {path} holds {_with_article(payload.get('kind'))}, expected "
+                              f"{_with_article(kind)}")
     return payload
 
 
@@ -90,8 +91,8 @@ def read_payload(path_or_payload: str | os.PathLike | dict, kind: str) -> dict:
     """A checkpoint payload of `kind`, from a file or an already loaded dict."""
     if isinstance(path_or_payload, dict):
         if path_or_payload.get("kind") != kind:
-            raise CheckpointError(f"checkpoint holds {_with_article(path_or_payload.get('kind'))}, expected a "
-                                  f"{kind!r}")
+            raise CheckpointError(f"checkpoint holds {_with_article(path_or_payload.get('kind'))}, expected "
+                                  f"{_with_article(kind)}")
         return path_or_payload
     return load_checkpoint(path_or_payload, kind=kind)
 
