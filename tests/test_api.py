@@ -120,7 +120,10 @@ def test_messages_name_the_parameters_as_the_caller_wrote_them(index):
                           (lambda: index.like(0, max_distance=-1.0), "max_distance must be >= 0"),
                           (lambda: index.query(sketch, steps=99), "steps must be between 0 and 10"),
                           (lambda: index.generate(sketch, steps=-1), "steps must be between 0 and 10"),
-                          (lambda: index.like("not-in-the-index"), "image 'not-in-the-index': no image with that")):
+                          (lambda: index.like("not-in-the-index"), "image 'not-in-the-index': no image with that"),
+                          (lambda: index.query(sketch, where="tonsil_grade>>3"), "where 'tonsil_grade>>3': "),
+                          (lambda: index.query(sketch, where="grade>1"), "where: unknown column 'grade'"),
+                          (lambda: index.like(1, where="tonsil_grade=big"), "where tonsil_grade='big': column")):
         with pytest.raises(s2m.S2MError) as raised:
             call()
         assert str(raised.value).startswith(message) and "--" not in str(raised.value), str(raised.value)

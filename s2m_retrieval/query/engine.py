@@ -234,14 +234,14 @@ class RetrievalEngine:
 
     def rank_sketch(self, coded: SketchCode, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
                     alpha: float = DEFAULT_ALPHA, where: str | None = None, max_distance: float | None = None,
-                    normalisation: str = DEFAULT_NORMALISATION, note: str | None = None) -> Result:
+                    normalisation: str = DEFAULT_NORMALISATION, note: str | None = None, cli: bool = True) -> Result:
         """The per-query half: FAISS candidates, re-rank and fused score for one sketch of `encode_sketches`, with
-        its own options (`note`: the provenance's note, see `sketch_steps`)."""
-        check_options(k, n_candidates, alpha, max_distance, normalisation)
+        its own options (`note`: the provenance's note, see `sketch_steps`; `cli`: see `query_sketch`)."""
+        check_options(k, n_candidates, alpha, max_distance, normalisation, cli=cli)
         if coded.x_hat is None and alpha < 1:
             raise ValueError("the re-rank of alpha < 1 compares x_hat: encode the sketch with x_hat=True")
         result = self._rank(coded.vector, coded.x_hat, k, n_candidates, alpha, where, max_distance, normalisation,
-                            dict(coded.timings_ms))
+                            dict(coded.timings_ms), cli)
         result.query, result.x_hat = coded.grey, coded.image
         result.provenance |= {"query": "sketch", "steps": coded.steps, "code": coded.code} | (
             {"note": note} if note else {})
@@ -259,7 +259,7 @@ class RetrievalEngine:
         grey = check_sketch(sketch)
         steps, note = self.sketch_steps(steps, cli=cli)
         coded, = self.encode_sketches([grey], steps, code, x_hat=x_hat or alpha < 1)
-        return self.rank_sketch(coded, k, n_candidates, alpha, where, max_distance, normalisation, note)
+        return self.rank_sketch(coded, k, n_candidates, alpha, where, max_distance, normalisation, note, cli)
 
     def query_sketches(self, sketches, k: int = DEFAULT_K, n_candidates: int = DEFAULT_CANDIDATES,
                        steps: int | None = None, alpha: float = DEFAULT_ALPHA, where: str | None = None,
@@ -311,7 +311,7 @@ class RetrievalEngine:
             vector = self.encoder.vectors(self.encoder.w_plus(thumb[None]))
         timings["encode"] = _ms(t0)
         result = self._rank(vector, to_model_input(thumb[None]), k, n_candidates, alpha, where, max_distance,
-                            normalisation, timings)
+                            normalisation, timings, cli)
         result.query = thumb
         result.provenance |= {"query": "like", "like": str(key), "like_id": image_id}
         return result
@@ -413,13 +413,14 @@ class RetrievalEngine:
             nprobe = min(nlist, nprobe * 4)
 
     def _rank(self, vector: np.ndarray, query_image, k: int, n_candidates: int, alpha: float, where: str | None,
-              max_distance: float | None, how: str, timings: dict[str, float]) -> Result:
-        """FAISS candidates (filtered) -> perceptual distances to their thumbs -> fused score -> top k."""
+              max_distance: float | None, how: str, timings: dict[str, float], cli: bool = True) -> Result:
+        """FAISS candidates (filtered) -> perceptual distances to their thumbs -> fused score -> top k (`cli`: see
+        `query_sketch`)."""
         from s2m_retrieval.query.filters import parse_where
 
         t0 = time.perf_counter()
-        conditions = parse_where(where)
-        allow = self.labels.allowed(conditions) if conditions else None
+        conditions = parse_where(where, cli=cli)
+        allow = self.labels.allowed(conditions, cli=cli) if conditions else None
         timings["filter"] = _ms(t0)
         t0 = time.perf_counter()
         latent, ids = self._search(vector, max(n_candidates, k), allow)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from s2m_retrieval.errors import BadInputError
+from s2m_retrieval.query.options import option_name
 
 OPS = ("!=", ">=", "<=", "=", ">", "<")  # two-character operators first
 COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
@@ -52,21 +53,23 @@ def _value(text: str) -> float | str:
     return number
 
 
-def parse_where(text: str | None) -> list[Condition]:
-    """Conditions of a `--where` expression (empty for None or blank); bad syntax is a one-line BadInputError."""
+def parse_where(text: str | None, *, cli: bool = True) -> list[Condition]:
+    """Conditions of a `--where` expression (empty for None or blank); bad syntax is a one-line BadInputError
+    (`cli`: naming `--where`, else the Python API's `where`)."""
     if text is None or not text.strip():
         return []
+    where = option_name("where", cli)
     conditions = []
     for part in SPLIT_RE.split(text):
         if not part.strip():
-            raise BadInputError(f"--where {text!r}: empty condition (stray comma or AND)")
+            raise BadInputError(f"{where} {text!r}: empty condition (stray comma or AND)")
         m = COND_RE.match(part)
         if not m or not m.group(3) or m.group(3)[0] in "!<>=":
-            raise BadInputError(f"--where {text!r}: {part.strip()!r} is not `column OP value` "
+            raise BadInputError(f"{where} {text!r}: {part.strip()!r} is not `column OP value` "
                                 f"(OP one of {' '.join(OPS)}), e.g. tonsil_grade>=3")
         column, op, raw = m.groups()
         if not COLUMN_RE.match(column):
-            raise BadInputError(f"--where {text!r}: {column!r} is not a column name (letters, digits, _ . -)")
+            raise BadInputError(f"{where} {text!r}: {column!r} is not a column name (letters, digits, _ . -)")
         conditions.append(Condition(column, op, _value(raw)))
     return conditions
 
@@ -107,8 +110,9 @@ class LabelFilter:
         self.index_name = index_name
         self._columns: dict[str, LabelColumn] = {}
 
-    def column(self, name: str) -> LabelColumn:
-        """The values of labels key `name` over the index; a key no image has is a BadInputError."""
+    def column(self, name: str, *, cli: bool = True) -> LabelColumn:
+        """The values of labels key `name` over the index; a key no image has is a BadInputError (`cli`: see
+        `parse_where`)."""
         if name not in self._columns:
             from s2m_retrieval.storage.catalog import label_values
 
@@ -118,8 +122,9 @@ class LabelFilter:
             numbers = np.array([float(v) if k in NUMBER_KINDS else np.nan for _, k, v in rows], dtype=np.float64)
             is_text = np.array([k in TEXT_KINDS for _, k, _ in rows], dtype=bool)
             if not is_text.any() and np.isnan(numbers).all():
-                raise BadInputError(f"--where: unknown column {name!r} in index {self.index_name!r} "
-                                    f"(known: {', '.join(self._known_keys()) or 'none, the images have no labels'})")
+                known = ", ".join(self._known_keys()) or "none, the images have no labels"
+                raise BadInputError(f"{option_name('where', cli)}: unknown column {name!r} in index "
+                                    f"{self.index_name!r} (known: {known})")
             texts = np.array([str(v) if t else "" for (_, _, v), t in zip(rows, is_text)], dtype=str)
             self._columns[name] = LabelColumn(ids, numbers, texts, is_text)
         return self._columns[name]
@@ -131,16 +136,16 @@ class LabelFilter:
             sample = sample_labels(s, self.index_name, KNOWN_SAMPLE)
         return sorted({key for labels in sample for key in labels})
 
-    def allowed(self, conditions: list[Condition]) -> np.ndarray:
-        """Sorted image ids (int64) of the index whose labels satisfy every condition."""
+    def allowed(self, conditions: list[Condition], *, cli: bool = True) -> np.ndarray:
+        """Sorted image ids (int64) of the index whose labels satisfy every condition (`cli`: see `parse_where`)."""
         result = None
         for cond in conditions:
-            column = self.column(cond.column)
+            column = self.column(cond.column, cli=cli)
             number = isinstance(cond.value, float)
             if not (column.is_text.any() if not number else (~np.isnan(column.numbers)).any()):
                 # a value of a type the column never holds matches nothing: almost always a typo
                 hint = "; separate conditions with ',' or AND" if ";" in str(cond.value) else ""
-                raise BadInputError(f"--where {cond}: column {cond.column!r} holds "
+                raise BadInputError(f"{option_name('where', cli)} {cond}: column {cond.column!r} holds "
                                     f"{'text' if number else 'numbers'}, not {cond.value!r}{hint}")
             ids = column.matches(cond)
             result = ids if result is None else np.intersect1d(result, ids, assume_unique=True)
