@@ -129,6 +129,19 @@ def test_messages_name_the_parameters_as_the_caller_wrote_them(index):
         assert str(raised.value).startswith(message) and "--" not in str(raised.value), str(raised.value)
 
 
+def test_a_bundle_mismatch_names_the_models_parameter(setup, tmp_path):
+    import shutil
+
+    from s2m_retrieval.model.bundle import refresh_manifest
+
+    home = setup.private_home(tmp_path / "home")
+    refresh_manifest(shutil.copytree(setup.models, home / "models" / "alpha"))  # the bundle that built the index
+    with pytest.raises(s2m.S2MError) as raised:
+        s2m.open_index(home=home, models=setup.other_models)
+    assert "; open it with models='alpha', or rebuild" in str(raised.value), str(raised.value)
+    assert "--model alpha" not in str(raised.value)
+
+
 def test_build_add_and_remove(tmp_path, setup):
     archive = s2m.make_phantoms(tmp_path / "archive", n=6, size=64, seed=3)
     extra = s2m.make_phantoms(tmp_path / "extra", n=8, size=64, seed=3) / "images" / "ph000007.png"

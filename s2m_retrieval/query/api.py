@@ -180,7 +180,7 @@ def open_index(name: str = "default", *, home: PathLike | None = None, models: P
     from s2m_retrieval.query.engine import RetrievalEngine
 
     return Index(RetrievalEngine.open(name, home=home, db_url=db_url, models=_models_folder(models, home),
-                                      device=device))
+                                      device=device, cli=False))
 
 
 def generate(sketch: SketchLike, *, models: PathLike | Bundle | None = None, steps: int | None = None,

@@ -121,13 +121,14 @@ class RetrievalEngine:
 
     @classmethod
     def open(cls, name: str = "default", home=None, db_url: str | None = None, models=None,
-             perceptual=None, device: str = "cpu") -> RetrievalEngine:
+             perceptual=None, device: str = "cpu", cli: bool = True) -> RetrievalEngine:
         """Open index `name` and load the models (a model bundle's name or folder, see `bundle.resolve_model`, with
         names under `home`; a Sketch2MedI; or None for the shipped bundle) and the perceptual metric (a backend
         name, a loaded PerceptualDistance, or None for the index's own backend).
 
         The index is opened first (a missing one fails fast), then the models; then the index's model version
-        and perceptual metric must match them (VersionMismatchError telling to rebuild otherwise).
+        and perceptual metric must match them (VersionMismatchError telling to rebuild otherwise; `cli`: its hints
+        name --model and --db, else the Python API's models and db_url).
         """
         from s2m_retrieval.model.bundle import resolve_model
         from s2m_retrieval.query.open import index_encoder, load_metric, load_pipeline, stored_config
@@ -142,9 +143,9 @@ class RetrievalEngine:
             # Models before the stamp: "weights not shipped" is the real reason when an index was built
             # with a test encoder, and rebuilding would not help.
             pipeline = models if isinstance(models, Sketch2MedI) else load_pipeline(models, device)
-            config = stored_config(reader)
+            config = stored_config(reader, cli=cli)
             metric = load_metric(perceptual, reader.stamp, folder, device)
-            encoder = index_encoder(pipeline, metric, config, reader.stamp, device, home=home)
+            encoder = index_encoder(pipeline, metric, config, reader.stamp, device, home=home, cli=cli)
         except BaseException:
             reader.close()
             raise

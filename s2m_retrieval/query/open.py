@@ -24,8 +24,9 @@ def load_pipeline(models: str | os.PathLike | None, device: str = "cpu") -> Sket
                                         device=device, projector=files["projector"])
 
 
-def stored_config(reader: IndexReader) -> dict:
-    """The inverter settings the index was built with (its model_versions row); other encoders are a mismatch."""
+def stored_config(reader: IndexReader, *, cli: bool = True) -> dict:
+    """The inverter settings the index was built with (its model_versions row); other encoders are a mismatch
+    (`cli`: the hint names the CLI's --db, else the Python API's db_url)."""
     from s2m_retrieval.storage.catalog import model_config
 
     stamp = reader.stamp
@@ -36,8 +37,9 @@ def stored_config(reader: IndexReader) -> dict:
     with reader.db.session() as s:
         config = model_config(s, stamp.model_version)
     if not isinstance(config, dict) or config.get("encoder") != FORMAT:
+        db = "--db" if cli else "db_url"
         raise IndexCorruptError(f"index {stamp.name!r}: the database has no {FORMAT} record of model version "
-                                f"{stamp.model_version} (another --db than the build's?); rebuild it: "
+                                f"{stamp.model_version} (another {db} than the build's?); rebuild it: "
                                 f"{stamp.rebuild_hint()}")
     return config
 
@@ -63,9 +65,9 @@ def load_metric(name: str | PerceptualDistance | None, stamp: IndexStamp, models
 
 
 def index_encoder(pipeline: Sketch2MedI, metric: PerceptualDistance, config: dict, stamp: IndexStamp,
-                  device: str = "cpu", home: str | os.PathLike | None = None) -> InverterEncoder:
+                  device: str = "cpu", home: str | os.PathLike | None = None, *, cli: bool = True) -> InverterEncoder:
     """The encoder that built the index, rebuilt from the loaded models; different models raise a mismatch that
-    names the known bundles (under `home`) holding the index's models."""
+    names the known bundles (under `home`) holding the index's models (`cli`: as --model, else as models=)."""
     if pipeline.inverter is None:
         raise CheckpointError("retrieval needs the archive inverter that built the index: load inverter.pt too")
     built = {k: config.get(k) for k in ("generator", "inverter")}
@@ -76,7 +78,8 @@ def index_encoder(pipeline: Sketch2MedI, metric: PerceptualDistance, config: dic
         def show(v):
             return " and ".join(f"{k} {v[k]}" for k in v)
         names = bundles_with(built, home)
-        use = f"query with --model {names[0]}" if names else "load the models it was built with"
+        use = ((f"query with --model {names[0]}" if cli else f"open it with models={names[0]!r}") if names
+               else "load the models it was built with")
         raise VersionMismatchError(f"index {stamp.name!r} was built with {show(built)}"
                                    + (f" (model bundle {', '.join(repr(n) for n in names)})" if names else "")
                                    + f", the loaded models are {show(loaded)}; {use}, or rebuild it with these "
