@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -23,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-S2M = [sys.executable, "-c", "import sys; from cli.main import main; sys.argv = ['s2m'] + sys.argv[1:]; main()"]
+from timing import REPO, S2M, start_server
+
 SCORE_TOLERANCE = 1e-5
 
 
@@ -61,18 +60,6 @@ def same(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
                                                           for (_, x), (_, y) in zip(a, b))
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen, str]:
-    """`s2m serve` on a free loopback port (one query at a time, one torch thread); the process and its URL."""
-    proc = subprocess.Popen([*S2M, "serve", "--home", str(home), "--port", "0", "--concurrency", "1", "--threads",
-                             "1", "--log-level", "warning"], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    found = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
-    if not found:
-        proc.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    return proc, found.group(1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100, help="Sketches of (a).")
@@ -98,7 +85,7 @@ def main() -> None:
             single[sketch.name] = hits(json.loads(out))
         batch_same = sorted(batched) == sorted(single) and all(same(batched[k], single[k]) for k in single)
 
-        proc, url = start_server(home)
+        proc, url = start_server(["--home", str(home), "--concurrency", "1"])
         try:
             for sketch in sketches[:2]:  # warm-up: the server's first queries start its threads and caches
                 s2m("retrieve", sketch, "--json", "--server", url)

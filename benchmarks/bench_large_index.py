@@ -113,15 +113,18 @@ def build(home: Path, n: int, factory: str | None) -> dict:
     from s2m_retrieval.ingest.runner import BuildOptions, build_index
 
     trained = {}
-    original_train = VectorStore.train
+    original_train = VectorStore.train_chunked
 
-    def timed_train(self, sample):
+    def timed_train(self, n, read):
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         t0 = time.perf_counter()
-        original_train(self, sample)
-        trained.update(train_s=time.perf_counter() - t0, train_n=len(sample))
+        original_train(self, n, read)
+        trained.update(train_s=time.perf_counter() - t0, train_n=n, peak_rss_before_train_mib=peak_before,
+                       peak_rss_after_train_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
-    VectorStore.train = timed_train  # measure only; the training itself is untouched
+    VectorStore.train_chunked = timed_train  # measure only; the training itself is untouched
     codes = SyntheticCodes(seed=0)
+    source_rss = rss_mib()
     entries = [ArchiveEntry(path=Path(f"/synthetic/{i:07d}.png"), stem=f"{i:07d}", rel=f"{i:07d}.png")
                for i in range(n)]
     t0 = time.perf_counter()
@@ -130,6 +133,7 @@ def build(home: Path, n: int, factory: str | None) -> dict:
                           engine=SyntheticEngine(codes))
     return {"n": n, "dim": codes.dim, "factory": summary.factory, "build_s": time.perf_counter() - t0,
             **trained, "build_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "source_rss_mib": source_rss["RssAnon"] + source_rss["RssFile"],
             "added": summary.added}
 
 
@@ -238,8 +242,12 @@ def report(r: dict) -> None:
     b, q, n = r["build"], r["query"], r["build"]["n"]
     mib = 2 ** 20
     print(f"\n== {n} vectors, dim {b['dim']}, factory {b['factory']} ==")
+    if "train_s" in b:
+        print(f"peak RSS before the training {b['peak_rss_before_train_mib']:.0f} MiB, after it "
+              f"{b['peak_rss_after_train_mib']:.0f} MiB")
     print(f"build {b['build_s']:.0f} s (training {b.get('train_s', 0):.0f} s on {b.get('train_n', 0)} vectors), "
-          f"peak RSS of the build process {b['build_peak_rss_mib']:.0f} MiB")
+          f"peak RSS of the build process {b['build_peak_rss_mib']:.0f} MiB ({b['source_rss_mib']:.0f} MiB of it the "
+          "synthetic source's torch and generator, before the build)")
     print(f"index.faiss {q['faiss_bytes'] / mib:.0f} MiB = {q['faiss_bytes'] / n:.1f} bytes/vector; float vectors in "
           f"shards (disk, read per candidate) {r['shard_bytes'] / mib:.0f} MiB")
     anon = q["rss_searched_mib"]["RssAnon"] - q["rss_base_mib"]["RssAnon"]

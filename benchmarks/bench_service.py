@@ -23,9 +23,7 @@ import io
 import json
 import os
 import random
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from timing import start_server
+
 
 
 def make_setup(folder: Path, n: int, shipped: bool = False) -> tuple[Path, Path]:
@@ -74,23 +73,6 @@ def sketch_bodies(count: int, size: int = 256) -> list[bytes]:
         bodies.append(json.dumps({"sketch": base64.b64encode(buf.getvalue()).decode(), "k": 10,
                                   "include_images": True}).encode())
     return bodies
-
-
-def start_server(home: Path, models: Path, concurrency: int, threads: int,
-                 extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
-    """`s2m serve` (with `extra` options) on a free loopback port; returns the process and its base URL once it
-    answers."""
-    code = "import sys; from cli.main import main; sys.argv = ['s2m'] + sys.argv[1:]; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--home", str(home), "--model", str(models),
-                             "--port", "0", "--concurrency", str(concurrency), "--threads", str(threads),
-                             "--log-level", "warning", *extra], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            env=os.environ | {"OMP_NUM_THREADS": str(threads)})
-    line = proc.stdout.readline()
-    found = re.search(r"at (http://127\.0\.0\.1:(\d+))/", line)
-    if not found:
-        proc.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    return proc, found.group(1)
 
 
 class Client(threading.Thread):
@@ -180,7 +162,8 @@ class Measured:
 def measure(home: Path, models: Path, args, bodies: list[bytes], mix: list[str], extra: list[str],
             into: Measured) -> None:
     """One round of one server (`s2m serve` with `extra` options, started afresh) under the clients."""
-    proc, base = start_server(home, models, args.concurrency, args.threads, extra)
+    proc, base = start_server(["--home", str(home), "--model", str(models), "--concurrency",
+                                   str(args.concurrency), *extra], args.threads)
     try:
         port = int(base.rsplit(":", 1)[1])
         ids = list(range(1, args.images + 1))

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# `s2m` of this checkout (not whichever is installed), as a command line.
+S2M = [sys.executable, "-c", "import sys; from cli.main import main; sys.argv = ['s2m'] + sys.argv[1:]; main()"]
 
 
 def median_ms(fn, runs: int, warmup: int = 3) -> float:
@@ -27,3 +36,17 @@ def rss_mib() -> dict[str, float]:
                 key, value = line.split(":")
                 out[key] = int(value.split()[0]) / 1024
     return out
+
+
+def start_server(options: list[str], threads: int = 1) -> tuple[subprocess.Popen, str]:
+    """`s2m serve --port 0 OPTIONS` on a free loopback port with `threads` torch threads; the process and its base
+    URL once it answers."""
+    proc = subprocess.Popen([*S2M, "serve", "--port", "0", "--threads", str(threads), "--log-level", "warning",
+                             *options], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": str(threads)})
+    line = proc.stdout.readline()
+    found = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
+    if not found:
+        proc.kill()
+        raise SystemExit(f"the server did not start: {line!r}")
+    return proc, found.group(1)

@@ -38,6 +38,15 @@ def setup(tmp_path_factory, phantom_archive):
     return make_setup(tmp_path_factory.getbasetemp() / "retrieval", phantom_archive)
 
 
+@pytest.fixture(scope="module")
+def engine(setup):
+    """A retrieval engine over the `setup` index, opened once per test module."""
+    from s2m_retrieval.query.engine import RetrievalEngine
+
+    with RetrievalEngine.open("default", home=setup.home, models=setup.models) as opened:
+        yield opened
+
+
 @pytest.fixture
 def runner():
     """A Typer CliRunner that keeps stderr apart from stdout."""

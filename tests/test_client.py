@@ -23,14 +23,6 @@ TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
-def engine(setup):
-    from s2m_retrieval.query.engine import RetrievalEngine
-
-    with RetrievalEngine.open("default", home=setup.home, models=setup.models) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
 def server(engine):
     """The API over the test index on a free loopback port (a uvicorn thread)."""
     from s2m_retrieval.service import create_app

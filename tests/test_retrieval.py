@@ -19,12 +19,6 @@ from s2m_retrieval.query.ranking import fuse, normalise
 from s2m_retrieval.query.engine import RetrievalEngine
 
 
-@pytest.fixture(scope="module")
-def engine(setup):
-    with RetrievalEngine.open(home=setup.home, models=setup.models) as eng:
-        yield eng
-
-
 # --- weighting math ------------------------------------------------------------------------------------------
 
 # A 64 px G has 10 W+ entries: coarse 0-2 (4-8 px layers), medium 3-6 (16-32 px), fine 7-9 (64 px).

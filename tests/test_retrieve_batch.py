@@ -16,14 +16,6 @@ from s2m_retrieval.errors import BadInputError
 
 
 @pytest.fixture(scope="module")
-def engine(setup):
-    from s2m_retrieval.query.engine import RetrievalEngine
-
-    with RetrievalEngine.open("default", home=setup.home, models=setup.models) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
 def sketches(tmp_path_factory) -> dict[str, Path]:
     """Three good sketch files (two sizes), a blank one and a truncated one."""
     folder = tmp_path_factory.mktemp("sketches")

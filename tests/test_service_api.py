@@ -26,14 +26,6 @@ from s2m_retrieval.service import ServiceLimits, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def engine(setup):
-    from s2m_retrieval.query.engine import RetrievalEngine
-
-    with RetrievalEngine.open("default", home=setup.home, models=setup.models) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
 def client(engine):
     with TestClient(create_app(engine)) as c:
         yield c

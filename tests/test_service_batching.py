@@ -24,14 +24,6 @@ from s2m_retrieval.service.server import background_server  # noqa: E402
 WAIT_MS = 1000
 
 
-@pytest.fixture(scope="module")
-def engine(setup):
-    from s2m_retrieval.query.engine import RetrievalEngine
-
-    with RetrievalEngine.open("default", home=setup.home, models=setup.models) as opened:
-        yield opened
-
-
 def _png(array) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
