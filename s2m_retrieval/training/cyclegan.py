@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from s2m_retrieval.networks.cyclegan import CycleGAN, CycleGANConfig, PatchGAN, 
 from s2m_retrieval.training.latent import TrainProgress
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.unpaired import (FakePool, UnpairedMethod, UnpairedNets, UnpairedTrainConfig, adam,
-                                             resolve_configs, lsgan_d, lsgan_g, train_unpaired)
+                                             build_networks, lsgan_d, lsgan_g, train_unpaired)
 
 CYCLEGAN_FILE = "cyclegan.pt"
 KIND = "cyclegan"
@@ -61,12 +60,9 @@ def train_cyclegan(pairs: PairSet, out_dir: str | os.PathLike, config: CycleGANC
     unpaired halves of `pairs`; return cyclegan.pt's path (latest.pt resumes)."""
     tc = train_config
     device = torch.device(device)
-    cfg, d_cfg = resolve_configs(pairs, KIND, "CycleGAN", config, d_config, cyclegan_config_for, patchgan_config_for)
+    cfg, d_cfg, model, D_image, D_sketch = build_networks(pairs, KIND, "CycleGAN", config, d_config, cyclegan_config_for, patchgan_config_for,
+                                                          tc.seed, device, CycleGAN, PatchGAN)
     res = cfg.img_resolution
-    torch.manual_seed(tc.seed)
-    model = CycleGAN(cfg).to(device)
-    D_image = PatchGAN(d_cfg).to(device)
-    D_sketch = PatchGAN(dataclasses.replace(d_cfg, in_channels=cfg.sketch_channels)).to(device)
     pool_image = FakePool(tc.pool, (cfg.image_channels, res, res)).to(device)
     pool_sketch = FakePool(tc.pool, (cfg.sketch_channels, res, res)).to(device)
     opt_G, opt_D = adam([model], tc), adam([D_image, D_sketch], tc)

@@ -4,7 +4,6 @@ CAM loss (their attention classifier tells the source domain's features from the
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from s2m_retrieval.networks.ugatit import (UGATIT, UGATITConfig, UGATITDiscrimin
 from s2m_retrieval.training.latent import TrainProgress
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.unpaired import (UnpairedMethod, UnpairedNets, UnpairedTrainConfig, adam,
-                                             resolve_configs, lsgan_d, lsgan_g, train_unpaired)
+                                             build_networks, lsgan_d, lsgan_g, train_unpaired)
 
 UGATIT_FILE = "ugatit.pt"
 KIND = "ugatit"
@@ -80,11 +79,8 @@ def train_ugatit(pairs: PairSet, out_dir: str | os.PathLike, config: UGATITConfi
     channel) on unpaired halves of `pairs`; return ugatit.pt's path (latest.pt resumes)."""
     tc = train_config
     device = torch.device(device)
-    cfg, d_cfg = resolve_configs(pairs, KIND, "U-GAT-IT", config, d_config, ugatit_config_for, ugatit_d_config_for)
-    torch.manual_seed(tc.seed)
-    model = UGATIT(cfg).to(device)
-    D_image = UGATITDiscriminator(d_cfg).to(device)
-    D_sketch = UGATITDiscriminator(dataclasses.replace(d_cfg, in_channels=cfg.sketch_channels)).to(device)
+    cfg, d_cfg, model, D_image, D_sketch = build_networks(pairs, KIND, "U-GAT-IT", config, d_config, ugatit_config_for, ugatit_d_config_for,
+                                                          tc.seed, device, UGATIT, UGATITDiscriminator)
     opt_G = adam([model], tc, tc.weight_decay)
     opt_D = adam([D_image, D_sketch], tc, tc.weight_decay)
 

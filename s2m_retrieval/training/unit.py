@@ -3,7 +3,6 @@ shared code judged by multi-scale LSGAN discriminators, and cycle reconstruction
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from s2m_retrieval.networks.unit import UNIT, UNITConfig
 from s2m_retrieval.training.latent import TrainProgress
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.unpaired import (UnpairedMethod, UnpairedNets, UnpairedTrainConfig, adam,
-                                             resolve_configs, lsgan_d, lsgan_g, train_unpaired)
+                                             build_networks, lsgan_d, lsgan_g, train_unpaired)
 
 UNIT_FILE = "unit.pt"
 KIND = "unit"
@@ -72,11 +71,8 @@ def train_unit(pairs: PairSet, out_dir: str | os.PathLike, config: UNITConfig | 
     unpaired halves of `pairs`; return unit.pt's path (latest.pt resumes)."""
     tc = train_config
     device = torch.device(device)
-    cfg, d_cfg = resolve_configs(pairs, KIND, "UNIT", config, d_config, unit_config_for, unit_d_config_for)
-    torch.manual_seed(tc.seed)
-    model = UNIT(cfg).to(device)
-    D_image = PatchGAN(d_cfg).to(device)
-    D_sketch = PatchGAN(dataclasses.replace(d_cfg, in_channels=cfg.sketch_channels)).to(device)
+    cfg, d_cfg, model, D_image, D_sketch = build_networks(pairs, KIND, "UNIT", config, d_config, unit_config_for, unit_d_config_for,
+                                                          tc.seed, device, UNIT, PatchGAN)
     opt_G = adam([model], tc, tc.weight_decay)
     opt_D = adam([D_image, D_sketch], tc, tc.weight_decay)
 

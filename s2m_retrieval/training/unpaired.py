@@ -9,6 +9,7 @@ same PairSet. The paired images of the first half are never trained on; the samp
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -126,6 +127,18 @@ def resolve_configs(pairs: PairSet, kind: str, name: str, config, d_config, conf
     if (cfg.sketch_channels, cfg.image_channels, d_cfg.in_channels) != (1, 3, 3):
         raise BadInputError(f"{name} maps 1-channel sketches to RGB; its image critic reads 3 channels")
     return cfg, d_cfg
+
+
+def build_networks(pairs: PairSet, kind: str, name: str, config, d_config, config_for, d_config_for, seed: int,
+                   device: torch.device, translator: type[nn.Module], critic: type[nn.Module]):
+    """(config, image critic config, translator pair, image critic, sketch critic), seeded by `seed` in that order
+    (same seed => same initial weights); the sketch critic is the image one reading the sketch's channels."""
+    cfg, d_cfg = resolve_configs(pairs, kind, name, config, d_config, config_for, d_config_for)
+    torch.manual_seed(seed)
+    model = translator(cfg).to(device)
+    D_image = critic(d_cfg).to(device)
+    D_sketch = critic(dataclasses.replace(d_cfg, in_channels=cfg.sketch_channels)).to(device)
+    return cfg, d_cfg, model, D_image, D_sketch
 
 
 def check_resolution(pairs: PairSet, kind: str, *configs) -> None:
