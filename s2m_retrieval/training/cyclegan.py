@@ -60,8 +60,9 @@ def train_cyclegan(pairs: PairSet, out_dir: str | os.PathLike, config: CycleGANC
     unpaired halves of `pairs`; return cyclegan.pt's path (latest.pt resumes)."""
     tc = train_config
     device = torch.device(device)
-    cfg, d_cfg, model, D_image, D_sketch = build_networks(pairs, KIND, "CycleGAN", config, d_config, cyclegan_config_for, patchgan_config_for,
-                                                          tc.seed, device, CycleGAN, PatchGAN)
+    cfg, d_cfg, model, D_image, D_sketch = build_networks(
+        pairs, KIND, "CycleGAN", config, d_config, cyclegan_config_for, patchgan_config_for, tc.seed, device,
+        CycleGAN, PatchGAN)
     res = cfg.img_resolution
     pool_image = FakePool(tc.pool, (cfg.image_channels, res, res)).to(device)
     pool_sketch = FakePool(tc.pool, (cfg.sketch_channels, res, res)).to(device)

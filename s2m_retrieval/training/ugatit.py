@@ -79,8 +79,9 @@ def train_ugatit(pairs: PairSet, out_dir: str | os.PathLike, config: UGATITConfi
     channel) on unpaired halves of `pairs`; return ugatit.pt's path (latest.pt resumes)."""
     tc = train_config
     device = torch.device(device)
-    cfg, d_cfg, model, D_image, D_sketch = build_networks(pairs, KIND, "U-GAT-IT", config, d_config, ugatit_config_for, ugatit_d_config_for,
-                                                          tc.seed, device, UGATIT, UGATITDiscriminator)
+    cfg, d_cfg, model, D_image, D_sketch = build_networks(
+        pairs, KIND, "U-GAT-IT", config, d_config, ugatit_config_for, ugatit_d_config_for, tc.seed, device,
+        UGATIT, UGATITDiscriminator)
     opt_G = adam([model], tc, tc.weight_decay)
     opt_D = adam([D_image, D_sketch], tc, tc.weight_decay)
 

@@ -71,8 +71,9 @@ def train_unit(pairs: PairSet, out_dir: str | os.PathLike, config: UNITConfig | 
     unpaired halves of `pairs`; return unit.pt's path (latest.pt resumes)."""
     tc = train_config
     device = torch.device(device)
-    cfg, d_cfg, model, D_image, D_sketch = build_networks(pairs, KIND, "UNIT", config, d_config, unit_config_for, unit_d_config_for,
-                                                          tc.seed, device, UNIT, PatchGAN)
+    cfg, d_cfg, model, D_image, D_sketch = build_networks(
+        pairs, KIND, "UNIT", config, d_config, unit_config_for, unit_d_config_for, tc.seed, device,
+        UNIT, PatchGAN)
     opt_G = adam([model], tc, tc.weight_decay)
     opt_D = adam([D_image, D_sketch], tc, tc.weight_decay)
 
