@@ -118,6 +118,27 @@ def test_zero_deltas_give_plain_output_and_shared_deltas_broadcast():
                               atol=1e-6, rtol=0)
 
 
+def test_a_shared_prefix_gives_the_full_forward_and_guards_its_blocks():
+    """The blocks before the first refined one run once (`prefix`); forwards from there give the same images."""
+    G = tiny_g()
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.1)  # the const noise is part of the comparison
+        w = G.sample_w_plus(2, seed=4)
+        fine = random_deltas(G, 2, [n for n in G.conv_layer_names() if n.startswith(("b16", "b32"))])
+        start = G.prefix(w, "b16")
+        assert start.done == ("b4", "b8") and start.x.shape[-1] == 8
+        assert torch.equal(G(w, start=start), G(w))
+        assert torch.equal(G(w, fine, start=start), G(w, fine))
+        with pytest.raises(ValueError, match="which `start` has run"):
+            G(w, random_deltas(G, 2, ["b8.conv0"]), start=start)
+        with pytest.raises(ValueError, match="noise_mode 'const' or 'none'"):
+            G.prefix(w, "b16", noise_mode="random")
+        with pytest.raises(ValueError, match="unknown block"):
+            G.prefix(w, "b17")
+
+
 def test_bad_deltas_raise():
     G = tiny_g()
     w = G.sample_w_plus(2)

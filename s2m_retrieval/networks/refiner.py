@@ -132,11 +132,16 @@ def refine(H: Refiner, G: nn.Module, w_plus: torch.Tensor, sketch: torch.Tensor,
     # each step is then a small correction of what the current image still gets wrong, as in HyperStyle.
     if steps < 0:
         raise ValueError(f"refinement steps must be >= 0, got {steps}")
-    images = [G(w_plus, noise_mode=noise_mode)]
+    # The blocks coarser than H's first layer are the same in every step: run them once (with fixed noise).
+    start = None
+    if steps and noise_mode != "random":
+        refined = {name.split(".")[0] for name in H.config.layers}
+        start = G.prefix(w_plus, next(block for block in G.blocks if block in refined), noise_mode)
+    images = [G(w_plus, noise_mode=noise_mode, start=start)]
     deltas = None
     for _ in range(steps):
         deltas = add_deltas(deltas, H(sketch, images[-1]))
-        images.append(G(w_plus, weight_deltas=deltas, noise_mode=noise_mode))
+        images.append(G(w_plus, weight_deltas=deltas, noise_mode=noise_mode, start=start))
     return deltas, images
 
 

@@ -212,6 +212,16 @@ class SynthesisBlock(nn.Module):
         return x, img
 
 
+@dataclass(frozen=True)
+class SynthesisState:
+    """Where a synthesis stands after its first blocks: features x, skip image img, W+ entries used, blocks run."""
+
+    x: torch.Tensor
+    img: torch.Tensor | None
+    ws_used: int
+    done: tuple[str, ...]
+
+
 class Generator(nn.Module):
     """StyleGAN2 G: mapping(z) -> W+ [N, num_ws, w_dim]; forward(w_plus) -> images [N, C, H, W] in about [-1, 1]."""
 
@@ -279,20 +289,45 @@ class Generator(nn.Module):
         return per_block
 
     def forward(self, w_plus: torch.Tensor, weight_deltas: Mapping[str, torch.Tensor] | Sequence | None = None,
-                noise_mode: str = "const") -> torch.Tensor:
-        """W+ [N, num_ws, w_dim] -> images [N, C, H, W]; deltas [N|1, out, in, 1, 1] act as weight * (1 + delta)."""
+                noise_mode: str = "const", start: SynthesisState | None = None) -> torch.Tensor:
+        """W+ [N, num_ws, w_dim] -> images [N, C, H, W]; deltas [N|1, out, in, 1, 1] act as weight * (1 + delta).
+        `start`: this W+'s state after the blocks no delta touches (`prefix`), which are then not run again."""
+        self._check_call(w_plus, noise_mode)
+        deltas = self._resolve_deltas(weight_deltas, w_plus.shape[0])
+        if start is not None and any(name in deltas for name in start.done):
+            raise ValueError(f"weight deltas for {sorted(set(deltas) & set(start.done))}, which `start` has run")
+        x, img, i, done = (start.x, start.img, start.ws_used, start.done) if start is not None else \
+            (self.const.unsqueeze(0).expand(w_plus.shape[0], -1, -1, -1), None, 0, ())  # x [N, C4, 4, 4]
+        for name, block in self.blocks.items():
+            if name in done:
+                continue
+            x, img = block(x, img, w_plus[:, i:i + block.num_ws], deltas.get(name, {}), noise_mode)
+            i += block.num_ws - 1
+        return img                                                       # [N, img_channels, res, res]
+
+    def prefix(self, w_plus: torch.Tensor, first_changed: str, noise_mode: str = "const") -> SynthesisState:
+        """Run the blocks before block `first_changed` ("b16"): what every forward of this W+ whose deltas start
+        there shares. Only with fixed noise ("const" or "none"): random noise would be drawn once instead of per
+        forward."""
+        self._check_call(w_plus, noise_mode)
+        if noise_mode == "random":
+            raise ValueError("a synthesis prefix is shared between forwards: it needs noise_mode 'const' or 'none'")
+        if first_changed not in self.blocks:
+            raise ValueError(f"unknown block {first_changed!r}; blocks: {list(self.blocks)}")
+        x, img, i, done = self.const.unsqueeze(0).expand(w_plus.shape[0], -1, -1, -1), None, 0, []
+        for name, block in self.blocks.items():
+            if name == first_changed:
+                break
+            x, img = block(x, img, w_plus[:, i:i + block.num_ws], {}, noise_mode)
+            i += block.num_ws - 1
+            done.append(name)
+        return SynthesisState(x, img, i, tuple(done))
+
+    def _check_call(self, w_plus: torch.Tensor, noise_mode: str) -> None:
         if w_plus.ndim != 3 or w_plus.shape[1:] != (self.num_ws, self.config.w_dim):
             raise ValueError(f"w_plus must be [N, {self.num_ws}, {self.config.w_dim}], got {list(w_plus.shape)}")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-        n = w_plus.shape[0]
-        deltas = self._resolve_deltas(weight_deltas, n)
-        x = self.const.unsqueeze(0).expand(n, -1, -1, -1)               # [N, C4, 4, 4]
-        img, i = None, 0
-        for name, block in self.blocks.items():
-            x, img = block(x, img, w_plus[:, i:i + block.num_ws], deltas.get(name, {}), noise_mode)
-            i += block.num_ws - 1
-        return img                                                       # [N, img_channels, res, res]
 
     def sample_w_plus(self, n: int, seed: int | torch.Generator = 0, truncation_psi: float = 1.0) -> torch.Tensor:
         """W+ of n random latents drawn on the CPU from `seed`, so results match across devices."""
