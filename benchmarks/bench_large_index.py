@@ -9,6 +9,11 @@ index memory-mapped as `retrieve` does, and measures RSS, single-query latency a
 search over the stored float vectors, for a grid of nprobe and refine settings.
 
     python benchmarks/bench_large_index.py --n 1000000 --out results.json
+
+Real inverter codes instead: build an index of phantoms with `s2m index build` (resumable), a second small one of
+other phantoms for the queries, and measure the first with the second's stored vectors as queries:
+
+    python benchmarks/bench_large_index.py --home H --index big --query-index held --queries 200
 """
 
 from __future__ import annotations
@@ -164,19 +169,33 @@ def exact_top(reader, queries: np.ndarray, k: int) -> np.ndarray:
     return best_i
 
 
-def query(home: Path, n_queries: int, k: int, grid: list[tuple[int, int]]) -> dict:
+def real_queries(home: Path, name: str, n: int) -> np.ndarray:
+    """The first `n` stored vectors of index `name` (real inverter codes of images the measured index lacks)."""
+    from s2m_retrieval.query.index_reader import open_index
+
+    with open_index(home=home, name=name) as reader:
+        ids = np.sort(reader.store.ids())[:n]
+        return np.asarray(reader.arrays("vectors", ids), dtype=np.float32)
+
+
+def query(home: Path, n_queries: int, k: int, grid: list[tuple[int, int]], name: str = "default",
+          query_index: str | None = None) -> dict:
     """Open memory-mapped, measure RSS and per-query latency per (nprobe, refine), recall@k vs exact."""
     import faiss
 
     from s2m_retrieval.query.index_reader import open_index
 
     faiss.omp_set_num_threads(1)
-    codes = SyntheticCodes(seed=1)  # queries: fresh codes from the same distribution, not stored ones
-    queries = codes.rows(0, n_queries)
+    if query_index:
+        queries = real_queries(home, query_index, n_queries)
+    else:
+        queries = SyntheticCodes(seed=1).rows(0, n_queries)  # fresh codes from the same distribution, not stored
     base = rss_mib()
-    reader = open_index(home=home)
+    reader = open_index(home=home, name=name)
     opened = rss_mib()
-    out = {"rss_base_mib": base, "rss_open_mib": opened, "stamp_search": reader.stamp.search,
+    out = {"index": name, "n": reader.store.ntotal, "factory": reader.stamp.factory, "queries": len(queries),
+           "query_source": query_index or "synthetic", "rss_base_mib": base, "rss_open_mib": opened,
+           "stamp_search": reader.stamp.search,
            "faiss_bytes": reader.paths.faiss_file.stat().st_size, "runs": []}
     found = {}
     for nprobe, refine in grid:
@@ -212,11 +231,24 @@ def main() -> None:
                    help="nprobe:refine pairs to measure")
     p.add_argument("--home", default=None, help="Work folder (default: a temporary one, deleted after)")
     p.add_argument("--out", default=None, help="Write the figures as JSON here too")
+    p.add_argument("--index", default=None,
+                   help="Measure this existing index under --home instead of building synthetic codes (e.g. one "
+                        "built by `s2m index build` from real phantoms)")
+    p.add_argument("--query-index", default=None,
+                   help="With --index: take the queries from this index's stored vectors (real inverter codes of "
+                        "images the measured index lacks)")
     p.add_argument("--query-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     grid = [tuple(int(v) for v in pair.split(":")) for pair in args.grid.split(",")]
-    if args.query_only:
-        print(json.dumps(query(Path(args.home), args.queries, args.k, grid)))
+    if args.index and not (args.home and args.query_index):
+        p.error("--index needs --home (where it is) and --query-index (the index the queries come from)")
+    if args.query_only or args.index:
+        queried = query(Path(args.home), args.queries, args.k, grid, args.index or "default", args.query_index)
+        print(json.dumps(queried, indent=None if args.query_only else 1))
+        if args.index:
+            report_queries(queried)
+            if args.out:
+                Path(args.out).write_text(json.dumps(queried, indent=1) + "\n")
         return
     home = Path(args.home or tempfile.mkdtemp(prefix="s2m-large-"))
     try:
@@ -255,8 +287,16 @@ def report(r: dict) -> None:
     print(f"query process: +{anon:.0f} MiB anon (= {anon * mib / n:.0f} bytes/image), +{file_:.0f} MiB file-backed "
           f"after all searches; total RSS {q['rss_searched_mib']['RssAnon'] + q['rss_searched_mib']['RssFile']:.0f}"
           f" MiB (torch and the generator included); exact search for the truth {q['exact_s']:.0f} s")
+    report_queries(q)
+
+
+def report_queries(q: dict) -> None:
+    """The recall and latency lines of a query run."""
+    print(f"index {q['index']!r}: {q['n']} vectors, factory {q['factory']}, stamped search {q['stamp_search']}; "
+          f"{q['queries']} queries ({q['query_source']})")
     for run in q["runs"]:
-        print(f"nprobe {run['nprobe']:5d} refine {run['refine']:3d}: recall@10 {run['recall@10']:.3f}  "
+        recall = next(v for key, v in run.items() if key.startswith("recall@"))
+        print(f"nprobe {run['nprobe']:5d} refine {run['refine']:3d}: recall {recall:.3f}  "
               f"p50 {run['p50_ms']:7.1f} ms  p95 {run['p95_ms']:7.1f} ms")
 
 
