@@ -240,13 +240,14 @@ def train_chunked(index: faiss.Index, n: int, read: Callable[[np.ndarray], np.nd
                   chunk: int = TRAIN_CHUNK, transform_n: int = TRANSFORM_TRAIN) -> None:
     """Train on the `n` sample vectors `read(positions)` returns, never holding all of them at full size.
 
-    An index behind a transform (OPQ, PCA) trains the transforms on a seeded subset of TRANSFORM_TRAIN
-    vectors (OPQ's own cap), then reads the sample `chunk` vectors at a time, keeps them transformed
-    (256 dims instead of 2,560 for the large-index default) and trains the core index on those. That is
-    what `index.train(sample)` does, in a tenth of the memory. Other indexes read the sample whole.
+    An index behind a transform (OPQ, PCA) trains the transforms on a seeded subset of `transform_n` vectors
+    (OPQ's own cap; PCA would take more), then reads the sample `chunk` vectors at a time, keeps them
+    transformed (256 dims instead of 2,560 for the large-index default) and trains the core index on those:
+    for OPQ what `index.train(sample)` does, in a fraction of the memory. Other indexes, and samples no larger
+    than the subset, are read whole.
     """
     wrappers, top = _unwrapped(index)
-    if not isinstance(top, faiss.IndexPreTransform) or n <= chunk:
+    if not isinstance(top, faiss.IndexPreTransform) or n <= max(chunk, transform_n):
         train(index, read(np.arange(n)))
         return
     transforms = [faiss.downcast_VectorTransform(top.chain.at(i)) for i in range(top.chain.size())]
@@ -260,13 +261,13 @@ def train_chunked(index: faiss.Index, n: int, read: Callable[[np.ndarray], np.nd
                     vt.train(x)
                 x = vt.apply(x)
             del x
-            parts = []
+            reduced = np.empty((n, core.d), dtype=np.float32)
             for start in range(0, n, chunk):
                 x = np.ascontiguousarray(read(np.arange(start, min(n, start + chunk))), dtype=np.float32)
                 for vt in transforms:
                     x = vt.apply(x)
-                parts.append(x)
-            core.train(np.concatenate(parts))
+                reduced[start:start + len(x)] = x
+            core.train(reduced)
     except RuntimeError as exc:
         raise _training_failed(n, exc) from None
     top.is_trained = core.is_trained

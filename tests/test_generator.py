@@ -137,6 +137,8 @@ def test_a_shared_prefix_gives_the_full_forward_and_guards_its_blocks():
             G.prefix(w, "b16", noise_mode="random")
         with pytest.raises(ValueError, match="unknown block"):
             G.prefix(w, "b17")
+        with pytest.raises(ValueError, match="prefix of 2 codes, w_plus has 1"):
+            G(w[:1], start=start)
 
 
 def test_bad_deltas_raise():

@@ -103,6 +103,10 @@ def test_chunked_training_reads_in_chunks_and_finds_what_whole_training_finds(fa
     fac.train(whole, x)
     fac.train_chunked(chunked, len(x), read, chunk=400, transform_n=1000)
     assert chunked.is_trained and max(reads) <= 1000 and sum(reads) == 1000 + len(x)
+    reads.clear()
+    small = fac.make_index(64, factory)
+    fac.train_chunked(small, 900, read, chunk=400, transform_n=1000)  # no larger than the subset: read once, whole
+    assert small.is_trained and reads == [900]
     recalls = []
     for index in (whole, chunked):
         index.add_with_ids(x, np.arange(len(x)))

@@ -294,6 +294,8 @@ class Generator(nn.Module):
         `start`: this W+'s state after the blocks no delta touches (`prefix`), which are then not run again."""
         self._check_call(w_plus, noise_mode)
         deltas = self._resolve_deltas(weight_deltas, w_plus.shape[0])
+        if start is not None and start.x.shape[0] != w_plus.shape[0]:
+            raise ValueError(f"`start` is the prefix of {start.x.shape[0]} codes, w_plus has {w_plus.shape[0]}")
         if start is not None and any(name in deltas for name in start.done):
             raise ValueError(f"weight deltas for {sorted(set(deltas) & set(start.done))}, which `start` has run")
         x, img, i, done = (start.x, start.img, start.ws_used, start.done) if start is not None else \
