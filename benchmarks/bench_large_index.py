@@ -35,25 +35,32 @@ import numpy as np
 from timing import rss_mib
 
 CHUNK = 500  # vectors per generated batch (= the largest build batch)
+SPACES = ("wplus", "projector")
 
 
 class SyntheticCodes:
-    """Deterministic synthetic weighted W+ vectors: row i depends only on (seed, i // CHUNK)."""
+    """Deterministic synthetic weighted W+ vectors: row i depends only on (seed, i // CHUNK). `space="projector"`:
+    those vectors through the shipped projector's archive head (256-d unit vectors, what the shipped bundle
+    indexes), else the 2,560-d weighted W+ of a bundle without a projector (the widest vectors, the most memory)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, space: str = "wplus") -> None:
         import torch
 
         from s2m_retrieval.networks.checkpoint import shipped_weights
         from s2m_retrieval.model.latent_space import DEFAULT_WEIGHTING
+        from s2m_retrieval.networks.projector import load_projector
         from s2m_retrieval.networks.stylegan2 import load_generator
 
+        if space not in SPACES:
+            raise SystemExit(f"--space must be one of {SPACES}, got {space!r}")
         self.torch = torch
         self.G = load_generator(shipped_weights("generator"))
+        self.P = load_projector(shipped_weights("projector")) if space == "projector" else None
         self.w_avg = self.G.w_avg.numpy()
         self.weighting = DEFAULT_WEIGHTING
         self.seed = seed
         self.pool = self._mapped(16384, seed + 10_000_000) - self.w_avg  # [P, w_dim] offsets within W
-        self.dim = self.weighting.dim(self.G.num_ws, self.G.config.w_dim)
+        self.dim = self.P.config.dim if self.P is not None else self.weighting.dim(self.G.num_ws, self.G.config.w_dim)
 
     def _mapped(self, n: int, seed: int) -> np.ndarray:
         g = self.torch.Generator().manual_seed(seed)
@@ -67,7 +74,11 @@ class SyntheticCodes:
         w = self._mapped(CHUNK, self.seed * 1_000_003 + number)
         rng = np.random.default_rng((self.seed, number))
         w_plus = w[:, None, :] + 0.25 * self.pool[rng.integers(0, len(self.pool), (CHUNK, self.G.num_ws))]
-        return w_plus_to_vectors(w_plus, self.w_avg, self.weighting)
+        vectors = w_plus_to_vectors(w_plus, self.w_avg, self.weighting)
+        if self.P is None:
+            return vectors
+        with self.torch.no_grad():
+            return self.P(self.torch.from_numpy(vectors), "archive").numpy()
 
     def rows(self, first: int, n: int) -> np.ndarray:
         """Vectors of rows [first, first + n)."""
@@ -111,7 +122,7 @@ class SyntheticEngine:
             yield items, {"vectors": self.codes.rows(first, len(items))}, [(64, 64)] * len(items)
 
 
-def build(home: Path, n: int, factory: str | None) -> dict:
+def build(home: Path, n: int, factory: str | None, space: str = "wplus") -> dict:
     """Build the n-vector index under `home`; returns timings and this process's peak RSS."""
     from index.store import VectorStore
     from s2m_retrieval.data.archive import ArchiveEntry
@@ -128,7 +139,7 @@ def build(home: Path, n: int, factory: str | None) -> dict:
                        peak_rss_after_train_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
     VectorStore.train_chunked = timed_train  # measure only; the training itself is untouched
-    codes = SyntheticCodes(seed=0)
+    codes = SyntheticCodes(seed=0, space=space)
     source_rss = rss_mib()
     entries = [ArchiveEntry(path=Path(f"/synthetic/{i:07d}.png"), stem=f"{i:07d}", rel=f"{i:07d}.png")
                for i in range(n)]
@@ -136,7 +147,8 @@ def build(home: Path, n: int, factory: str | None) -> dict:
     summary = build_index(None, SyntheticEncoder(codes), home=home, entries=entries,
                           options=BuildOptions(batch_size=CHUNK, factory=factory, checkpoint_s=600),
                           engine=SyntheticEngine(codes))
-    return {"n": n, "dim": codes.dim, "factory": summary.factory, "build_s": time.perf_counter() - t0,
+    return {"n": n, "space": space, "dim": codes.dim, "factory": summary.factory,
+            "build_s": time.perf_counter() - t0,
             **trained, "build_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "source_rss_mib": source_rss["RssAnon"] + source_rss["RssFile"],
             "added": summary.added}
@@ -178,8 +190,31 @@ def real_queries(home: Path, name: str, n: int) -> np.ndarray:
         return np.asarray(reader.arrays("vectors", ids), dtype=np.float32)
 
 
+def with_factory(reader, factory: str):
+    """The opened index with its FAISS part replaced by a `factory` one trained and filled in memory from the
+    stored vectors, as a build would (seeded sample, chunked training), so one set of stored codes measures
+    several index types."""
+    import dataclasses
+
+    from index.store import VectorStore
+    from s2m_retrieval.ingest.sync import ADD_CHUNK, train_store
+    from s2m_retrieval.storage import catalog
+
+    with reader.db.session() as s:
+        rows = catalog.stored_vectors(s, reader.stamp.name)
+    store = VectorStore.create(reader.stamp.dim, factory, reader.stamp.faiss_metric)
+    if not train_store(store, reader.shards, rows):
+        raise SystemExit(f"{factory} needs more than the {len(rows)} stored vectors to train")
+    for i in range(0, len(rows), ADD_CHUNK):
+        chunk = rows[i:i + ADD_CHUNK]
+        store.add(np.array([r.image_id for r in chunk], dtype=np.int64),
+                  reader.shards.gather("vectors", [(r.shard, r.row) for r in chunk]))
+    return dataclasses.replace(reader, stamp=dataclasses.replace(reader.stamp, factory=factory,
+                                                                 search=store.search_defaults), store=store)
+
+
 def query(home: Path, n_queries: int, k: int, grid: list[tuple[int, int]], name: str = "default",
-          query_index: str | None = None) -> dict:
+          query_index: str | None = None, factory: str | None = None, space: str = "wplus") -> dict:
     """Open memory-mapped, measure RSS and per-query latency per (nprobe, refine), recall@k vs exact."""
     import faiss
 
@@ -189,12 +224,15 @@ def query(home: Path, n_queries: int, k: int, grid: list[tuple[int, int]], name:
     if query_index:
         queries = real_queries(home, query_index, n_queries)
     else:
-        queries = SyntheticCodes(seed=1).rows(0, n_queries)  # fresh codes from the same distribution, not stored
+        # fresh codes from the same distribution, not stored ones
+        queries = SyntheticCodes(seed=1, space=space).rows(0, n_queries)
     base = rss_mib()
     reader = open_index(home=home, name=name)
+    if factory:
+        reader = with_factory(reader, factory)
     opened = rss_mib()
     out = {"index": name, "n": reader.store.ntotal, "factory": reader.stamp.factory, "queries": len(queries),
-           "query_source": query_index or "synthetic", "rss_base_mib": base, "rss_open_mib": opened,
+           "query_source": query_index or f"synthetic {space}", "rss_base_mib": base, "rss_open_mib": opened,
            "stamp_search": reader.stamp.search,
            "faiss_bytes": reader.paths.faiss_file.stat().st_size, "runs": []}
     found = {}
@@ -224,7 +262,12 @@ def main() -> None:
     """Build in this process, query in a fresh one (so its RSS is only what a query process holds)."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--factory", default=None, help="FAISS factory (default: the automatic choice for --n)")
+    p.add_argument("--factory", default=None, help="FAISS factory (default: the automatic choice for --n; with "
+                                                   "--index: measure this factory, built in memory from the "
+                                                   "index's stored vectors, instead of the index's own)")
+    p.add_argument("--space", default="wplus", choices=SPACES,
+                   help="Synthetic vectors: 2,560-d weighted W+ (no projector; the most memory) or the shipped "
+                        "projector's 256-d archive vectors (what the shipped bundle indexes)")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--grid", default="64:1,256:1,256:10,512:1,512:10,512:30,1024:10,1024:30",
@@ -243,7 +286,8 @@ def main() -> None:
     if args.index and not (args.home and args.query_index):
         p.error("--index needs --home (where it is) and --query-index (the index the queries come from)")
     if args.query_only or args.index:
-        queried = query(Path(args.home), args.queries, args.k, grid, args.index or "default", args.query_index)
+        queried = query(Path(args.home), args.queries, args.k, grid, args.index or "default", args.query_index,
+                        args.factory if args.index else None, args.space)
         print(json.dumps(queried, indent=None if args.query_only else 1))
         if args.index:
             report_queries(queried)
@@ -252,9 +296,10 @@ def main() -> None:
         return
     home = Path(args.home or tempfile.mkdtemp(prefix="s2m-large-"))
     try:
-        built = build(home, args.n, args.factory)
+        built = build(home, args.n, args.factory, args.space)
         print(json.dumps(built), flush=True)
-        out = subprocess.run([sys.executable, __file__, "--query-only", "--home", str(home), "--queries",
+        out = subprocess.run([sys.executable, __file__, "--query-only", "--home", str(home), "--space", args.space,
+                              "--queries",
                               str(args.queries), "--k", str(args.k), "--grid", args.grid],
                              capture_output=True, text=True, check=True)
         queried = json.loads(out.stdout.strip().splitlines()[-1])
@@ -273,7 +318,7 @@ def report(r: dict) -> None:
     """Human summary of the figures."""
     b, q, n = r["build"], r["query"], r["build"]["n"]
     mib = 2 ** 20
-    print(f"\n== {n} vectors, dim {b['dim']}, factory {b['factory']} ==")
+    print(f"\n== {n} vectors ({b.get('space', 'wplus')}), dim {b['dim']}, factory {b['factory']} ==")
     if "train_s" in b:
         print(f"peak RSS before the training {b['peak_rss_before_train_mib']:.0f} MiB, after it "
               f"{b['peak_rss_after_train_mib']:.0f} MiB")
