@@ -116,8 +116,9 @@ def test_quality_table_has_every_row_and_column(files, held):
     assert rows[0] == "| method | seg ↓ | lpips-alex ↓ | DICE S(x̂) vs mask ↑ | domain FD ↓ |"
     assert len(rows) == 2 + 6 + 2 + 4 and all(line.count("|") == 6 for line in rows)
     assert "| E alone | " in table and NA_MISSING in table and "| 3 iterations + 2 opt. steps |" in table
-    sheet = sample_sheet(held, outputs, rows=2, tile=32)
-    assert sheet.size[0] == 2 + (32 + 2) * 7                          # sketch, five methods, target
+    sheet = sample_sheet(held, outputs, columns=2, tile=32)
+    assert sheet.size[0] == 2 + (32 + 2) * 2                          # two sketches
+    assert sheet.size[1] == 2 + (32 + 2 + 14) * 7                     # rows: sketch, five methods, target
 
 
 def test_missing_methods_are_omitted_with_a_note(files, held):

@@ -26,7 +26,7 @@ EVAL_SKETCH_STREAM = 7919    # third SeedSequence word: eval sketches never shar
 NA_MISSING = "n/a (weights missing)"
 REFERENCE = "real images (reference)"
 UNPAIRED_ROWS = {"cyclegan": "CycleGAN", "unit": "UNIT", "ugatit": "U-GAT-IT"}   # checkpoint kind -> row
-SAMPLE_ROWS = 8
+SAMPLE_COLUMNS = 5  # sketches on the sample sheet, one row per method
 REALISM = "realism proxy: real-vs-x̂ classifier acc. (0.5 best)"
 GAP_REALISM = "Δ real-vs-x̂ classifier acc."
 # The sketch sets of one held-out run, all drawn from the same phantoms: "synthesized" is S's free-hand style the
@@ -475,13 +475,13 @@ def quality_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sample_sheet(held: HeldOut, outputs: dict[str, np.ndarray], rows: int = SAMPLE_ROWS, tile: int = 96):
-    """A PIL sheet: one row per held-out sketch, columns sketch | each method | target."""
+def sample_sheet(held: HeldOut, outputs: dict[str, np.ndarray], columns: int = SAMPLE_COLUMNS, tile: int = 96):
+    """A PIL sheet: one row per method on the same first `columns` held-out sketches, the sketches above and the
+    real images below; each row's first tile is captioned with its method."""
     from s2m_retrieval.viz import contact_sheet
 
-    names = ["sketch"] + list(outputs) + ["target"]
-    tiles, captions = [], []
-    for r in range(min(rows, len(held))):
-        tiles += [held.sketches[r]] + [outputs[name][r] for name in outputs] + [held.images[r]]
-        captions += names if r == 0 else [""] * len(names)
-    return contact_sheet(tiles, captions, cols=len(names), tile_size=tile, pad=2)
+    n = min(columns, len(held))
+    rows = [("sketch", held.sketches[:n])] + list(outputs.items()) + [("target", held.images[:n])]
+    tiles = [row[i] for _, row in rows for i in range(n)]
+    captions = [name if i == 0 else "" for name, _ in rows for i in range(n)]
+    return contact_sheet(tiles, captions, cols=n, tile_size=tile, pad=2)
