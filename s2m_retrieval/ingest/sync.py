@@ -13,6 +13,7 @@ import numpy as np
 
 from index.atomic import write_json
 from index.layout import IndexLock, IndexPaths, index_paths
+from index.row_reader import ShardRowReader
 from index.shards import ShardStore
 from index.stamp import IndexStamp, read_stamp, write_stamp
 from index.store import VectorStore
@@ -126,7 +127,10 @@ def train_store(store: VectorStore, shards: ShardStore, rows: Sequence[StoredVec
     if len(rows) < need or not rows:
         return False
     pick = np.sort(np.random.default_rng(0).choice(len(rows), size=want, replace=False))
-    store.train_chunked(want, lambda positions: shards.gather(
+    # pread, not memory maps: a seeded sample touches every shard, and mapped pages would count in the RSS of a
+    # large build (~1.6 GB at 1M x 2,560-d) until the whole sample is read.
+    reader = ShardRowReader(shards)
+    store.train_chunked(want, lambda positions: reader.rows(
         "vectors", [(rows[i].shard, rows[i].row) for i in pick[positions]]))
     return True
 
