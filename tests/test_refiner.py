@@ -93,6 +93,8 @@ def test_refinement_steps_change_the_image_and_accumulate(G):
     assert torch.allclose(images[2], G(w, weight_deltas=deltas, noise_mode="const"), atol=1e-6)
     with pytest.raises(ValueError):
         refine(H, G, w, sketch, steps=-1)
+    no_h, plain = refine(None, G, w, sketch, steps=0)                 # T = 0 needs no refiner
+    assert no_h is None and torch.equal(plain[0], G(w, noise_mode="const"))
 
 
 def test_refiner_rejects_wrong_inputs(G):

@@ -134,9 +134,11 @@ def refine(H: Refiner, G: nn.Module, w_plus: torch.Tensor, sketch: torch.Tensor,
         raise ValueError(f"refinement steps must be >= 0, got {steps}")
     # The blocks coarser than H's first layer are the same in every step: run them once (with fixed noise).
     # (One forward graph below them serves all steps: backpropagate once, through the last image, as training does.)
-    refined = {name.split(".")[0] for name in H.config.layers}
-    first = next((block for block in G.blocks if block in refined), None)  # None: H is not for this G, it says so
-    start = G.prefix(w_plus, first, noise_mode) if steps and first and noise_mode != "random" else None
+    start = None
+    if steps and noise_mode != "random":  # (steps 0 needs no H: it may be None then)
+        refined = {name.split(".")[0] for name in H.config.layers}
+        first = next((block for block in G.blocks if block in refined), None)  # None: H is not for this G
+        start = None if first is None else G.prefix(w_plus, first, noise_mode)
     images = [G(w_plus, noise_mode=noise_mode, start=start)]
     deltas = None
     for _ in range(steps):
