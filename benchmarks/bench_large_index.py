@@ -197,18 +197,14 @@ def with_factory(reader, factory: str):
     import dataclasses
 
     from index.store import VectorStore
-    from s2m_retrieval.ingest.sync import ADD_CHUNK, train_store
+    from s2m_retrieval.ingest.sync import sync_store
     from s2m_retrieval.storage import catalog
 
     with reader.db.session() as s:
         rows = catalog.stored_vectors(s, reader.stamp.name)
     store = VectorStore.create(reader.stamp.dim, factory, reader.stamp.faiss_metric)
-    if not train_store(store, reader.shards, rows):
+    if sync_store(store, reader.shards, rows, synced_vector_id=0).pending:  # trains as a build does, then adds all
         raise SystemExit(f"{factory} needs more than the {len(rows)} stored vectors to train")
-    for i in range(0, len(rows), ADD_CHUNK):
-        chunk = rows[i:i + ADD_CHUNK]
-        store.add(np.array([r.image_id for r in chunk], dtype=np.int64),
-                  reader.shards.gather("vectors", [(r.shard, r.row) for r in chunk]))
     return dataclasses.replace(reader, stamp=dataclasses.replace(reader.stamp, factory=factory,
                                                                  search=store.search_defaults), store=store)
 

@@ -149,7 +149,8 @@ def _generate_from_sketch(sketch: Path, out: Path, steps: int, only_final: bool,
     from s2m_retrieval.errors import CheckpointError
     from s2m_retrieval.networks.refiner import refine
     from s2m_retrieval.model.pipeline import Sketch2MedI, sketch_batch, to_uint8
-    from s2m_retrieval.query.engine import check_sketch, check_steps, read_sketch
+    from s2m_retrieval.query.engine import check_sketch, read_sketch
+    from s2m_retrieval.query.options import check_steps
     from s2m_retrieval.viz import contact_sheet
 
     check_steps(steps)

@@ -298,14 +298,8 @@ class Generator(nn.Module):
             raise ValueError(f"`start` is the prefix of {start.x.shape[0]} codes, w_plus has {w_plus.shape[0]}")
         if start is not None and any(name in deltas for name in start.done):
             raise ValueError(f"weight deltas for {sorted(set(deltas) & set(start.done))}, which `start` has run")
-        x, img, i, done = (start.x, start.img, start.ws_used, start.done) if start is not None else \
-            (self.const.unsqueeze(0).expand(w_plus.shape[0], -1, -1, -1), None, 0, ())  # x [N, C4, 4, 4]
-        for name, block in self.blocks.items():
-            if name in done:
-                continue
-            x, img = block(x, img, w_plus[:, i:i + block.num_ws], deltas.get(name, {}), noise_mode)
-            i += block.num_ws - 1
-        return img                                                       # [N, img_channels, res, res]
+        state = start if start is not None else self._first_state(w_plus)
+        return self._synthesize(state, w_plus, deltas, noise_mode).img   # [N, img_channels, res, res]
 
     def prefix(self, w_plus: torch.Tensor, first_changed: str, noise_mode: str = "const") -> SynthesisState:
         """Run the blocks before block `first_changed` ("b16"): what every forward of this W+ whose deltas start
@@ -316,11 +310,21 @@ class Generator(nn.Module):
             raise ValueError("a synthesis prefix is shared between forwards: it needs noise_mode 'const' or 'none'")
         if first_changed not in self.blocks:
             raise ValueError(f"unknown block {first_changed!r}; blocks: {list(self.blocks)}")
-        x, img, i, done = self.const.unsqueeze(0).expand(w_plus.shape[0], -1, -1, -1), None, 0, []
+        return self._synthesize(self._first_state(w_plus), w_plus, {}, noise_mode, until=first_changed)
+
+    def _first_state(self, w_plus: torch.Tensor) -> SynthesisState:
+        return SynthesisState(self.const.unsqueeze(0).expand(w_plus.shape[0], -1, -1, -1), None, 0, ())  # [N, C4, 4, 4]
+
+    def _synthesize(self, state: SynthesisState, w_plus: torch.Tensor, deltas: Mapping[str, dict], noise_mode: str,
+                    until: str | None = None) -> SynthesisState:
+        """Run the blocks `state` has not run, in order, up to (not including) block `until`."""
+        x, img, i, done = state.x, state.img, state.ws_used, list(state.done)
         for name, block in self.blocks.items():
-            if name == first_changed:
+            if name == until:
                 break
-            x, img = block(x, img, w_plus[:, i:i + block.num_ws], {}, noise_mode)
+            if name in state.done:
+                continue
+            x, img = block(x, img, w_plus[:, i:i + block.num_ws], deltas.get(name, {}), noise_mode)
             i += block.num_ws - 1
             done.append(name)
         return SynthesisState(x, img, i, tuple(done))
