@@ -4,8 +4,10 @@ Automatic choice (`auto_factory`), by the number of vectors expected at the firs
 - fewer than 20,000: "Flat" — exact; a single query scans all vectors (~11 ms at 100k x 512 on one core,
   so ~2 ms at 20k), no training, supports removal.
 - 20,000 to 999,999: "IVF{nlist},Flat" with nlist = the power of two nearest 4*sqrt(n), clamped to
-  [256, 4096] — exact distances within the probed lists, removal supported, trained on a sample.
-- 1,000,000 and more: "OPQ{m}_{d},IVF{nlist},PQ{m}" (d = min(dim, 256), m = 64/32/16/8 the largest dividing d,
+  [256, 4096] — exact distances within the probed lists, removal supported, trained on a sample — as long as
+  the vectors take at most 2 GiB (IVF-Flat holds them all in RAM: 999,999 x 2,560-d would be ~10 GB; the
+  shipped bundle's 256-d vectors stay below up to the 1M threshold).
+- 1,000,000 and more, or more than 2 GiB of vectors: "OPQ{m}_{d},IVF{nlist},PQ{m}" (d = min(dim, 256), m = 64/32/16/8 the largest dividing d,
   nlist up to 16384): an OPQ rotation (and reduction to d dims), then m-byte PQ codes, so RAM stays bounded
   (~80 bytes per vector with its id). PQ distances are approximate: searches take `refine` x k candidates and
   re-rank them with the exact vectors kept in the shards (`index/refine.py`); benchmarks/bench_large_index.py
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 FLAT_MAX = 20_000
 IVF_FLAT_MAX = 1_000_000
+# IVF-Flat keeps every vector in RAM (in the build and in each query process): beyond 2 GiB of them, PQ codes.
+IVF_FLAT_MAX_BYTES = 2 << 30
 # Upper bound on the training sample (k-means cost grows with it; FAISS subsamples beyond 256 per centroid).
 MAX_TRAIN = 200_000
 DEFAULT_EF_SEARCH = 64
@@ -53,7 +57,7 @@ def auto_factory(n: int, dim: int) -> str:
     """The factory string chosen for an index expected to hold `n` vectors of size `dim`."""
     if n < FLAT_MAX:
         return "Flat"
-    if n < IVF_FLAT_MAX:
+    if n < IVF_FLAT_MAX and n * dim * 4 <= IVF_FLAT_MAX_BYTES:
         return f"IVF{min(max(_pow2_near(4 * math.sqrt(n)), 256), 4096)},Flat"
     nlist = min(max(_pow2_near(4 * math.sqrt(n)), 1024), 16384)
     d = min(dim, OPQ_DIM)

@@ -146,6 +146,10 @@ def test_auto_factory_thresholds():
     assert fac.auto_factory(500, 2560) == "Flat"
     assert fac.auto_factory(fac.FLAT_MAX - 1, 512) == "Flat"
     assert fac.auto_factory(100_000, 2560) == "IVF1024,Flat"
+    # IVF-Flat holds every vector in RAM: past 2 GiB of them (~210k at 2,560-d) the build takes PQ codes
+    assert fac.auto_factory(200_000, 2560) == "IVF2048,Flat"
+    assert fac.auto_factory(300_000, 2560) == "OPQ64_256,IVF2048,PQ64"
+    assert fac.auto_factory(999_999, 256) == "IVF4096,Flat"
     assert fac.auto_factory(2_000_000, 2560) == "OPQ64_256,IVF4096,PQ64"
     assert fac.auto_factory(1_000_000, 96) == "OPQ32_96,IVF4096,PQ32"
     assert fac.auto_factory(2_000_000, 100) == "IVF4096,Flat"
