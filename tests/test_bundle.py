@@ -133,3 +133,11 @@ def test_engine_finds_bundle_names_under_its_home(home, monkeypatch, tmp_path):
         assert len(engine.query_sketch(sketch(), k=2).hits) == 2
     with pytest.raises(VersionMismatchError, match="query with --model alpha"):
         RetrievalEngine.open(home=home, models="beta")
+
+
+def test_an_empty_bundle_name_is_refused_naming_the_cli_flag_and_the_python_parameter():
+    from s2m_retrieval.errors import BadInputError
+    from s2m_retrieval.model.bundle import resolve_model
+
+    with pytest.raises(BadInputError, match=r"--model, or models= in Python"):
+        resolve_model("")

@@ -46,7 +46,7 @@ def test_other_database_is_refused_before_touching_files(archive, tmp_path):
              lambda: index_info(home=home, db_url=other),
              lambda: open_index(home=home, db_url=other)]
     for call in calls:
-        with pytest.raises(BadInputError, match="belongs to another database.*--db it was built with"):
+        with pytest.raises(BadInputError, match="belongs to another database.*the database it was built with"):
             call()
     assert _files(home) == before
     assert verify_index(home=home).ok  # still whole for its own database

@@ -67,8 +67,8 @@ def check_owner(paths: IndexPaths, stamp: IndexStamp, db: Database, database_id:
         foreign = rows == 0 and (stamp.synced_vector_id > 0 or bool(ShardStore(paths.shards).names()))
     if foreign:
         raise BadInputError(f"index {stamp.name!r} under {paths.home} belongs to another database (not "
-                            f"{display_url(db.url)}); pass the --db it was built with, or --rebuild to start it "
-                            "over in this one")
+                            f"{display_url(db.url)}); open it with the database it was built with (--db, or db_url= in "
+                            "Python), or rebuild it in this one (--rebuild, rebuild=True)")
     return database_id
 
 

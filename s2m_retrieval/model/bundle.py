@@ -54,7 +54,8 @@ def resolve_model(spec: str | os.PathLike | None, home: str | os.PathLike | None
     if text and is_shipped(text):  # the shipped folder itself (it names its own missing networks)
         return shipped_folder()
     if not text:
-        raise BadInputError("--model is empty: give a bundle name (see `s2m models list`) or a folder")
+        raise BadInputError("the model bundle is empty (--model, or models= in Python): give a bundle name "
+                            "(see `s2m models list`) or a folder")
     named = bundles_home(home) / text
     if not _looks_like_path(text) and named.is_dir():
         return named
