@@ -209,6 +209,7 @@ def sketch2medi(
 
     from s2m_retrieval.model.files import weights_or_shipped
     from s2m_retrieval.errors import BadInputError, PerceptualWeightsMissing
+    from s2m_retrieval.evaluation.evaluate import write_path
     from s2m_retrieval.model.perceptual import load_perceptual
     from s2m_retrieval.model.segmentation import cached_segmenter, segmenter_path
     from s2m_retrieval.generation.sketch_quality import (NA_MISSING, held_out_phantoms, load_models, parse_sets,
@@ -219,6 +220,7 @@ def sketch2medi(
     device = setup_torch(threads, device)
     if steps < 0 or optimise_steps < 0 or batch < 1:
         raise BadInputError("--steps and --optimise-steps must be >= 0, --batch >= 1")
+    out = None if out is None else write_path(out)  # a file there fails now, not after the evaluation
     names = parse_sets(sets)
     models = load_models(weights_or_shipped(generator, "generator"), encoder, encoder_alone, refiner, pix2pix,
                          inverter, device, cyclegan=cyclegan, unit=unit, ugatit=ugatit)

@@ -30,7 +30,7 @@ def generator(
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     channel_base: int = typer.Option(1024, "--channel-base", help="Channels at resolution r = base / r ..."),
     channel_max: int = typer.Option(128, "--channel-max", help="... capped at this."),
-    limit: int = typer.Option(None, "--limit", help="Use only the first N archive images."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N archive images."),
     snapshot_every: int = typer.Option(250, "--snapshot-every", help="Steps between resumable snapshots."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore an existing latest.pt and start over."),
@@ -65,7 +65,7 @@ def segmenter(
     batch: int = typer.Option(16, "--batch", help="Batch size."),
     lr: float = typer.Option(5e-3, "--lr", help="Learning rate."),
     seed: int = typer.Option(0, "--seed", help="Training seed (also picks the held-out split)."),
-    limit: int = typer.Option(None, "--limit", help="Use only the first N archive images."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Use only the first N archive images."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0: torch's default)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint at --out."),
@@ -115,7 +115,7 @@ STEPS_HELP = "Total optimizer steps; rerun with more to continue from latest.pt.
 PAIRS_PER_IMAGE = typer.Option(4, "--pairs-per-image", help="Free-hand sketch variants drawn per image.")
 PAIRS_CACHE = typer.Option(None, "--pairs-cache",
                            help="File for the drawn pairs (default OUT/pairs.pt); share one between runs to draw once.")
-LIMIT = typer.Option(None, "--limit", help="Use only the first N images.")
+LIMIT = typer.Option(None, "--limit", min=1, help="Use only the first N images.")
 PERCEPTUAL = typer.Option("seg", "--perceptual", help="Perceptual loss: seg (offline), lpips-alex, lpips-vgg.")
 SEGMENTER = typer.Option(None, "--segmenter",
                          help="Segmenter for the seg loss and for archives without masks (default: the shipped one).")
@@ -195,8 +195,29 @@ def _metric(name: str, segmenter: Path | None, device: str):
     return load_perceptual(name, device, checkpoint=segmenter if name == "seg" else None)
 
 
+def _source_key(archive: str, size: int, variants: int | None, limit: int | None, segmenter: Path | None = None):
+    """The data key of the source (pair_source.source_key): a bad source is an error before anything is drawn."""
+    from s2m_retrieval.training.pair_source import source_key
+
+    return source_key(archive, size, variants=variants, limit=limit, segmenter=segmenter)
+
+
+def _start(kind: str, out: Path, tc, fresh: bool, key: dict | None) -> int | None:
+    """Check --out and its latest.pt before anything is drawn or written (`key`: the source's data key, None where
+    the trainer judges the data itself): the step the run goes on from (0: a new run), or None when it is past
+    --steps already (said; its files are kept)."""
+    from s2m_retrieval.training.latent import data_record, resume_step, run_record
+
+    start = resume_step(out, kind, run_record(tc, None if key is None else data_record(key, {})), resume=not fresh)
+    if start > tc.steps:
+        typer.echo(f"{out} is at step {start} already, past --steps {tc.steps}: nothing to train, its files are kept "
+                   f"(rerun with --steps above {start} to continue it, or --fresh or a new --out for a shorter run)")
+        return None
+    return start
+
+
 def _pairs(archive: str, size: int, variants: int, limit: int | None, segmenter: Path | None, out: Path,
-           cache: Path | None):
+           cache: Path | None, fresh: bool):
     from tqdm import tqdm
 
     from s2m_retrieval.training.pair_source import PAIR_CACHE, source_pairs
@@ -206,29 +227,32 @@ def _pairs(archive: str, size: int, variants: int, limit: int | None, segmenter:
             bar.total = total
             bar.update(done - bar.n)
 
+        # --fresh starts the run over: its own pairs.pt of other pairs is drawn again, a --pairs-cache file never.
         pairs = source_pairs(archive, size, variants=variants, limit=limit, segmenter=segmenter,
-                             cache=cache or out / PAIR_CACHE, progress=progress)
+                             cache=cache or out / PAIR_CACHE, progress=progress, replace=fresh and cache is None)
     typer.echo(f"{len(pairs)} images x {pairs.sketches.shape[1]} sketch variants at {size} px from {archive}")
     return pairs
 
 
-def _progress(desc: str, out: Path, total: int, fresh: bool):
-    """A tqdm bar (off when not a terminal) starting at the resumed step, and a note of the resume."""
+def _progress(desc: str, out: Path, total: int, start: int):
+    """A tqdm bar (off when not a terminal) from the resumed step `start`, and a note of the resume: both begin at
+    the first report, when the trainer has accepted latest.pt."""
     from tqdm import tqdm
 
-    from s2m_retrieval.training.state import load_train_state
     from s2m_retrieval.training.latent import STATE_FILE
 
-    start = 0
-    if not fresh and (out / STATE_FILE).is_file():
-        start = int(load_train_state(out / STATE_FILE)["step"])
-        typer.echo(f"resuming {out / STATE_FILE} at step {start} of {total}")
-    bar = tqdm(total=total, initial=min(start, total), unit="step", desc=desc, disable=None, dynamic_ncols=True)
-    last = {}
-    # Without a terminal (a log file, a batch job) the bar is off: a plain line every 5% shows progress instead.
-    log_every = max(1, total // 20) if bar.disable else 0
+    last = {"start": start, "total": total}
+    bar, log_every = None, 0
 
     def report(p) -> None:
+        nonlocal bar, log_every
+        if bar is None:
+            if start:
+                typer.echo(f"resuming {out / STATE_FILE} at step {start} of {total}")
+            bar = tqdm(total=total, initial=min(start, total), unit="step", desc=desc, disable=None,
+                       dynamic_ncols=True)
+            # Without a terminal (a log file, a batch job) the bar is off: a plain line every 5% shows progress.
+            log_every = max(1, total // 20) if bar.disable else 0
         bar.update(p.step - bar.n)
         bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
         last.update(step=p.step, loss=p.loss, sec=p.sec_per_step)
@@ -242,8 +266,10 @@ def _progress(desc: str, out: Path, total: int, fresh: bool):
 
 
 def _done(name: str, path: Path, out: Path, last: dict) -> None:
-    if last:
+    if "step" in last:
         typer.echo(f"step {last['step']}: loss {last['loss']:.4f} ({last['sec']:.2f} s/step)")
+    elif last["start"]:
+        typer.echo(f"{out} was at step {last['start']} of {last['total']} already: nothing left to train")
     typer.echo(f"{name}: {path}")
     typer.echo(f"resume state: {out / 'latest.pt'} (rerun with a larger --steps to continue); "
                f"sample grids: {out / 'samples'}/")
@@ -306,8 +332,12 @@ def encoder(
     tc = _replace(EncoderTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, adv=0.1 if adv else 0.0,
                                      perceptual=perceptual, snapshot_every=snapshot_every,
                                      sample_every=snapshot_every), parts.get("train", {}))
-    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache)
-    report, last = _progress("train encoder", out, tc.steps, fresh)
+    start = _start("encoder", out, tc, fresh, _source_key(archive, G.config.img_resolution, pairs_per_image, limit,
+                                                          segmenter))
+    if start is None:
+        return
+    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
+    report, last = _progress("train encoder", out, tc.steps, start)
     path = train_encoder(pairs, G, out, enc_cfg, d_cfg, tc, _metric(perceptual, segmenter, dev), dev,
                          resume=not fresh, progress=report)
     _done("encoder", path, out, last)
@@ -336,7 +366,11 @@ def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter
     tc = _replace(IndexEncoderTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, perceptual=perceptual,
                                           snapshot_every=snapshot_every, sample_every=snapshot_every, tau=tau),
                   parts.get("train", {}))
-    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache)
+    start = _start("index_encoder", out, tc, fresh, _source_key(archive, G.config.img_resolution, pairs_per_image,
+                                                                limit, segmenter))
+    if start is None:
+        return
+    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
     inverter = load_inverter(_weights(inverter_path, "inverter"), dev)
     with tqdm(unit="img", desc="invert the bank", disable=None, leave=False) as bar:
         def progress(done: int, total: int) -> None:
@@ -356,7 +390,7 @@ def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter
     if projector_meta is not None and projector_meta.get("encoder_version") != init_version:
         raise typer.BadParameter(f"the projector was trained on encoder {projector_meta.get('encoder_version')}, "
                                  f"--init is {init_version}: start E from the encoder the projector was trained on")
-    report, last = _progress("train encoder (index space)", out, tc.steps, fresh)
+    report, last = _progress("train encoder (index space)", out, tc.steps, start)
     path = train_index_encoder(pairs, bank, E, G, out, tc, perceptual=_metric(perceptual, segmenter, dev)
                                if tc.image_every else None, device=dev, resume=not fresh,
                                init_version=init_version, progress=report, projector=projector,
@@ -404,7 +438,10 @@ def projector(
     tc = _replace(ProjectorTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, snapshot_every=snapshot_every,
                                        sample_every=snapshot_every), parts.get("train", {}))
     G = _load_g(generator, dev)
-    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache)
+    start = _start("projector", out, tc, fresh, None)  # its trainer judges the code table it is handed
+    if start is None:
+        return
+    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
     payloads = {name: load_checkpoint(_weights(path, name), kind=name)
                 for name, path in (("encoder", encoder_path), ("inverter", inverter_path))}
     E, inverter = load_encoder(payloads["encoder"], dev), load_inverter(payloads["inverter"], dev)
@@ -433,7 +470,7 @@ def projector(
             "encoder_version": version_hash(payloads["encoder"]),
             "inverter_version": version_hash(payloads["inverter"]),
             "data": {**pairs.info, "num_pairs": len(pairs)}}
-    report, last = _progress("train projector", out, tc.steps, fresh)
+    report, last = _progress("train projector", out, tc.steps, start)
     path = train_projector(codes, code_bank, out, config, tc, meta, dev, resume=not fresh, progress=report)
     _done("projector", path, out, last)
 
@@ -463,17 +500,21 @@ def refiner(
 
     dev = _setup(threads, device)
     parts = _overrides(config_json, {"refiner", "train"})
-    start = None if init is None else load_refiner(_weights(None if str(init) == "shipped" else init, "refiner"), dev)
+    init_h = None if init is None else load_refiner(_weights(None if str(init) == "shipped" else init, "refiner"), dev)
     G = _load_g(generator, dev)
     E = load_encoder(_weights(encoder, "encoder"), dev)
     cfg = _replace(refiner_config_for(G), parts.get("refiner", {}))
     tc = _replace(RefinerTrainConfig(steps=steps, batch=batch, lr=lr, refine_steps=refine_steps, seed=seed,
                                      perceptual=perceptual, snapshot_every=snapshot_every,
                                      sample_every=snapshot_every), parts.get("train", {}))
-    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache)
-    report, last = _progress("train refiner", out, tc.steps, fresh)
+    start = _start("refiner", out, tc, fresh, _source_key(archive, G.config.img_resolution, pairs_per_image, limit,
+                                                          segmenter))
+    if start is None:
+        return
+    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
+    report, last = _progress("train refiner", out, tc.steps, start)
     path = train_refiner(pairs, G, E, out, cfg, tc, _metric(perceptual, segmenter, dev), dev, resume=not fresh,
-                         progress=report, init=start)
+                         progress=report, init=init_h)
     _done("refiner", path, out, last)
 
 
@@ -510,11 +551,15 @@ def inverter(
     tc = _replace(EncoderTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, adv=0.1 if adv else 0.0,
                                      iterations=iterations, perceptual=perceptual, snapshot_every=snapshot_every,
                                      sample_every=snapshot_every), parts.get("train", {}))
+    key = _source_key(archive, G.config.img_resolution, None, limit)
+    start = _start("inverter", out, tc, fresh, key)
+    if start is None:
+        return
     images = source_images(archive, G.config.img_resolution, limit=limit)
     typer.echo(f"{len(images)} images at {G.config.img_resolution} px from {archive}")
-    report, last = _progress("train inverter", out, tc.steps, fresh)
+    report, last = _progress("train inverter", out, tc.steps, start)
     path = train_inverter(images, G, out, enc_cfg, d_cfg, tc, _metric(perceptual, segmenter, dev), dev,
-                          resume=not fresh, progress=report)
+                          resume=not fresh, progress=report, source=key)
     _done("inverter", path, out, last)
 
 
@@ -542,8 +587,11 @@ def pix2pix(
     tc = _replace(Pix2PixTrainConfig(steps=steps, batch=batch, lr=lr, l1=l1, seed=seed,
                                      snapshot_every=snapshot_every, sample_every=snapshot_every),
                   parts.get("train", {}))
-    pairs = _pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache)
-    report, last = _progress("train pix2pix", out, tc.steps, fresh)
+    start = _start("pix2pix", out, tc, fresh, _source_key(archive, res, pairs_per_image, limit, segmenter))
+    if start is None:
+        return
+    pairs = _pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
+    report, last = _progress("train pix2pix", out, tc.steps, start)
     path = train_pix2pix(pairs, out, cfg, d_cfg, tc, dev, resume=not fresh, progress=report)
     _done("pix2pix", path, out, last)
 
@@ -573,8 +621,11 @@ def embedding(
     cfg = _replace(EmbeddingConfig(img_resolution=res), parts.get("embedding", {}))
     tc = _replace(EmbeddingTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, snapshot_every=snapshot_every,
                                        sample_every=snapshot_every), parts.get("train", {}))
-    pairs = _pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache)
-    report, last = _progress("train embedding", out, tc.steps, fresh)
+    start = _start("embedding", out, tc, fresh, _source_key(archive, res, pairs_per_image, limit, segmenter))
+    if start is None:
+        return
+    pairs = _pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
+    report, last = _progress("train embedding", out, tc.steps, start)
     hard = None
     if bank is not None:
         from s2m_retrieval.training.index_space import read_code_bank

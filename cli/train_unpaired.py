@@ -28,7 +28,8 @@ def _train(kind: str, archive: str, out: Path, res: int, steps: int, batch: int,
     import importlib
 
     from cli import train as common
-    from s2m_retrieval.training.unpaired import split_point
+    from s2m_retrieval.training.pair_source import source_size
+    from s2m_retrieval.training.unpaired import check_unpaired_count, split_point
 
     method = importlib.import_module(UNPAIRED[kind][0]).METHOD
     dev = common._setup(threads, device)
@@ -38,10 +39,14 @@ def _train(kind: str, archive: str, out: Path, res: int, steps: int, batch: int,
     tc = common._replace(method.train_config(steps=steps, batch=batch, lr=lr, cycle=cycle, seed=seed,
                                              snapshot_every=snapshot_every, sample_every=snapshot_every),
                          parts.get("train", {}))
-    pairs = common._pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache)
+    start = common._start(kind, out, tc, fresh, common._source_key(archive, res, pairs_per_image, limit, segmenter))
+    if start is None:
+        return
+    check_unpaired_count(source_size(archive, limit))  # before any pair is drawn
+    pairs = common._pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
     h = split_point(pairs)
     typer.echo(f"unpaired: the sketches of images 0..{h - 1}, the images {h}..{len(pairs) - 1}")
-    report, last = common._progress(f"train {kind}", out, tc.steps, fresh)
+    report, last = common._progress(f"train {kind}", out, tc.steps, start)
     path = method.train(pairs, out, cfg, d_cfg, tc, dev, resume=not fresh, progress=report)
     common._done(kind, path, out, last)
 

@@ -95,7 +95,7 @@ def test_encoder_resume_continues_at_the_same_step(G, pairs, tmp_path):
     assert seen == [4, 5, 6]
     a, b = load_checkpoint(straight)["state_dict"], load_checkpoint(resumed)["state_dict"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    with pytest.raises(CheckpointError, match="other network configs"):
+    with pytest.raises(CheckpointError, match=r"other settings \(encoder widths"):
         train_encoder(pairs, G, tmp_path / "b", encoder_config_for(TINY_G, widths=(8, 8, 8, 8), head_width=8),
                       train_config=EncoderTrainConfig(steps=7, batch=4, **QUIET), progress=lambda p: None)
 
@@ -226,3 +226,76 @@ def test_pipeline_refuses_components_trained_on_another_generator(G, pipeline_fi
         Sketch2MedI.from_checkpoints(other, pipeline_files["encoder"], None, None, perceptual=None)
     loose = Sketch2MedI.from_checkpoints(other, pipeline_files["encoder"], None, None, perceptual=None, strict=False)
     assert loose.versions["generator"] != model_version(G)
+
+
+def test_pairs_cache_refuses_what_it_did_not_draw(tmp_path):
+    from s2m_retrieval.training.pair_source import source_pairs
+
+    def draw(spec="phantom:3", **kwargs):
+        return source_pairs(spec, 32, cache=tmp_path / "pairs.pt", **{"variants": 1, **kwargs})
+
+    note = tmp_path / "note.txt"
+    note.write_text("not pairs")
+    ckpt = save_checkpoint(tmp_path / "g.pt", kind="generator", config=TINY_G, state_dict={})
+    for path in (note, ckpt):
+        before = path.read_bytes()
+        with pytest.raises(BadInputError, match=f"{path} is not a pairs cache") as info:
+            source_pairs("phantom:3", 32, variants=1, cache=path)
+        assert "\n" not in str(info.value) and path.read_bytes() == before
+    with pytest.raises(BadInputError, match=f"pairs cache {tmp_path} is a folder"):
+        source_pairs("phantom:3", 32, variants=1, cache=tmp_path)
+    assert len(draw()) == 3 and draw().key["source"] == "phantom:3:0"             # drawn once, then read
+    cached = (tmp_path / "pairs.pt").read_bytes()
+    for kwargs, change in (({"spec": "phantom:4"}, "source phantom:3:0 -> phantom:4:0"),
+                           ({"spec": "phantom:3:1"}, "source phantom:3:0 -> phantom:3:1"),
+                           ({"limit": 2}, "limit none -> 2"), ({"variants": 2}, "pairs per image 1 -> 2")):
+        with pytest.raises(BadInputError, match=f"other settings \\({change}\\).*another path.*or delete"):
+            draw(**kwargs)
+        assert (tmp_path / "pairs.pt").read_bytes() == cached
+    assert len(draw(limit=3)) == 3                                        # a limit of N or more: the same pairs
+    assert len(draw(limit=2, replace=True)) == 2 and len(draw(limit=2)) == 2   # replace: a file the caller owns
+    with pytest.raises(BadInputError, match="limit 2 -> none"):
+        draw()
+    for bad in (0, -3):
+        with pytest.raises(BadInputError, match="limit must be >= 1"):
+            draw(limit=bad)
+
+
+def test_pairs_cache_of_before_phantom_keys_held_the_limit(tmp_path):
+    import json
+
+    from s2m_retrieval.training.pair_source import source_pairs
+    from s2m_retrieval.training.pairs import SKETCH_RECIPE
+    from s2m_retrieval.training.state import atomic_save
+
+    two = phantom_pairs(2, 32, variants=1)
+    old_key = {"phantom": [4, 0], "size": 32, "variants": 1, "recipe": SKETCH_RECIPE}  # drawn with --limit 2
+    atomic_save({"key": json.dumps(old_key, sort_keys=True), "images": two.images, "sketches": two.sketches,
+                 "info": json.dumps(two.info)}, tmp_path / "pairs.pt")
+    assert torch.equal(source_pairs("phantom:4", 32, variants=1, limit=2, cache=tmp_path / "pairs.pt").images,
+                       two.images)
+    with pytest.raises(BadInputError, match="images 2 -> 4"):
+        source_pairs("phantom:4", 32, variants=1, cache=tmp_path / "pairs.pt")
+
+
+def test_train_configs_refuse_non_finite_rates_and_weights():
+    from s2m_retrieval.training.cyclegan import CycleGANTrainConfig
+    from s2m_retrieval.training.embedding import EmbeddingTrainConfig
+    from s2m_retrieval.training.index_space import IndexEncoderTrainConfig
+    from s2m_retrieval.training.pix2pix import Pix2PixTrainConfig
+    from s2m_retrieval.training.projector import ProjectorTrainConfig
+    from s2m_retrieval.training.ugatit import UGATITTrainConfig
+    from s2m_retrieval.training.unit import UNITTrainConfig
+    from s2m_retrieval.training.unpaired import UnpairedTrainConfig
+
+    fields = {EncoderTrainConfig: ("lr", "d_lr", "l2", "perceptual_weight", "adv"),
+              RefinerTrainConfig: ("lr", "l2", "perceptual_weight"), Pix2PixTrainConfig: ("lr", "l1", "adv"),
+              EmbeddingTrainConfig: ("lr", "weight_decay"), UnpairedTrainConfig: ("lr", "cycle", "adv"),
+              CycleGANTrainConfig: ("identity",), UNITTrainConfig: ("recon", "kl", "kl_cycle"),
+              UGATITTrainConfig: ("identity", "cam"), IndexEncoderTrainConfig: ("lr", "distill", "tau"),
+              ProjectorTrainConfig: ("lr", "tau")}
+    for config, names in fields.items():
+        for name in names:
+            for value in (float("nan"), float("inf"), -float("inf")):
+                with pytest.raises(BadInputError, match=f"finite .*{name} {value}"):
+                    config(**{name: value})

@@ -120,6 +120,24 @@ def test_train_errors_are_one_line(generator, tmp_path, capsys):
         assert exit_info.value.code != 0 and len(err) == 1 and err[0].startswith("error:") and message in err[0]
 
 
+def test_resume_on_other_data_is_refused_before_the_pairs_are_drawn(trained, generator, phantom_archive, capsys):
+    root, _ = trained
+    runs = {"e": ["encoder", phantom_archive, "--generator", generator, *QUICK, "--limit", 5, "--config-json",
+                  json.dumps(TINY)],
+            "i": ["inverter", "phantom:4:2", "--generator", generator, "--iterations", 2, *BASE, "--perceptual",
+                  "random", "--config-json", json.dumps(TINY)]}
+    changes = {"e": "data limit 6 -> 5", "i": "data source phantom:4:1 -> phantom:4:2"}
+    for name, args in runs.items():
+        before = {p.name: p.read_bytes() for p in (root / name).iterdir() if p.is_file()}
+        with pytest.raises(SystemExit) as exit_info:
+            _run(app, [str(a) for a in ["train", *args, "--out", root / name, "--steps", 9]])
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert exit_info.value.code != 0 and len(err) == 1 and changes[name] in err[0], err
+        assert "resuming" not in captured.out
+        assert {p.name: p.read_bytes() for p in (root / name).iterdir() if p.is_file()} == before  # pairs.pt too
+
+
 @pytest.fixture
 def sketch_file(tmp_path, phantom_archive):
     mask = np.asarray(Image.open(phantom_archive / "masks" / "ph000001.png"))

@@ -278,3 +278,165 @@ def test_s2m_train_lists_the_unpaired_baselines():
     assert all(name in result.stdout for name in ("cyclegan", "unit", "ugatit"))
     bad = CliRunner().invoke(app, ["train", "cyclegan", "phantom:4", "--out", "x", "--steps", "0"])
     assert bad.exit_code != 0
+
+
+def _s2m(capsys, *args):
+    """`s2m ARGS` through the CLI's error edge: (exit code, stdout, stderr lines)."""
+    from cli.main import _run, app
+
+    with pytest.raises(SystemExit) as info:
+        _run(app, [str(a) for a in args])
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err.strip().splitlines()
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_train_refusals_are_one_line_and_keep_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    tiny = json.dumps({"cyclegan": {"base_channels": 4, "n_res": 1}, "discriminator": {"base_channels": 4}})
+
+    def train(kind="cyclegan", source="phantom:4:1", *extra, out=run, steps=2):
+        return _s2m(capsys, "train", kind, source, "--res", 32, "--out", out, "--batch", 2, "--pairs-per-image", 1,
+                    "--threads", 1, "--config-json", tiny if kind == "cyclegan" else "{}", "--steps", steps, *extra)
+
+    assert train()[0] == 0
+    kept = _files(run)
+    cases = [(("cyclegan", "phantom:4:2"), "data source phantom:4:1 -> phantom:4:2"),     # another seed
+             (("cyclegan", "phantom:3:1"), "data source phantom:4:1 -> phantom:3:1"),
+             (("cyclegan", "phantom:4:1", "--limit", 3), "data limit none -> 3"),
+             (("cyclegan", "phantom:4:1", "--lr", "1e-3"), "lr 0.0002 -> 0.001"),
+             (("cyclegan", "phantom:4:1", "--cycle", 5), "cycle 10 -> 5"),
+             (("cyclegan", "phantom:4:1", "--pairs-per-image", 2), "pairs per image 1 -> 2"),
+             (("unit", "phantom:4:1"), "holds another method's run"),
+             (("unit", "phantom:4:1", "--fresh"), "holds another method's run")]
+    for args, message in cases:
+        code, out, err = train(*args, steps=3)
+        assert code != 0 and len(err) == 1 and err[0].startswith("error:") and message in err[0], (args, err)
+        assert "resuming" not in out and _files(run) == kept, args
+        assert ("--fresh" in err[0]) == (args[0] == "cyclegan") and "resume off" not in err[0]
+    assert "train unit into a new --out" in err[0]
+    # A network config of its own: named, not "another generator".
+    other = {"cyclegan": {"base_channels": 4, "n_res": 2}, "discriminator": {"base_channels": 4}}
+    code, _, err = _s2m(capsys, "train", "cyclegan", "phantom:4:1", "--res", 32, "--out", run, "--batch", 2,
+                        "--pairs-per-image", 1, "--steps", 3, "--config-json", json.dumps(other))
+    assert code != 0 and "translator n_res 1 -> 2" in err[0] and "generator" not in err[0]
+    assert _files(run) == kept
+    code, out, _ = train(steps=1)                                       # at step 2 already: nothing to do
+    assert code == 0 and "at step 2 already, past --steps 1" in out and _files(run) == kept
+    code, out, _ = train(steps=3)
+    assert code == 0 and "resuming" in out and "at step 2 of 3" in out
+    assert load_checkpoint(run / "cyclegan.pt")["meta"]["step"] == 3
+    code, out, _ = train("cyclegan", "phantom:4:2", "--fresh", steps=1)  # starting over redraws its own pairs.pt
+    assert code == 0 and "resuming" not in out
+    assert json.loads(torch.load(run / "pairs.pt")["key"])["source"] == "phantom:4:2"
+    assert load_train_state(run / "latest.pt")["configs"]["data"]["source"] == "phantom:4:2"
+
+
+def test_train_options_are_checked_before_anything_is_drawn(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    base = ["--res", 32, "--batch", 2, "--pairs-per-image", 1, "--steps", 1]
+    cases = [(["cyclegan", "phantom:1", "--out", tmp_path / "one"], "needs at least 2 images"),
+             (["pix2pix", "phantom:4", "--out", afile], f"--out {afile} is a file; give a folder"),
+             (["unit", "phantom:4", "--out", tmp_path / "c", "--pairs-cache", afile], f"{afile} is not a pairs cache"),
+             (["unit", "phantom:4", "--out", tmp_path / "c", "--pairs-cache", shared],
+              f"pairs cache {shared} is a folder"),
+             (["cyclegan", "phantom:4", "--out", tmp_path / "n", "--cycle", "nan"], "cycle nan"),
+             (["ugatit", "phantom:4", "--out", tmp_path / "n", "--lr", "nan"], "lr nan"),
+             (["pix2pix", "phantom:4", "--out", tmp_path / "n", "--lr", "inf"], "lr inf"),
+             (["pix2pix", "phantom:4", "--out", tmp_path / "n", "--l1", "nan"], "l1 nan")]
+    cases += [([kind, "phantom:8", "--out", tmp_path / "n", "--limit", limit], "--limit")
+              for kind in ("pix2pix", "unit") for limit in (-3, 0)]
+    for args, message in cases:
+        code, _, err = _s2m(capsys, "train", *args, *base)
+        assert code != 0 and len(err) == 1 and err[0].startswith("error:") and message in err[0], (args, err)
+    assert afile.read_text() == "mine" and not any(shared.iterdir())
+    assert not (tmp_path / "one").exists() and not (tmp_path / "n").exists() and not (tmp_path / "c").exists()
+
+
+def test_resume_judges_what_an_older_state_recorded(pairs, tmp_path):
+    from s2m_retrieval.training.state import atomic_save
+
+    cfg, d_cfg = _configs("unit")
+    method = _method("unit")
+    method.train(pairs, tmp_path, cfg, d_cfg, method.train_config(steps=1, batch=2, **QUIET))
+    state = load_train_state(tmp_path / "latest.pt")
+    assert state["configs"]["train"]["lr"] == 1e-4 and state["configs"]["data"]["description"]["n"] == 8
+    other = method.train_config(steps=2, batch=2, lr=2e-4, **QUIET)
+    with pytest.raises(CheckpointError, match=r"other settings \(lr 0.0001 -> 0.0002\).*--fresh, or resume=False"):
+        method.train(pairs, tmp_path, cfg, d_cfg, other)
+    with pytest.raises(CheckpointError, match=r"data n 8 -> 6"):
+        method.train(phantom_pairs(6, 32, seed=2, variants=2), tmp_path, cfg, d_cfg,
+                     method.train_config(steps=2, batch=2, **QUIET))
+    # A state written before train options and data were recorded resumes: what it lacks is not judged.
+    state["configs"] = {k: v for k, v in state["configs"].items() if k not in ("train", "data")}
+    atomic_save(state, tmp_path / "latest.pt")
+    assert load_checkpoint(method.train(pairs, tmp_path, cfg, d_cfg, other))["meta"]["step"] == 2
+
+
+def test_a_diverged_last_step_saves_nothing(pairs, tmp_path, monkeypatch):
+    cfg, d_cfg = _configs("unit")
+    method = _method("unit")
+    adam_step = torch.optim.Adam.step
+
+    def diverging_step(self, *args, **kwargs):                          # the loss before it was finite
+        out = adam_step(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", diverging_step)
+    with pytest.raises(BadInputError, match="diverged at step 1: G has non-finite weights") as info:
+        method.train(pairs, tmp_path, cfg, d_cfg, method.train_config(steps=1, batch=2, **QUIET))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "unit.pt").exists() and not (tmp_path / "latest.pt").exists()
+
+
+@pytest.mark.parametrize("kind", KINDS + ("pix2pix",))
+def test_loaders_refuse_non_finite_weights(kind, tmp_path):
+    from s2m_retrieval.networks.pix2pix import UNetGenerator, load_pix2pix
+    from s2m_retrieval.training.pix2pix import pix2pix_config_for
+
+    if kind == "pix2pix":
+        net, load = UNetGenerator(pix2pix_config_for(32, base_channels=4, max_channels=8)), load_pix2pix
+    else:
+        net, load = MODELS[kind](_method(kind).config_for(32, base_channels=4, n_res=1)), _loader(kind)
+    state = net.state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    path = save_checkpoint(tmp_path / f"{kind}.pt", kind=kind, config=net.config, state_dict=state)
+    with pytest.raises(CheckpointError, match=f"non-finite weights \\({name}\\)") as info:
+        load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_eval_names_folders_and_training_states_given_as_checkpoints(tmp_path, capsys):
+    from s2m_retrieval.evaluation.evaluate import load_unpaired
+    from s2m_retrieval.generation.sketch_quality import load_models
+    from s2m_retrieval.training.state import STATE_FORMAT
+    from s2m_retrieval.networks.stylegan2 import Generator, GeneratorConfig
+
+    afile = tmp_path / "report.md"
+    afile.write_text("mine")
+    code, _, err = _s2m(capsys, "eval", "sketch2medi", "--out", afile, "--n", 2)   # refused before any model loads
+    assert code != 0 and err == [f"error: --out {afile} is a file; give a folder"] and afile.read_text() == "mine"
+    run = tmp_path / "run"
+    paths = _random_translators(run, 32)
+    torch.save({"format": STATE_FORMAT, "kind": "cyclegan", "step": 1}, run / "latest.pt")
+    g_cfg = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, img_resolution=32, channel_base=256, channel_max=16)
+    g_path = save_checkpoint(tmp_path / "g.pt", kind="generator", config=g_cfg,
+                             state_dict=Generator(g_cfg).state_dict())
+    for load in (lambda p: load_unpaired("cyclegan", p), lambda p: load_models(g_path, cyclegan=p)):
+        with pytest.raises(CheckpointError, match=f"{run} is a folder, not a checkpoint; pass {paths['cyclegan']}"):
+            load(run)
+        with pytest.raises(CheckpointError, match=f"{tmp_path} is a folder, not a checkpoint$"):
+            load(tmp_path)
+        with pytest.raises(CheckpointError, match=f"is a training state .*not a checkpoint; pass {paths['cyclegan']}"):
+            load(run / "latest.pt")

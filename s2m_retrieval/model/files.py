@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from s2m_retrieval.networks.checkpoint import shipped_weights
+from s2m_retrieval.networks.checkpoint import not_a_checkpoint_file, shipped_weights
 from s2m_retrieval.errors import CheckpointError
 
 # File names inside a models folder, as `s2m train ...` writes them; segmenter.pt is optional (the seg metric),
@@ -72,6 +72,6 @@ def weights_or_shipped(path: str | os.PathLike | None, name: str) -> Path:
     if path.is_file():
         return path
     if given:
-        raise CheckpointError(f"{name} weights not found at {path}")
+        raise not_a_checkpoint_file(path, name, f"{name} weights not found at {path}")
     raise CheckpointError(f"no trained {name} is shipped yet ({path} missing); train one with "
                           f"`{TRAIN_HINT.get(name, f's2m train {name}')}` and pass it with --{name}")

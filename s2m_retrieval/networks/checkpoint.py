@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "s2m/1"
+STATE_FORMAT = "s2m-train/1"  # a training run's latest.pt (training/state.py), told apart from a checkpoint here
 
 C = TypeVar("C")
 
@@ -68,18 +69,35 @@ def load_checkpoint(path: str | os.PathLike, *, kind: str | None = None) -> dict
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise not_a_checkpoint_file(path, kind, f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         raise CheckpointError(f"checkpoint {path} is corrupt or not an s2m checkpoint "
                               f"({type(exc).__name__} while reading it)") from exc
+    if isinstance(payload, dict) and payload.get("format") == STATE_FORMAT:
+        # A run folder's latest.pt: the checkpoint its training writes lies beside it.
+        kinds = [kind, {"index_encoder": "encoder"}.get(payload.get("kind"), payload.get("kind") or "generator")]
+        beside = next((path.parent / f"{k}.pt" for k in kinds if k and (path.parent / f"{k}.pt").is_file()), None)
+        raise CheckpointError(f"{path} is a training state (the resume file of `s2m train`), not a checkpoint"
+                              + (f"; pass {beside}" if beside is not None else
+                                 "; the checkpoint is written beside it when the training finishes"))
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not in format {FORMAT}")
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(f"checkpoint {path} holds {_with_article(payload.get('kind'))}, expected "
                               f"{_with_article(kind)}")
     return payload
+
+
+def not_a_checkpoint_file(path: Path, kind: str | None, missing: str) -> CheckpointError:
+    """The error for a checkpoint path that is no file: a folder is named as one (with the checkpoint of `kind` in
+    it, when there is one), anything else gets the `missing` message."""
+    if not path.is_dir():
+        return CheckpointError(missing)
+    inside = path / f"{kind}.pt" if kind else None
+    return CheckpointError(f"{path} is a folder, not a checkpoint"
+                           + (f"; pass {inside}" if inside is not None and inside.is_file() else ""))
 
 
 def _with_article(kind) -> str:
@@ -99,8 +117,15 @@ def read_payload(path_or_payload: str | os.PathLike | dict, kind: str) -> dict:
 
 def rebuild_module(payload: dict, config_cls: type, module_cls: type):
     """The module a payload describes: its config rebuilt, its weights loaded (CheckpointError if they don't fit)."""
+    import torch
+
     from s2m_retrieval.errors import BadInputError
 
+    bad = next((name for name, t in payload.get("state_dict", {}).items()
+                if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"the {payload.get('kind')} checkpoint holds non-finite weights ({bad}): its training "
+                              "diverged; retrain it with a lower learning rate")
     try:
         module = module_cls(config_from_dict(config_cls, payload["config"]))
         module.load_state_dict(payload["state_dict"])

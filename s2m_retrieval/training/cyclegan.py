@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.checkpoint import config_to_dict
 from s2m_retrieval.networks.cyclegan import CycleGAN, CycleGANConfig, PatchGAN, PatchGANConfig, grey_rgb
-from s2m_retrieval.training.latent import TrainProgress
+from s2m_retrieval.training.latent import TrainProgress, check_rates
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.unpaired import (FakePool, UnpairedMethod, UnpairedNets, UnpairedTrainConfig, adam,
                                              build_networks, lsgan_d, lsgan_g, train_unpaired)
@@ -32,8 +32,9 @@ class CycleGANTrainConfig(UnpairedTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.identity < 0 or self.pool < 0:
-            raise BadInputError("CycleGAN needs identity >= 0 and pool >= 0")
+        if self.pool < 0:
+            raise BadInputError("CycleGAN needs pool >= 0")
+        check_rates("CycleGAN", {}, {"identity": self.identity})
 
 
 def cyclegan_config_for(resolution: int, **overrides) -> CycleGANConfig:

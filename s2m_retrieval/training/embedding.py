@@ -17,8 +17,8 @@ from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.embedding import load_embedding  # noqa: F401  (re-exported)
 from s2m_retrieval.networks.embedding import EmbeddingConfig, SketchImageEmbedding
 from s2m_retrieval.training.index_space import draw_pairs, hard_batch_indices
-from s2m_retrieval.training.latent import (start_run, check_finite, optimizer_step, TrainProgress, check_steps,
-                                           finish_step, out_path, save_state)
+from s2m_retrieval.training.latent import (start_run, check_finite, optimizer_step, TrainProgress, check_rates,
+                                           check_steps, finish_step, out_path, pairs_data, run_record, save_state)
 from s2m_retrieval.training.pairs import PairSet
 
 EMBEDDING_FILE = "embedding.pt"
@@ -46,8 +46,7 @@ class EmbeddingTrainConfig:
             raise BadInputError("the embedding needs batches of at least 2 pairs (the others are the negatives)")
         if not 0 <= self.hard_fraction <= 0.5 or self.shift < 0:
             raise BadInputError("hard_fraction must be in [0, 0.5] and shift >= 0")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise BadInputError("the embedding needs lr > 0 and weight_decay >= 0")
+        check_rates("the embedding", {"lr": self.lr}, {"weight_decay": self.weight_decay})
 
 
 def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -73,7 +72,8 @@ def train_embedding(pairs: PairSet, out_dir: str | os.PathLike, config: Embeddin
     data_gen = torch.Generator().manual_seed(tc.seed)
     net = SketchImageEmbedding(cfg).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    networks, optimizers, configs = {"embedding": net}, {"embedding": opt}, {"embedding": cfg}
+    networks, optimizers = {"embedding": net}, {"embedding": opt}
+    configs = {"embedding": cfg, **run_record(tc, pairs_data(pairs))}
     state_path, step, curves, report = start_run(out_dir, KIND, networks, optimizers, configs, data_gen,
                                                  device, resume, progress, "train embedding", tc.steps)
     if hard is not None and len(hard) != len(pairs):

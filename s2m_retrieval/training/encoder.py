@@ -19,9 +19,9 @@ from s2m_retrieval.model.inversion import average_image, encode_iterations
 from s2m_retrieval.model.perceptual import PerceptualDistance
 from s2m_retrieval.training.gan import save_image_grid
 from s2m_retrieval.training.latent import (start_run, check_finite, SAMPLE_ROWS, TrainProgress, adversarial_loss,
-                                           as_float, check_steps, delta_loss, finish_step, latent_d_step, model_version,
-                                           out_path, real_w, reconstruction_loss, resolve_perceptual, save_state,
-                                           sketch_rgb, wnorm_loss)
+                                           as_float, check_rates, check_steps, delta_loss, finish_step, latent_d_step,
+                                           model_version, out_path, pairs_data, real_w, reconstruction_loss,
+                                           resolve_perceptual, run_record, save_state, sketch_rgb, wnorm_loss)
 from s2m_retrieval.training.pairs import PairSet
 
 ENCODER_FILE = "encoder.pt"
@@ -58,9 +58,9 @@ class EncoderTrainConfig:
         check_steps(self.steps, self.batch, self.snapshot_every, self.sample_every)
         if self.iterations < 1 or self.r1_interval < 1 or self.progressive_every < 0:
             raise BadInputError("iterations and r1_interval must be >= 1, progressive_every >= 0")
-        if min(self.lr, self.d_lr) <= 0 or min(self.l2, self.perceptual_weight, self.wnorm, self.adv,
-                                                self.delta_reg, self.r1_gamma) < 0:
-            raise BadInputError("learning rates must be > 0 and loss weights >= 0")
+        check_rates("encoder training", {"lr": self.lr, "d_lr": self.d_lr},
+                    {"l2": self.l2, "perceptual_weight": self.perceptual_weight, "wnorm": self.wnorm, "adv": self.adv,
+                     "delta_reg": self.delta_reg, "r1_gamma": self.r1_gamma})
 
 
 def active_deltas(tc: EncoderTrainConfig, step: int) -> int | None:
@@ -71,8 +71,10 @@ def active_deltas(tc: EncoderTrainConfig, step: int) -> int | None:
 def fit_w_encoder(kind: str, draw: DrawBatch, fixed: tuple[torch.Tensor, torch.Tensor], G: Generator,
                   out_dir: str | os.PathLike, enc_cfg: EncoderConfig, d_cfg: LatentDiscriminatorConfig | None,
                   tc: EncoderTrainConfig, perceptual: PerceptualDistance | None, device: str | torch.device,
-                  resume: bool, progress: Callable[[TrainProgress], None] | None, data_info: dict) -> Path:
-    """The shared loop: train an Encoder (and D_latent when tc.adv > 0) against frozen G; return the checkpoint."""
+                  resume: bool, progress: Callable[[TrainProgress], None] | None, data_info: dict,
+                  data: dict) -> Path:
+    """The shared loop: train an Encoder (and D_latent when tc.adv > 0) against frozen G; return the checkpoint.
+    `data_info` goes into its meta, `data` (latent.data_record) into latest.pt."""
     device = torch.device(device)
     if (enc_cfg.img_resolution, enc_cfg.num_ws, enc_cfg.w_dim) != \
             (G.config.img_resolution, G.num_ws, G.config.w_dim):
@@ -100,7 +102,8 @@ def fit_w_encoder(kind: str, draw: DrawBatch, fixed: tuple[torch.Tensor, torch.T
         c = tc.r1_interval / (tc.r1_interval + 1)
         opt_D = torch.optim.Adam(D.parameters(), lr=tc.d_lr * c, betas=(0.9 ** c, 0.999 ** c))
         networks["D"], optimizers["D"] = D, opt_D
-    configs = {"encoder": enc_cfg, "discriminator": d_cfg if D is not None else None, "generator": g_version}
+    configs = {"encoder": enc_cfg, "discriminator": d_cfg if D is not None else None, "generator": g_version,
+               **run_record(tc, data)}
     state_path, step, curves, report = start_run(out_dir, kind, networks, optimizers, configs, data_gen,
                                                  device, resume, progress, f"train {kind}", tc.steps)
     avg_image = average_image(G, E.w_avg) if enc_cfg.extra_channels else None
@@ -191,4 +194,5 @@ def train_encoder(pairs: PairSet, G: Generator, out_dir: str | os.PathLike,
     fixed = (as_float(pairs.sketches[:n, 0][:, None]), as_float(pairs.images[:n]))
     info = {**pairs.info, "num_pairs": len(pairs)}
     return fit_w_encoder("encoder", sketch_batches(pairs, train_config.batch, train_config.xflip), fixed, G,
-                         out_dir, enc_cfg, d_config, train_config, perceptual, device, resume, progress, info)
+                         out_dir, enc_cfg, d_config, train_config, perceptual, device, resume, progress, info,
+                         pairs_data(pairs))

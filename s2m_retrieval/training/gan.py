@@ -18,7 +18,7 @@ from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.networks.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from s2m_retrieval.training.augment import POLICIES, diff_augment
 from s2m_retrieval.training.curves import TrainCurves
-from s2m_retrieval.training.latent import finish_step
+from s2m_retrieval.training.latent import check_kind, check_out_dir, check_replaced, finish_step
 from s2m_retrieval.training.state import STATE_FORMAT, atomic_save, load_train_state, rng_state, set_rng_state
 
 STATE_FILE = "latest.pt"
@@ -163,6 +163,7 @@ def train_generator(images: torch.Tensor, out_dir: str | os.PathLike, g_config: 
         raise BadInputError("discriminator and generator configs disagree on resolution or channels")
     data = check_images(images, g_config)
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE_FILE
 
@@ -176,11 +177,14 @@ def train_generator(images: torch.Tensor, out_dir: str | os.PathLike, g_config: 
     c = tc.r1_interval / (tc.r1_interval + 1)
     opt_D = torch.optim.Adam(D.parameters(), lr=tc.d_lr * c, betas=(tc.betas[0] ** c, tc.betas[1] ** c))
     step, nimg = 0, 0
+    if not resume and state_path.exists():
+        check_replaced(state_path, "generator")
     if resume and state_path.exists():
         state = load_train_state(state_path)
+        check_kind(state, state_path, "generator")
         if state["g_config"] != config_to_dict(g_config) or state["d_config"] != config_to_dict(d_config):
-            raise CheckpointError(f"{state_path} was trained with other network configs; "
-                                  "use a new output folder or train with resume off")
+            raise CheckpointError(f"{state_path} was trained with other network configs; start over (--fresh, or "
+                                  "resume=False in Python) or train into a new --out")
         G.load_state_dict(state["G"])
         G_ema.load_state_dict(state["G_ema"])
         D.load_state_dict(state["D"])

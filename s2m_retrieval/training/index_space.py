@@ -31,8 +31,9 @@ from s2m_retrieval.networks.stylegan2 import Generator
 from s2m_retrieval.model.perceptual import PerceptualDistance
 from s2m_retrieval.training.gan import save_image_grid
 from s2m_retrieval.training.latent import (start_run, check_finite, optimizer_step, SAMPLE_ROWS, TrainProgress,
-                                           as_float, check_steps, finish_step, model_version, out_path,
-                                           reconstruction_loss, resolve_perceptual, save_state, sketch_rgb)
+                                           as_float, check_rates, check_steps, finish_step, model_version, out_path,
+                                           pairs_data, reconstruction_loss, resolve_perceptual, run_record, save_state,
+                                           sketch_rgb)
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.state import atomic_save
 
@@ -245,8 +246,11 @@ class IndexEncoderTrainConfig:
 
     def __post_init__(self) -> None:
         check_steps(self.steps, self.batch, self.snapshot_every, self.sample_every)
-        if self.lr <= 0 or min(self.distill, self.contrastive, self.image_weight, self.tau) < 0 or self.negatives < 1:
-            raise BadInputError("index-space training needs lr > 0, loss weights and tau >= 0, negatives >= 1")
+        if self.negatives < 1:
+            raise BadInputError("index-space training needs negatives >= 1")
+        check_rates("index-space training", {"lr": self.lr},
+                    {"distill": self.distill, "contrastive": self.contrastive, "image_weight": self.image_weight,
+                     "tau": self.tau})
         if not 0 <= self.hard_fraction <= 0.5 or self.image_every < 0 or self.image_batch < 1 or self.shift < 0:
             raise BadInputError("hard_fraction must be in [0, 0.5], image_every and shift >= 0, image_batch >= 1")
 
@@ -275,7 +279,8 @@ def train_index_encoder(pairs: PairSet, bank: CodeBank, E: Encoder, G: Generator
     g_version = model_version(G)
     perceptual = resolve_perceptual(perceptual, tc.perceptual, device) if tc.image_every else None
     params, networks = list(E.parameters()), {"E": E}
-    configs = {"encoder": E.config, "generator": g_version, "bank": bank.info.get("inverter_version")}
+    configs = {"encoder": E.config, "generator": g_version, "bank": bank.info.get("inverter_version"),
+               **run_record(tc, pairs_data(pairs))}
     if projector is not None:
         if projector.config.in_dim != bank.vectors.shape[1] or projector.config.weighting != weighting.spec():
             raise BadInputError(f"the projector reads {projector.config.in_dim}-d vectors under "

@@ -16,10 +16,16 @@ from s2m_retrieval.networks.checkpoint import config_to_dict, model_version  # n
 from s2m_retrieval.errors import BadInputError, CheckpointError
 from s2m_retrieval.model.perceptual import PerceptualDistance, load_perceptual
 from s2m_retrieval.training.curves import TrainCurves
-from s2m_retrieval.training.state import STATE_FORMAT, atomic_save, load_train_state, rng_state, set_rng_state
+from s2m_retrieval.training.pair_source import KEY_LABELS
+from s2m_retrieval.training.state import (STATE_FORMAT, atomic_save, describe_changes, load_train_state, rng_state,
+                                          set_rng_state)
 
 STATE_FILE = "latest.pt"
 SAMPLE_ROWS = 8
+# The train options a rerun may change: how long it runs and how often it snapshots and samples.
+LOOP_FIELDS = ("steps", "snapshot_every", "sample_every")
+# Entries of a state's configs beside the networks', which states written before they were recorded lack.
+RECORDED = ("train", "data")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,16 @@ def check_steps(steps: int, batch: int, snapshot_every: int, sample_every: int) 
     """Shared validation of the loop counters of every train config."""
     if min(steps, batch, snapshot_every, sample_every) < 1:
         raise BadInputError("steps, batch, snapshot_every and sample_every must be >= 1")
+
+
+def check_rates(what: str, rates: dict[str, float], weights: dict[str, float]) -> None:
+    """Shared validation of a train config's learning rates (finite, > 0) and loss weights (finite, >= 0): nan
+    passes any comparison test, so finiteness is checked first."""
+    bad = [f"{name} {value}" for name, value in rates.items() if not (math.isfinite(value) and value > 0)]
+    bad += [f"{name} {value}" for name, value in weights.items() if not (math.isfinite(value) and value >= 0)]
+    if bad:
+        raise BadInputError(f"{what} needs finite learning rates > 0 and finite loss weights >= 0, got "
+                            f"{', '.join(bad)}")
 
 
 def reconstruction_loss(x_hat: torch.Tensor, target: torch.Tensor, perceptual: PerceptualDistance,
@@ -101,9 +117,109 @@ def _plain(configs: dict) -> dict:
     return {k: config_to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in configs.items()}
 
 
+def run_record(train_config, data: dict | None = None) -> dict:
+    """The entries of a trainer's configs that name its run beside its networks: the train options but the loop
+    counters (a rerun with more steps continues), and what it trains on (`data_record`)."""
+    train = {k: v for k, v in config_to_dict(train_config).items() if k not in LOOP_FIELDS}
+    return {"train": train} if data is None else {"train": train, "data": data}
+
+
+def data_record(key: dict | None, description: dict) -> dict:
+    """What latest.pt records of a run's data: the key of the source it came from (pair_source.source_key) less the
+    archive's file stamp (the pairs cache refuses a changed archive; a copy or a touch changes the stamp alone),
+    else the data's own `description` (counts, resolution, how the pairs were made)."""
+    if key is not None:
+        return {k: v for k, v in key.items() if k != "stamp"}
+    return {"description": description}
+
+
+def pairs_data(pairs) -> dict:
+    """`data_record` of a PairSet."""
+    return data_record(pairs.key, {**pairs.info, "num_pairs": len(pairs), "resolution": pairs.resolution})
+
+
+def state_kind(state: dict) -> str:
+    """The method a latest.pt belongs to (the generator's states carry no kind)."""
+    return state.get("kind") or ("generator" if "g_config" in state else "unknown")
+
+
+def check_kind(state: dict, path: Path, kind: str) -> None:
+    """A run folder holds one method's run: another method may neither resume nor replace it."""
+    found = state_kind(state)
+    if found != kind:
+        raise CheckpointError(f"{path.parent} holds another method's run ({path} is the training state of {found!r}, "
+                              f"not {kind!r}): train {kind} into a new --out (out_dir= in Python)")
+
+
+def check_state(state: dict, path: Path, kind: str, configs: dict, partial: bool = False) -> None:
+    """Refuse to resume a latest.pt of another method, or one whose configs differ from `configs`: the networks'
+    configs and frozen networks' versions, and what `run_record` adds (judged where the state has it). `partial`:
+    `configs` holds some entries only (the CLI checks train options and data before it draws the pairs)."""
+    check_kind(state, path, kind)
+    before, now = state.get("configs", {}), _plain(configs)
+    labels = {**KEY_LABELS, "train": "", "description": "",
+              **{k: f"{k} version" for k, v in now.items() if isinstance(v, str)}}
+    changes = []
+    networks = sorted((before.keys() | now.keys()) - set(RECORDED))
+    net_before, net_now = ({k: c.get(k) for k in networks} for c in (before, now))
+    if not partial and net_before != net_now:
+        # A field one config lacks (code of another version) is a change too: say so when nothing else differs.
+        changes.append(describe_changes(net_before, net_now, labels) or "the network configs")
+    changes.append(describe_changes({k: before[k] for k in RECORDED if k in before},
+                                    {k: now[k] for k in RECORDED if k in now}, labels))
+    changes = "; ".join(c for c in changes if c)
+    if changes:
+        raise CheckpointError(f"{path} was trained with other settings ({changes}); resume with the same ones, or "
+                              "start over (--fresh, or resume=False in Python) or in a new --out")
+
+
+def check_out_dir(path: Path) -> None:
+    """A run folder, not a file."""
+    if path.exists() and not path.is_dir():
+        raise BadInputError(f"--out {path} is a file; give a folder (out_dir= in Python)")
+
+
+def resume_step(out_dir: str | os.PathLike, kind: str, configs: dict, resume: bool) -> int:
+    """Check a run folder before anything is drawn or written there: the step its latest.pt resumes at (0: none, or
+    starting over), after refusing another method's run (which starting over would replace too) and one whose
+    recorded configs differ from `configs` (some of the trainer's: its `run_record`)."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    path = out_dir / STATE_FILE
+    if not path.exists():
+        return 0
+    if not resume:
+        check_replaced(path, kind)
+        return 0
+    state = load_train_state(path)
+    check_state(state, path, kind, configs, partial=True)
+    return int(state["step"])
+
+
+def check_replaced(path: Path, kind: str) -> None:
+    """Starting over replaces latest.pt: refused when it is another method's (an unreadable one is replaced)."""
+    try:
+        state = load_train_state(path)
+    except CheckpointError:
+        return
+    check_kind(state, path, kind)
+
+
+def check_weights(kind: str, step: int, networks: dict) -> None:
+    """Non-finite weights stop the training with a one-line error before they are saved (the loss is checked
+    before each update, so the last update is checked here)."""
+    for name, module in networks.items():
+        for key, tensor in module.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise BadInputError(f"{kind} training diverged at step {step}: {name} has non-finite weights ({key}); "
+                                    "nothing was saved at this step (a rerun resumes from the last snapshot, if "
+                                    "any); lower the learning rate")
+
+
 def save_state(path: Path, kind: str, step: int, networks: dict, optimizers: dict, configs: dict,
                data_gen: torch.Generator, device: torch.device) -> None:
-    """Write latest.pt atomically: everything needed to continue at `step`."""
+    """Write latest.pt atomically: everything needed to continue at `step` (refused for non-finite weights)."""
+    check_weights(kind, step, networks)
     atomic_save({"format": STATE_FORMAT, "kind": kind, "step": step,
                   "configs": _plain(configs),
                   "networks": {k: m.state_dict() for k, m in networks.items()},
@@ -115,12 +231,7 @@ def restore_state(path: Path, kind: str, networks: dict, optimizers: dict, confi
                   data_gen: torch.Generator, device: torch.device) -> int:
     """Load latest.pt into the networks and optimizers; return its step. Other configs are an error."""
     state = load_train_state(path)
-    if state.get("kind") != kind:
-        raise CheckpointError(f"{path} is a {state.get('kind')!r} training state, not {kind!r}; "
-                              "use a new output folder or train with resume off")
-    if state["configs"] != _plain(configs):
-        raise CheckpointError(f"{path} was trained with other network configs or another generator; "
-                              "use a new output folder or train with resume off")
+    check_state(state, path, kind, configs)
     for name, module in networks.items():
         module.load_state_dict(state["networks"][name])
     for name, opt in optimizers.items():
@@ -152,6 +263,7 @@ def sketch_rgb(sketch: torch.Tensor) -> torch.Tensor:
 def out_path(out_dir: str | os.PathLike) -> Path:
     """The output folder, created."""
     path = Path(out_dir)
+    check_out_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -193,7 +305,13 @@ def start_run(out_dir: Path, kind: str, networks: dict, optimizers: dict, config
     """(state path, first step, curves, report) of a run: resumed from OUT/latest.pt when there is one."""
     state_path = out_dir / STATE_FILE
     step = 0
-    if resume and state_path.exists():
-        step = restore_state(state_path, kind, networks, optimizers, configs, data_gen, device)
+    if state_path.exists():
+        if resume:
+            step = restore_state(state_path, kind, networks, optimizers, configs, data_gen, device)
+        else:
+            check_replaced(state_path, kind)
+    if step > total_steps:
+        raise BadInputError(f"{state_path} is at step {step} already, past steps={total_steps}: nothing to train "
+                            "(ask for more steps to continue, or start over with resume=False)")
     curves = TrainCurves(out_dir, step, optimizers)
     return state_path, step, curves, curves.wrap(progress or default_progress(desc, total_steps, step))

@@ -34,6 +34,7 @@ class PairSet:
     images: torch.Tensor
     sketches: torch.Tensor
     info: dict = field(default_factory=dict)  # source, seed, variants, freehand config: recorded in checkpoints
+    key: dict | None = None  # pair_source.source_key of the source they were drawn from (None: made in memory)
 
     def __post_init__(self) -> None:
         im, sk = self.images, self.sketches

@@ -19,7 +19,8 @@ from s2m_retrieval.networks.pix2pix import PatchDiscriminator, PatchDiscriminato
 from s2m_retrieval.training.encoder import sketch_batches
 from s2m_retrieval.training.gan import save_image_grid
 from s2m_retrieval.training.latent import (start_run, check_finite, SAMPLE_ROWS, TrainProgress, finish_step, as_float,
-                                           check_steps, out_path, save_state, sketch_rgb)
+                                           check_rates, check_steps, out_path, pairs_data, run_record, save_state,
+                                           sketch_rgb)
 from s2m_retrieval.training.pairs import PairSet
 
 PIX2PIX_FILE = "pix2pix.pt"
@@ -43,8 +44,9 @@ class Pix2PixTrainConfig:
 
     def __post_init__(self) -> None:
         check_steps(self.steps, self.batch, self.snapshot_every, self.sample_every)
-        if self.lr <= 0 or not 0 <= self.beta1 < 1 or min(self.l1, self.adv) < 0:
-            raise BadInputError("pix2pix needs lr > 0, 0 <= beta1 < 1 and loss weights >= 0")
+        if not 0 <= self.beta1 < 1:
+            raise BadInputError("pix2pix needs 0 <= beta1 < 1")
+        check_rates("pix2pix", {"lr": self.lr}, {"l1": self.l1, "adv": self.adv})
 
 
 def pix2pix_config_for(resolution: int, **overrides) -> Pix2PixConfig:
@@ -80,7 +82,7 @@ def train_pix2pix(pairs: PairSet, out_dir: str | os.PathLike, config: Pix2PixCon
     opt_G = torch.optim.Adam(net.parameters(), lr=tc.lr, betas=(tc.beta1, 0.999))
     opt_D = torch.optim.Adam(D.parameters(), lr=tc.lr, betas=(tc.beta1, 0.999))
     networks, optimizers = {"G": net, "D": D}, {"G": opt_G, "D": opt_D}
-    configs = {"generator": cfg, "discriminator": d_cfg}
+    configs = {"generator": cfg, "discriminator": d_cfg, **run_record(tc, pairs_data(pairs))}
     state_path, step, curves, report = start_run(out_dir, KIND, networks, optimizers, configs, data_gen,
                                                  device, resume, progress, "train pix2pix", tc.steps)
     draw = sketch_batches(pairs, tc.batch, tc.xflip)

@@ -27,7 +27,8 @@ from s2m_retrieval.networks.encoders import Encoder
 from s2m_retrieval.networks.projector import KIND, LatentProjector, ProjectorConfig
 from s2m_retrieval.training.index_space import CodeBank, _shift, hard_batch_indices, latent_vectors
 from s2m_retrieval.training.latent import (start_run, check_finite, optimizer_step, TrainProgress, as_float,
-                                           check_steps, finish_step, model_version, out_path, save_state)
+                                           check_rates, check_steps, data_record, finish_step, model_version, out_path,
+                                           run_record, save_state)
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.state import atomic_save
 
@@ -54,8 +55,9 @@ class ProjectorTrainConfig:
 
     def __post_init__(self) -> None:
         check_steps(self.steps, self.batch, self.snapshot_every, self.sample_every)
-        if self.batch < 2 or self.lr <= 0 or self.weight_decay < 0 or self.tau <= 0 or self.shift < 0:
-            raise BadInputError("projector training needs batch >= 2, lr > 0, weight_decay >= 0, tau > 0, shift >= 0")
+        if self.batch < 2 or self.shift < 0:
+            raise BadInputError("projector training needs batch >= 2 and shift >= 0")
+        check_rates("projector training", {"lr": self.lr, "tau": self.tau}, {"weight_decay": self.weight_decay})
         if not 0 <= self.hard_fraction <= 0.5:
             raise BadInputError("hard_fraction must be in [0, 0.5]")
 
@@ -146,7 +148,10 @@ def train_projector(codes: torch.Tensor, bank: CodeBank, out_dir: str | os.PathL
     P.fit_input(bank.vectors[:n])
     P = P.to(device).train()
     opt = torch.optim.AdamW(P.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    networks, optimizers, configs = {"projector": P}, {"projector": opt}, {"projector": config}
+    networks, optimizers = {"projector": P}, {"projector": opt}
+    data = data_record(None, {"num_images": n, "variants": int(variants),
+                              "bank_inverter": bank.info.get("inverter_version")})
+    configs = {"projector": config, **run_record(tc, data)}
     state_path, step, curves, report = start_run(out_dir, KIND, networks, optimizers, configs, data_gen,
                                                  device, resume, progress, "train projector", tc.steps)
     meta = {**(meta or {}), "seed": tc.seed, "train_config": config_to_dict(tc), "bank": bank.info,

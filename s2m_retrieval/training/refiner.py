@@ -19,8 +19,8 @@ from s2m_retrieval.model.perceptual import PerceptualDistance
 from s2m_retrieval.training.encoder import sketch_batches
 from s2m_retrieval.training.gan import save_image_grid
 from s2m_retrieval.training.latent import (start_run, check_finite, SAMPLE_ROWS, TrainProgress, finish_step, as_float,
-                                           check_steps, model_version, out_path, reconstruction_loss,
-                                           resolve_perceptual, save_state, sketch_rgb)
+                                           check_rates, check_steps, model_version, out_path, pairs_data,
+                                           reconstruction_loss, resolve_perceptual, run_record, save_state, sketch_rgb)
 from s2m_retrieval.training.pairs import PairSet
 
 REFINER_FILE = "refiner.pt"
@@ -44,8 +44,9 @@ class RefinerTrainConfig:
 
     def __post_init__(self) -> None:
         check_steps(self.steps, self.batch, self.snapshot_every, self.sample_every)
-        if self.refine_steps < 1 or self.lr <= 0 or min(self.l2, self.perceptual_weight) < 0:
-            raise BadInputError("refine_steps >= 1, lr > 0 and loss weights >= 0 are needed")
+        if self.refine_steps < 1:
+            raise BadInputError("refine_steps must be >= 1")
+        check_rates("refiner training", {"lr": self.lr}, {"l2": self.l2, "perceptual_weight": self.perceptual_weight})
 
 
 def train_refiner(pairs: PairSet, G: Generator, E: Encoder, out_dir: str | os.PathLike,
@@ -74,7 +75,7 @@ def train_refiner(pairs: PairSet, G: Generator, E: Encoder, out_dir: str | os.Pa
         H.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
     opt = torch.optim.Adam(H.parameters(), lr=tc.lr)
     networks, optimizers = {"H": H}, {"H": opt}
-    configs = {"refiner": cfg, "generator": g_version, "encoder": e_version}
+    configs = {"refiner": cfg, "generator": g_version, "encoder": e_version, **run_record(tc, pairs_data(pairs))}
     state_path, step, curves, report = start_run(out_dir, "refiner", networks, optimizers, configs, data_gen,
                                                  device, resume, progress, "train refiner", tc.steps)
     draw = sketch_batches(pairs, tc.batch, tc.xflip)

@@ -169,8 +169,9 @@ def _pairs(run: StageRun):
     from s2m_retrieval.training.pair_source import source_pairs
 
     o = run.options
+    # The bundle's own cache (its plan.json guards the settings): drawn again when the archive's files changed.
     return source_pairs(o.archive, o.res, variants=o.pairs_per_image, limit=run.n_train,
-                        segmenter=run.out / "segmenter.pt", cache=run.out / RUNS / PAIRS, policy=o.fit)
+                        segmenter=run.out / "segmenter.pt", cache=run.out / RUNS / PAIRS, policy=o.fit, replace=True)
 
 
 def _encoder_stage(run: StageRun) -> None:
@@ -211,7 +212,7 @@ def _inverter_stage(run: StageRun) -> None:
     from s2m_retrieval.networks.encoders import LatentDiscriminatorConfig, encoder_config_for
     from s2m_retrieval.training.encoder import EncoderTrainConfig
     from s2m_retrieval.training.inverter import train_inverter
-    from s2m_retrieval.training.pair_source import source_images
+    from s2m_retrieval.training.pair_source import source_images, source_key
 
     o = run.options
     G = _frozen_generator(run)
@@ -224,7 +225,8 @@ def _inverter_stage(run: StageRun) -> None:
     images = source_images(o.archive, o.res, limit=run.n_train, policy=o.fit)
     run_dir = run.run_dir("inverter")
     path = train_inverter(images, G, run_dir, enc_cfg, d_cfg, tc, stage_metric(run), run.device, resume=True,
-                          progress=run.report("inverter"))
+                          progress=run.report("inverter"),
+                          source=source_key(o.archive, o.res, limit=run.n_train, policy=o.fit))
     _publish(run, run_dir, path, "inverter")
 
 

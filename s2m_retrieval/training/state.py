@@ -1,7 +1,8 @@
-"""Resumable training state: atomic saves, RNG states, the `latest.pt` reader."""
+"""Resumable training state: atomic saves, RNG states, the `latest.pt` reader, what changed since a state."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import torch
 
 from s2m_retrieval.errors import CheckpointError
+from s2m_retrieval.networks.checkpoint import STATE_FORMAT  # defined there: the checkpoint reader tells states apart
 
-STATE_FORMAT = "s2m-train/1"
+MAX_CHANGES = 6  # fields a message lists
 
 
 def rng_state(data_gen: torch.Generator, device: torch.device) -> dict:
@@ -47,8 +49,40 @@ def load_train_state(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise CheckpointError(f"training state {path} is corrupt ({type(exc).__name__}); "
-                              "delete it or train with resume off") from exc
+        raise CheckpointError(f"training state {path} is corrupt ({type(exc).__name__}); delete it, or start "
+                              "over (--fresh, or resume=False in Python)") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not an s2m training state ({STATE_FORMAT})")
     return state
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:.12g}"
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _changes(before: dict, now: dict, labels: dict, prefix: str) -> list[str]:
+    out = []
+    for name in sorted(before.keys() & now.keys()):
+        a, b = before[name], now[name]
+        label = f"{prefix}{labels.get(name, name)}".strip()
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changes(a, b, labels, f"{label} ")
+        elif a != b:
+            out.append(f"{label} {_show(a)} -> {_show(b)}")
+    return out
+
+
+def describe_changes(before: dict, now: dict, labels: dict | None = None) -> str:
+    """'name old -> new' for each field both dicts hold that differs, '; '-joined ('' when none). A field one of
+    them lacks (a file written before it was recorded) is not judged; dicts in dicts are compared field by field,
+    their fields named after them (`labels`: a field's name in messages, '' for none)."""
+    changes = _changes(before, now, labels or {}, "")
+    more = len(changes) - MAX_CHANGES
+    return "; ".join(changes[:MAX_CHANGES]) + (f"; and {more} more" if more > 0 else "")

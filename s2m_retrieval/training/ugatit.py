@@ -13,12 +13,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.checkpoint import config_to_dict
 from s2m_retrieval.networks.cyclegan import grey_rgb
 from s2m_retrieval.networks.ugatit import (UGATIT, UGATITConfig, UGATITDiscriminator, UGATITDiscriminatorConfig,
                                            clip_rho)
-from s2m_retrieval.training.latent import TrainProgress
+from s2m_retrieval.training.latent import TrainProgress, check_rates
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.unpaired import (UnpairedMethod, UnpairedNets, UnpairedTrainConfig, adam,
                                              build_networks, lsgan_d, lsgan_g, train_unpaired)
@@ -38,8 +37,7 @@ class UGATITTrainConfig(UnpairedTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if min(self.weight_decay, self.identity, self.cam) < 0:
-            raise BadInputError("U-GAT-IT needs weight_decay and loss weights >= 0")
+        check_rates("U-GAT-IT", {}, {"weight_decay": self.weight_decay, "identity": self.identity, "cam": self.cam})
 
 
 def ugatit_config_for(resolution: int, **overrides) -> UGATITConfig:

@@ -11,11 +11,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.checkpoint import config_to_dict
 from s2m_retrieval.networks.cyclegan import PatchGAN, PatchGANConfig
 from s2m_retrieval.networks.unit import UNIT, UNITConfig
-from s2m_retrieval.training.latent import TrainProgress
+from s2m_retrieval.training.latent import TrainProgress, check_rates
 from s2m_retrieval.training.pairs import PairSet
 from s2m_retrieval.training.unpaired import (UnpairedMethod, UnpairedNets, UnpairedTrainConfig, adam,
                                              build_networks, lsgan_d, lsgan_g, train_unpaired)
@@ -36,8 +35,8 @@ class UNITTrainConfig(UnpairedTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if min(self.weight_decay, self.recon, self.kl, self.kl_cycle) < 0:
-            raise BadInputError("UNIT needs weight_decay and loss weights >= 0")
+        check_rates("UNIT", {}, {"weight_decay": self.weight_decay, "recon": self.recon, "kl": self.kl,
+                                 "kl_cycle": self.kl_cycle})
 
 
 def unit_config_for(resolution: int, **overrides) -> UNITConfig:

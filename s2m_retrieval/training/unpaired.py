@@ -22,8 +22,9 @@ from torch import nn
 from s2m_retrieval.errors import BadInputError
 from s2m_retrieval.networks.checkpoint import config_to_dict, save_checkpoint
 from s2m_retrieval.training.gan import save_image_grid
-from s2m_retrieval.training.latent import (SAMPLE_ROWS, TrainProgress, as_float, check_finite, check_steps,
-                                           finish_step, out_path, save_state, sketch_rgb, start_run)
+from s2m_retrieval.training.latent import (SAMPLE_ROWS, TrainProgress, as_float, check_finite, check_rates,
+                                           check_steps, finish_step, out_path, pairs_data, run_record, save_state,
+                                           sketch_rgb, start_run)
 from s2m_retrieval.training.pairs import PairSet
 
 DrawUnpaired = Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -47,16 +48,22 @@ class UnpairedTrainConfig:
 
     def __post_init__(self) -> None:
         check_steps(self.steps, self.batch, self.snapshot_every, self.sample_every)
-        if self.lr <= 0 or not 0 <= self.beta1 < 1 or min(self.cycle, self.adv) < 0:
-            raise BadInputError("unpaired training needs lr > 0, 0 <= beta1 < 1 and loss weights >= 0")
+        if not 0 <= self.beta1 < 1:
+            raise BadInputError("unpaired training needs 0 <= beta1 < 1")
+        check_rates("unpaired training", {"lr": self.lr}, {"cycle": self.cycle, "adv": self.adv})
 
 
 def split_point(pairs: PairSet) -> int:
     """h: sketches come from images 0..h-1, images from h..N-1."""
-    if len(pairs) < 2:
-        raise BadInputError(f"unpaired training needs at least 2 images (sketches of one half, images of the other), "
-                            f"got {len(pairs)}")
+    check_unpaired_count(len(pairs))
     return len(pairs) // 2
+
+
+def check_unpaired_count(n: int) -> None:
+    """Unpaired training splits its images in two halves: it needs two at least."""
+    if n < 2:
+        raise BadInputError(f"unpaired training needs at least 2 images (sketches of one half, images of the other), "
+                            f"got {n}")
 
 
 def unpaired_batches(pairs: PairSet, batch: int, xflip: bool) -> DrawUnpaired:
@@ -171,7 +178,8 @@ def train_unpaired(nets: UnpairedNets, pairs: PairSet, out_dir: str | os.PathLik
     out_dir = out_path(out_dir)
     kind, model = nets.kind, nets.model
     data_gen = torch.Generator().manual_seed(tc.seed)
-    state_path, step, curves, report = start_run(out_dir, kind, nets.networks, nets.optimizers, nets.configs,
+    configs = {**nets.configs, **run_record(tc, pairs_data(pairs))}
+    state_path, step, curves, report = start_run(out_dir, kind, nets.networks, nets.optimizers, configs,
                                                  data_gen, device, resume, progress, f"train {kind}", tc.steps)
     draw = unpaired_batches(pairs, tc.batch, tc.xflip)
     h = split_point(pairs)
@@ -195,7 +203,7 @@ def train_unpaired(nets: UnpairedNets, pairs: PairSet, out_dir: str | os.PathLik
                         len(columns))
 
     def snapshot(final: bool) -> Path:
-        save_state(state_path, kind, step, nets.networks, nets.optimizers, nets.configs, data_gen, device)
+        save_state(state_path, kind, step, nets.networks, nets.optimizers, configs, data_gen, device)
         if not final:
             return state_path
         return save_checkpoint(out_dir / nets.file, kind=kind, config=model.config, state_dict=model.state_dict(),
