@@ -378,7 +378,8 @@ def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter
             bar.update(done - bar.n)
 
         bank = cached_code_bank(bank_path or out / BANK_FILE, pairs.images, inverter, G,
-                                source=f"{archive}|limit={limit}", device=dev, progress=progress)
+                                source=f"{archive}|limit={limit}", replace=bank_path is None, device=dev,
+                                progress=progress)
     typer.echo(f"code bank: {bank.num_images} images + mirrors, {bank.vectors.shape[1]}-d, "
                f"inverter {bank.info['inverter_version']}")
     if init is not None:
@@ -458,7 +459,8 @@ def projector(
 
     with bar("invert the bank") as b:
         code_bank = cached_code_bank(bank or out / BANK_FILE, pairs.images, inverter, G, weighting,
-                                     source=f"{archive}|limit={limit}", device=dev, progress=follow(b))
+                                     source=f"{archive}|limit={limit}", replace=bank is None, device=dev,
+                                     progress=follow(b))
     with bar("encode the sketches") as b:
         codes = cached_code_table(out / CODES_FILE, pairs, E, weighting, tc.shift, tc.seed, device=dev,
                                   progress=follow(b))

@@ -104,6 +104,22 @@ def test_code_bank_cache_is_keyed_by_the_inverter(tmp_path, pairs, inverter, G):
         read_code_bank(path)
 
 
+def test_a_named_code_bank_is_refused_not_replaced(tmp_path, pairs, inverter, G):
+    path = tmp_path / "shared_bank.pt"
+    cached_code_bank(path, pairs.images, inverter, G, source="s", hard_k=4, replace=False)  # missing: made
+    made = path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"other images or models \(source s -> t\).*kept"):
+        cached_code_bank(path, pairs.images, inverter, G, source="t", hard_k=4, replace=False)
+    assert path.read_bytes() == made
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes")
+    with pytest.raises(CheckpointError, match="is not a code bank; it is kept"):
+        cached_code_bank(text, pairs.images, inverter, G, source="s", hard_k=4, replace=False)
+    assert text.read_text() == "my notes"
+    with pytest.raises(BadInputError, match="is a folder"):
+        cached_code_bank(tmp_path, pairs.images, inverter, G, source="s", hard_k=4, replace=False)
+
+
 def test_bank_losses_reward_the_own_vector(bank):
     gen = torch.Generator().manual_seed(0)
     rows = torch.tensor([0, 3, N + 5])

@@ -121,18 +121,34 @@ def read_code_bank(path: str | os.PathLike) -> CodeBank:
 
 
 def cached_code_bank(path: str | os.PathLike, images: torch.Tensor, inverter: Encoder, G: Generator,
-                     weighting: LatentWeighting = DEFAULT_WEIGHTING, source: str = "", **kwargs) -> CodeBank:
-    """The code bank at `path` when it was made by this inverter, weighting and source; else build and store it."""
+                     weighting: LatentWeighting = DEFAULT_WEIGHTING, source: str = "", replace: bool = True,
+                     **kwargs) -> CodeBank:
+    """The code bank at `path` when it was made by this inverter, weighting and source; else build and store it.
+    `replace` False (a bank the user named, which other runs may share): a file there that is no code bank, or a
+    bank of other codes, is refused instead of replaced."""
+    from s2m_retrieval.errors import CheckpointError
+    from s2m_retrieval.training.state import describe_changes
+
     path = Path(path)
     key = {"inverter_version": model_version(inverter), "weighting": weighting.spec(), "source": source,
            "num_images": len(images)}
+    if path.is_dir():
+        raise BadInputError(f"the code bank {path} is a folder; give a file, e.g. {path / BANK_FILE}")
     if path.is_file():
+        stored_key = None
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
-            if stored.get("format") == BANK_FORMAT and json.loads(stored["key"]) == key:
-                return CodeBank(stored["vectors"], stored["hard"], json.loads(stored["info"]))
-        except Exception:  # a damaged bank is only lost minutes: build it again
+            if stored.get("format") == BANK_FORMAT:
+                stored_key = json.loads(stored["key"])
+                if stored_key == key:
+                    return CodeBank(stored["vectors"], stored["hard"], json.loads(stored["info"]))
+        except Exception:  # a damaged bank of the run's own is only lost minutes: build it again
             pass
+        if not replace:
+            what = "is not a code bank" if stored_key is None else (
+                f"holds the codes of other images or models ({describe_changes(stored_key, key) or 'its key'})")
+            raise CheckpointError(f"{path} {what}; it is kept: give another --bank path, or delete the file to "
+                                  "make the bank there")
     bank = build_code_bank(images, inverter, G, weighting, **kwargs)
     bank.info["source"] = source
     path.parent.mkdir(parents=True, exist_ok=True)
