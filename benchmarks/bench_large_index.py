@@ -14,6 +14,8 @@ Real inverter codes instead: build an index of phantoms with `s2m index build` (
 other phantoms for the queries, and measure the first with the second's stored vectors as queries:
 
     python benchmarks/bench_large_index.py --home H --index big --query-index held --queries 200
+
+or with sketch queries as `s2m retrieve` encodes them (`--query-sketches MANIFEST` of `s2m eval make-queries`).
 """
 
 from __future__ import annotations
@@ -190,6 +192,20 @@ def real_queries(home: Path, name: str, n: int) -> np.ndarray:
         return np.asarray(reader.arrays("vectors", ids), dtype=np.float32)
 
 
+def sketch_queries(home: Path, name: str, manifest: Path, n: int) -> np.ndarray:
+    """What `s2m retrieve` searches with at its defaults for the first `n` sketches of a make-queries manifest: E's
+    code through the projector's query head, by the models index `name` was built with (the shipped bundle)."""
+    import csv
+
+    from s2m_retrieval.query.engine import RetrievalEngine, read_sketch
+
+    with open(manifest, newline="") as f:
+        paths = [manifest.parent / row["sketch"] for row in csv.DictReader(f)][:n]
+    with RetrievalEngine.open(name, home=home) as engine:
+        coded = engine.encode_sketches([read_sketch(p) for p in paths], steps=0, x_hat=False)
+    return np.concatenate([c.vector for c in coded]).astype(np.float32)
+
+
 def with_factory(reader, factory: str):
     """The opened index with its FAISS part replaced by a `factory` one trained and filled in memory from the
     stored vectors, as a build would (seeded sample, chunked training), so one set of stored codes measures
@@ -210,14 +226,17 @@ def with_factory(reader, factory: str):
 
 
 def query(home: Path, n_queries: int, k: int, grid: list[tuple[int, int]], name: str = "default",
-          query_index: str | None = None, factory: str | None = None, space: str = "wplus") -> dict:
+          query_index: str | None = None, factory: str | None = None, space: str = "wplus",
+          query_sketches: Path | None = None) -> dict:
     """Open memory-mapped, measure RSS and per-query latency per (nprobe, refine), recall@k vs exact."""
     import faiss
 
     from s2m_retrieval.query.index_reader import open_index
 
     faiss.omp_set_num_threads(1)
-    if query_index:
+    if query_sketches:
+        queries = sketch_queries(home, name, query_sketches, n_queries)
+    elif query_index:
         queries = real_queries(home, query_index, n_queries)
     else:
         # fresh codes from the same distribution, not stored ones
@@ -228,7 +247,8 @@ def query(home: Path, n_queries: int, k: int, grid: list[tuple[int, int]], name:
         reader = with_factory(reader, factory)
     opened = rss_mib()
     out = {"index": name, "n": reader.store.ntotal, "factory": reader.stamp.factory, "queries": len(queries),
-           "query_source": query_index or f"synthetic {space}", "rss_base_mib": base, "rss_open_mib": opened,
+           "query_source": (f"sketches of {query_sketches}" if query_sketches else query_index)
+           or f"synthetic {space}", "rss_base_mib": base, "rss_open_mib": opened,
            "stamp_search": reader.stamp.search,
            "faiss_bytes": reader.paths.faiss_file.stat().st_size, "runs": []}
     found = {}
@@ -276,14 +296,18 @@ def main() -> None:
     p.add_argument("--query-index", default=None,
                    help="With --index: take the queries from this index's stored vectors (real inverter codes of "
                         "images the measured index lacks)")
+    p.add_argument("--query-sketches", type=Path, default=None,
+                   help="With --index: the queries are the sketches of this make-queries manifest, encoded as "
+                        "`s2m retrieve` encodes them (E's code through the projector's query head)")
     p.add_argument("--query-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     grid = [tuple(int(v) for v in pair.split(":")) for pair in args.grid.split(",")]
-    if args.index and not (args.home and args.query_index):
-        p.error("--index needs --home (where it is) and --query-index (the index the queries come from)")
+    if args.index and not (args.home and (args.query_index or args.query_sketches)):
+        p.error("--index needs --home (where it is) and --query-index or --query-sketches (where the queries come "
+                "from)")
     if args.query_only or args.index:
         queried = query(Path(args.home), args.queries, args.k, grid, args.index or "default", args.query_index,
-                        args.factory if args.index else None, args.space)
+                        args.factory if args.index else None, args.space, args.query_sketches)
         print(json.dumps(queried, indent=None if args.query_only else 1))
         if args.index:
             report_queries(queried)
