@@ -113,6 +113,11 @@ def retrieval(
                           ks=parse_ints(k, "--k"), relevance=tuple(x.strip() for x in relevance.split(",") if x.strip()),
                           steps=parse_ints(steps, "--steps"), candidates=parse_ints(candidates, "--candidates"),
                           alpha=alpha, limit=limit)
+    given = {"pix2pix": pix2pix, "embedding": embedding, "cyclegan": cyclegan, "unit": unit, "ugatit": ugatit}
+    unused = [name for name, path in given.items() if path is not None and name not in options.methods]
+    if unused:  # else the missing row could pass for a method that was evaluated
+        typer.echo(f"note: {', '.join('--' + name for name in unused)} given, but --method does not run "
+                   f"{'it' if len(unused) == 1 else 'them'} (add {','.join(unused)} to --method)", err=True)
     out = write_path(out)
     queries = read_manifest(manifest, options.relevance)[:limit]  # a bad manifest fails before models load
     models = resolve_model(model, home)

@@ -229,7 +229,9 @@ def test_retrieval_eval_ranks_with_each_translator(runner, setup, tmp_path):
         values = metrics["variants"][kind]
         assert values["method"] == kind and values["n_instance"] == 3 and values["list_length"] == 10
         assert 0 <= values["acc@1"] <= values["acc@5"] <= 1
-    result = runner.invoke(app, base + ["--out", str(tmp_path / "none"), "--method", "unit"])
+    result = runner.invoke(app, base + ["--out", str(tmp_path / "none"), "--method", "unit",
+                                        "--cyclegan", str(paths["cyclegan"])])
+    assert "note: --cyclegan given, but --method does not run it (add cyclegan to --method)" in result.stderr
     assert isinstance(result.exception, CheckpointError) and not (tmp_path / "none" / "metrics.json").exists()
     message = str(result.exception)
     assert "no unit weights are shipped" in message and "--unit" in message and "\n" not in message

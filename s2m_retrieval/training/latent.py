@@ -58,11 +58,12 @@ def check_steps(steps: int, batch: int, snapshot_every: int, sample_every: int) 
 def check_rates(what: str, rates: dict[str, float], weights: dict[str, float]) -> None:
     """Shared validation of a train config's learning rates (finite, > 0) and loss weights (finite, >= 0): nan
     passes any comparison test, so finiteness is checked first."""
-    bad = [f"{name} {value}" for name, value in rates.items() if not (math.isfinite(value) and value > 0)]
-    bad += [f"{name} {value}" for name, value in weights.items() if not (math.isfinite(value) and value >= 0)]
+    top = float(torch.finfo(torch.float32).max)  # the optimizers hold them in float32: more overflows mid-step
+    bad = [f"{name} {value}" for name, value in rates.items() if not (math.isfinite(value) and 0 < value <= top)]
+    bad += [f"{name} {value}" for name, value in weights.items() if not (math.isfinite(value) and 0 <= value <= top)]
     if bad:
-        raise BadInputError(f"{what} needs finite learning rates > 0 and finite loss weights >= 0, got "
-                            f"{', '.join(bad)}")
+        raise BadInputError(f"{what} needs finite learning rates > 0 and finite loss weights >= 0 (at most "
+                            f"{top:.3g}), got {', '.join(bad)}")
 
 
 def reconstruction_loss(x_hat: torch.Tensor, target: torch.Tensor, perceptual: PerceptualDistance,
