@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cli.runtime import DEVICE_HELP, shared_options
 from cli.train_all import train_all
+
+if TYPE_CHECKING:
+    from s2m_retrieval.training.pairs import PairSet
 
 app = typer.Typer(help="Train the networks (segmenter, generator, ...) on an archive.", no_args_is_help=True)
 app.command("all")(train_all)
@@ -216,6 +220,16 @@ def _start(kind: str, out: Path, tc, fresh: bool, key: dict | None) -> int | Non
     return start
 
 
+def _start_with_pairs(kind: str, out: Path, tc, fresh: bool, archive: str, size: int, variants: int,
+                      limit: int | None, segmenter: Path | None, cache: Path | None) -> tuple[int, PairSet] | None:
+    """`_start` judged on the source's key, then `_pairs` of that same source: (the step the run goes on from, the
+    pairs), or None when the run is past --steps already."""
+    start = _start(kind, out, tc, fresh, _source_key(archive, size, variants, limit, segmenter))
+    if start is None:
+        return None
+    return start, _pairs(archive, size, variants, limit, segmenter, out, cache, fresh)
+
+
 def _pairs(archive: str, size: int, variants: int, limit: int | None, segmenter: Path | None, out: Path,
            cache: Path | None, fresh: bool):
     from tqdm import tqdm
@@ -332,11 +346,11 @@ def encoder(
     tc = _replace(EncoderTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, adv=0.1 if adv else 0.0,
                                      perceptual=perceptual, snapshot_every=snapshot_every,
                                      sample_every=snapshot_every), parts.get("train", {}))
-    start = _start("encoder", out, tc, fresh, _source_key(archive, G.config.img_resolution, pairs_per_image, limit,
-                                                          segmenter))
-    if start is None:
+    begun = _start_with_pairs("encoder", out, tc, fresh, archive, G.config.img_resolution, pairs_per_image, limit,
+                              segmenter, pairs_cache)
+    if begun is None:
         return
-    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
+    start, pairs = begun
     report, last = _progress("train encoder", out, tc.steps, start)
     path = train_encoder(pairs, G, out, enc_cfg, d_cfg, tc, _metric(perceptual, segmenter, dev), dev,
                          resume=not fresh, progress=report)
@@ -366,11 +380,11 @@ def _train_index_encoder(archive, out, G, steps, batch, lr, seed, init, inverter
     tc = _replace(IndexEncoderTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, perceptual=perceptual,
                                           snapshot_every=snapshot_every, sample_every=snapshot_every, tau=tau),
                   parts.get("train", {}))
-    start = _start("index_encoder", out, tc, fresh, _source_key(archive, G.config.img_resolution, pairs_per_image,
-                                                                limit, segmenter))
-    if start is None:
+    begun = _start_with_pairs("index_encoder", out, tc, fresh, archive, G.config.img_resolution, pairs_per_image, limit,
+                              segmenter, pairs_cache)
+    if begun is None:
         return
-    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
+    start, pairs = begun
     inverter = load_inverter(_weights(inverter_path, "inverter"), dev)
     with tqdm(unit="img", desc="invert the bank", disable=None, leave=False) as bar:
         def progress(done: int, total: int) -> None:
@@ -509,11 +523,11 @@ def refiner(
     tc = _replace(RefinerTrainConfig(steps=steps, batch=batch, lr=lr, refine_steps=refine_steps, seed=seed,
                                      perceptual=perceptual, snapshot_every=snapshot_every,
                                      sample_every=snapshot_every), parts.get("train", {}))
-    start = _start("refiner", out, tc, fresh, _source_key(archive, G.config.img_resolution, pairs_per_image, limit,
-                                                          segmenter))
-    if start is None:
+    begun = _start_with_pairs("refiner", out, tc, fresh, archive, G.config.img_resolution, pairs_per_image, limit,
+                              segmenter, pairs_cache)
+    if begun is None:
         return
-    pairs = _pairs(archive, G.config.img_resolution, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
+    start, pairs = begun
     report, last = _progress("train refiner", out, tc.steps, start)
     path = train_refiner(pairs, G, E, out, cfg, tc, _metric(perceptual, segmenter, dev), dev, resume=not fresh,
                          progress=report, init=init_h)
@@ -589,10 +603,10 @@ def pix2pix(
     tc = _replace(Pix2PixTrainConfig(steps=steps, batch=batch, lr=lr, l1=l1, seed=seed,
                                      snapshot_every=snapshot_every, sample_every=snapshot_every),
                   parts.get("train", {}))
-    start = _start("pix2pix", out, tc, fresh, _source_key(archive, res, pairs_per_image, limit, segmenter))
-    if start is None:
+    begun = _start_with_pairs("pix2pix", out, tc, fresh, archive, res, pairs_per_image, limit, segmenter, pairs_cache)
+    if begun is None:
         return
-    pairs = _pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
+    start, pairs = begun
     report, last = _progress("train pix2pix", out, tc.steps, start)
     path = train_pix2pix(pairs, out, cfg, d_cfg, tc, dev, resume=not fresh, progress=report)
     _done("pix2pix", path, out, last)
@@ -623,10 +637,10 @@ def embedding(
     cfg = _replace(EmbeddingConfig(img_resolution=res), parts.get("embedding", {}))
     tc = _replace(EmbeddingTrainConfig(steps=steps, batch=batch, lr=lr, seed=seed, snapshot_every=snapshot_every,
                                        sample_every=snapshot_every), parts.get("train", {}))
-    start = _start("embedding", out, tc, fresh, _source_key(archive, res, pairs_per_image, limit, segmenter))
-    if start is None:
+    begun = _start_with_pairs("embedding", out, tc, fresh, archive, res, pairs_per_image, limit, segmenter, pairs_cache)
+    if begun is None:
         return
-    pairs = _pairs(archive, res, pairs_per_image, limit, segmenter, out, pairs_cache, fresh)
+    start, pairs = begun
     report, last = _progress("train embedding", out, tc.steps, start)
     hard = None
     if bank is not None:
